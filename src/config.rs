@@ -1,0 +1,537 @@
+//! The worker's configuration: YAML (or JSON) as `../schemas/config.schema.json` describes it.
+//!
+//! Loading happens once at start; a config that breaks a rule is refused with the key, the value and the
+//! rule, so the operator can fix it without reading code.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::validate;
+
+/// A refused config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not YAML of the expected shape (unknown key, wrong type, missing key).
+    #[error("config {path} is malformed: {message}")]
+    Parse { path: String, message: String },
+    /// A value breaks a rule.
+    #[error("config key `{key}` = {value}: {rule}")]
+    Rule {
+        key: String,
+        value: String,
+        rule: String,
+    },
+}
+
+fn rule(
+    key: impl Into<String>,
+    value: impl std::fmt::Debug,
+    rule: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Rule {
+        key: key.into(),
+        value: format!("{value:?}"),
+        rule: rule.into(),
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub jetstream: JetStreamConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub resource_managers: Vec<ResourceManagerConfig>,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// One URL or a comma-separated list.
+    pub url: String,
+    #[serde(default = "default_connection_name")]
+    pub connection_name: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_connection_name() -> String {
+    "itg-worker".into()
+}
+
+/// TLS towards NATS; a client certificate makes it mutual.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// A duration written like `30s`, `2m` or `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\" or \"1h30m\": {e}"
+            ))
+        })
+    }
+}
+
+/// Streams, KV bucket and consumer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    pub replicas: usize,
+    pub events_max_age: Dur,
+    pub replies_max_age: Dur,
+    pub duplicate_window: Dur,
+    pub state_bucket: String,
+    pub consumer_prefix: String,
+    pub ack_wait: Dur,
+    pub max_deliver: i64,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            replicas: 1,
+            events_max_age: Dur(Duration::from_secs(7 * 24 * 3600)),
+            replies_max_age: Dur(Duration::from_secs(7 * 24 * 3600)),
+            duplicate_window: Dur(Duration::from_secs(120)),
+            state_bucket: "ITG_STATE".into(),
+            consumer_prefix: "itg-worker".into(),
+            ack_wait: Dur(Duration::from_secs(30)),
+            max_deliver: 50,
+        }
+    }
+}
+
+/// How each worker paces itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub capacity_deadline: Dur,
+    pub kubernetes_deadline: Dur,
+    pub retry_min: Dur,
+    pub retry_max: Dur,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 32,
+            capacity_deadline: Dur(Duration::from_secs(600)),
+            kubernetes_deadline: Dur(Duration::from_secs(300)),
+            retry_min: Dur(Duration::from_millis(250)),
+            retry_max: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The metrics and health endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One Kubernetes cluster and the Gateway in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceManagerConfig {
+    pub name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub kube_context: Option<String>,
+    pub allowed_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    pub excluded_ports: Vec<PortOrRange>,
+    #[serde(default = "default_listener_limit")]
+    pub listener_limit: usize,
+    pub internal_task_gateway: InternalTaskGatewayConfig,
+}
+
+fn default_listener_limit() -> usize {
+    64
+}
+
+/// The master's `InternalTaskGatewayConfig`, key for key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTaskGatewayConfig {
+    pub gateway_name: String,
+    pub gateway_namespace: String,
+    pub gateway_ip: String,
+    pub gateway_port_range_start: i64,
+    pub gateway_port_range_end: i64,
+}
+
+/// An excluded port, or an inclusive range written `"a-b"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortOrRange {
+    Port(i64),
+    Range(String),
+}
+
+/// Namespaces refused by default: the control plane's own.
+pub const DEFAULT_DENIED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, or the key, value and rule that was broken.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Rule`].
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.nats;
+        if n.url.trim().is_empty() {
+            return Err(rule(
+                "nats.url",
+                &n.url,
+                "must name at least one NATS server",
+            ));
+        }
+        for url in n.url.split(',') {
+            let url = url.trim();
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| url.starts_with(s) && url.len() > s.len());
+            if !ok {
+                return Err(rule(
+                    "nats.url",
+                    url,
+                    "each URL must start with nats://, tls://, ws:// or wss:// and name a host",
+                ));
+            }
+        }
+        if n.user.is_some() != n.password.is_some() {
+            return Err(rule(
+                "nats.user",
+                &n.user,
+                "nats.user and nats.password go together",
+            ));
+        }
+        let methods = [
+            n.user.is_some(),
+            n.token.is_some(),
+            n.nkey_seed_file.is_some(),
+            n.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(rule(
+                "nats",
+                "user/token/nkey_seed_file/creds_file",
+                "set at most one way to authenticate",
+            ));
+        }
+        if let Some(tls) = &n.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(rule(
+                    "nats.tls.cert_file",
+                    &tls.cert_file,
+                    "cert_file and key_file go together",
+                ));
+            }
+        }
+
+        let js = &self.jetstream;
+        if !(1..=5).contains(&js.replicas) {
+            return Err(rule("jetstream.replicas", js.replicas, "must be 1 to 5"));
+        }
+        for (key, v) in [
+            ("jetstream.state_bucket", &js.state_bucket, 64),
+            ("jetstream.consumer_prefix", &js.consumer_prefix, 32),
+        ]
+        .map(|(k, v, n)| (k, (v, n)))
+        {
+            let (v, max) = v;
+            if v.is_empty()
+                || v.len() > max
+                || !v
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            {
+                return Err(rule(
+                    key,
+                    v,
+                    format!("1 to {max} characters of A-Z, a-z, 0-9, '_' and '-'"),
+                ));
+            }
+        }
+        if js.max_deliver == 0 || js.max_deliver < -1 {
+            return Err(rule(
+                "jetstream.max_deliver",
+                js.max_deliver,
+                "must be at least 1, or -1 for unlimited",
+            ));
+        }
+        for (key, d) in [
+            ("jetstream.events_max_age", js.events_max_age),
+            ("jetstream.replies_max_age", js.replies_max_age),
+            ("jetstream.duplicate_window", js.duplicate_window),
+            ("jetstream.ack_wait", js.ack_wait),
+            ("worker.retry_min", self.worker.retry_min),
+            ("worker.retry_max", self.worker.retry_max),
+        ] {
+            if d.0.is_zero() {
+                return Err(rule(key, d.0, "must be longer than zero"));
+            }
+        }
+        if js.duplicate_window.0 > js.events_max_age.0 {
+            return Err(rule(
+                "jetstream.duplicate_window",
+                js.duplicate_window.0,
+                "must not exceed jetstream.events_max_age",
+            ));
+        }
+        let w = &self.worker;
+        if !(1..=1024).contains(&w.concurrency) {
+            return Err(rule(
+                "worker.concurrency",
+                w.concurrency,
+                "must be 1 to 1024",
+            ));
+        }
+        if w.retry_min.0 > w.retry_max.0 {
+            return Err(rule(
+                "worker.retry_min",
+                w.retry_min.0,
+                "must not exceed worker.retry_max",
+            ));
+        }
+        if self.admin.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(rule(
+                "admin.address",
+                &self.admin.address,
+                "must be an IP address and port, like 127.0.0.1:9464",
+            ));
+        }
+
+        if self.resource_managers.is_empty() {
+            return Err(rule(
+                "resource_managers",
+                "[]",
+                "list at least one resource manager",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, rm) in self.resource_managers.iter().enumerate() {
+            rm.validate(&format!("resource_managers[{i}]"))?;
+            if !seen.insert(rm.name.as_str()) {
+                return Err(rule(
+                    format!("resource_managers[{i}].name"),
+                    &rm.name,
+                    "names must be unique",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResourceManagerConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if !validate::is_subject_token(&self.name) {
+            return Err(rule(
+                format!("{at}.name"),
+                &self.name,
+                validate::SUBJECT_TOKEN_RULE,
+            ));
+        }
+        if !(1..=64).contains(&self.listener_limit) {
+            return Err(rule(
+                format!("{at}.listener_limit"),
+                self.listener_limit,
+                "must be 1 to 64, the Gateway's maxItems",
+            ));
+        }
+        if let Some(list) = &self.allowed_namespaces {
+            for (j, ns) in list.iter().enumerate() {
+                if !validate::is_dns1123_label(ns) {
+                    return Err(rule(
+                        format!("{at}.allowed_namespaces[{j}]"),
+                        ns,
+                        validate::DNS1123_LABEL_RULE,
+                    ));
+                }
+            }
+        }
+        for (j, p) in self.excluded_ports.iter().enumerate() {
+            p.bounds()
+                .map_err(|r| rule(format!("{at}.excluded_ports[{j}]"), p, r))?;
+        }
+        let g = &self.internal_task_gateway;
+        let at = format!("{at}.internal_task_gateway");
+        if !validate::is_dns1123_subdomain(&g.gateway_name) {
+            return Err(rule(
+                format!("{at}.gateway_name"),
+                &g.gateway_name,
+                validate::DNS1123_SUBDOMAIN_RULE,
+            ));
+        }
+        if !validate::is_dns1123_label(&g.gateway_namespace) {
+            return Err(rule(
+                format!("{at}.gateway_namespace"),
+                &g.gateway_namespace,
+                validate::DNS1123_LABEL_RULE,
+            ));
+        }
+        if g.gateway_ip.parse::<IpAddr>().is_err()
+            && !validate::is_dns1123_subdomain(&g.gateway_ip.to_ascii_lowercase())
+        {
+            return Err(rule(
+                format!("{at}.gateway_ip"),
+                &g.gateway_ip,
+                "must be an IPv4 or IPv6 address or a DNS name",
+            ));
+        }
+        for (key, v) in [
+            ("gateway_port_range_start", g.gateway_port_range_start),
+            ("gateway_port_range_end", g.gateway_port_range_end),
+        ] {
+            if !(1025..=65535).contains(&v) {
+                return Err(rule(
+                    format!("{at}.{key}"),
+                    v,
+                    "must be 1025 to 65535, inclusive",
+                ));
+            }
+        }
+        if g.gateway_port_range_end < g.gateway_port_range_start {
+            return Err(rule(
+                format!("{at}.gateway_port_range_end"),
+                g.gateway_port_range_end,
+                format!(
+                    "must be >= gateway_port_range_start ({}); a range of one port is valid",
+                    g.gateway_port_range_start
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inclusive port range; valid after [`Config::load`].
+    pub fn port_range(&self) -> std::ops::RangeInclusive<u16> {
+        let g = &self.internal_task_gateway;
+        let lo = u16::try_from(g.gateway_port_range_start).unwrap_or(u16::MAX);
+        let hi = u16::try_from(g.gateway_port_range_end).unwrap_or(u16::MAX);
+        lo..=hi
+    }
+
+    /// Every excluded port, ranges expanded.
+    pub fn excluded_port_set(&self) -> BTreeSet<u16> {
+        self.excluded_ports
+            .iter()
+            .filter_map(|p| p.bounds().ok())
+            .flat_map(|(a, b)| a..=b)
+            .collect()
+    }
+
+    /// Whether a task may be exposed from this namespace.
+    pub fn namespace_allowed(&self, ns: &str) -> bool {
+        match &self.allowed_namespaces {
+            Some(list) => list.iter().any(|n| n == ns),
+            None => {
+                !DEFAULT_DENIED_NAMESPACES.contains(&ns)
+                    && ns != self.internal_task_gateway.gateway_namespace
+            }
+        }
+    }
+}
+
+impl PortOrRange {
+    fn bounds(&self) -> Result<(u16, u16), String> {
+        let port = |v: i64| {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| "ports are 1 to 65535".to_owned())
+        };
+        match self {
+            PortOrRange::Port(p) => port(*p).map(|p| (p, p)),
+            PortOrRange::Range(s) => {
+                let (a, b) = s.split_once('-').ok_or("a range is written \"a-b\"")?;
+                let a = port(
+                    a.trim()
+                        .parse()
+                        .map_err(|_| "a range is written \"a-b\" with whole numbers")?,
+                )?;
+                let b = port(
+                    b.trim()
+                        .parse()
+                        .map_err(|_| "a range is written \"a-b\" with whole numbers")?,
+                )?;
+                if a > b {
+                    return Err("a range's start must not exceed its end".into());
+                }
+                Ok((a, b))
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Internal Task Gateway: exposes tasks running inside remote Kubernetes clusters through the Gateway API.
+//!
+//! An event takes this path:
+//!
+//! 1. [`nats`] pulls it from the `ITG_EVENTS` stream (one durable consumer per resource manager);
+//! 2. [`contract`] decodes and validates it ([`validate`] holds the syntax rules);
+//! 3. [`worker`] reads the allocation's record from the KV bucket ([`store`]) and asks [`state`] what the
+//!    event does to it; for a started it claims ports chosen by [`allocator`] with compare-and-set;
+//! 4. [`gateway`] drives Kubernetes toward the record: Service, Gateway listener, TCPRoute, all named by
+//!    [`names`];
+//! 5. [`worker`] publishes the reply to `ITG_REPLIES` and acknowledges the event.
+//!
+//! [`config`] loads the YAML config; [`probe`] checks the servers at start. The deciding modules
+//! (`contract`, `validate`, `names`, `allocator`, `state`, `config`) use neither NATS nor Kubernetes.
+
+pub mod allocator;
+pub mod config;
+pub mod contract;
+pub mod names;
+pub mod state;
+pub mod validate;

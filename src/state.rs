@@ -1,0 +1,376 @@
+//! The allocation's state machine. One record per allocation lives in the KV bucket and is only ever
+//! changed by compare-and-set; this module decides, from the record as read, what an event does to it.
+//!
+//! ```text
+//!  started:  (none) ──► Exposing ──► Ready
+//!                          │           │
+//!  capacity/k8s deadline   ▼           │
+//!                        Failed        │
+//!  ended:   (none) ──────────────────────────► Removed (tombstone: a later started exposes nothing)
+//!           Exposing | Ready | Failed ──► Ending ──► Removed
+//! ```
+//!
+//! The record is the desired state: `Exposing`/`Ready` want the ports exposed, every other phase wants
+//! nothing to exist. A handler drives Kubernetes and the port keys toward it, then writes back with
+//! compare-and-set; if the record moved meanwhile it reads again and drives again. A crash anywhere is
+//! repaired by the next delivery or replay.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::contract::{FailureReason, ProxyPort, Released, Started};
+
+/// Where an allocation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A started was accepted; ports are being claimed and objects applied.
+    Exposing,
+    /// Everything is applied and `ready` was (or is being) replied.
+    Ready,
+    /// The allocation could not be served; nothing of it may exist.
+    Failed,
+    /// An ended was accepted; objects and ports are being removed.
+    Ending,
+    /// Nothing of the allocation exists. Kept as a tombstone so late or replayed events do nothing.
+    Removed,
+}
+
+impl Phase {
+    /// Whether this phase wants the allocation's ports exposed.
+    pub fn wants_exposure(self) -> bool {
+        matches!(self, Phase::Exposing | Phase::Ready)
+    }
+}
+
+/// What a started asked for; kept from the first started, so a replay or duplicate with other content
+/// cannot expose an allocation twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub namespace: String,
+    pub pod_selector: BTreeMap<String, String>,
+    pub proxy_ports: Vec<ProxyPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+/// One proxy port bound to one gateway port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub name: String,
+    pub container_port: u16,
+    pub gateway_port: u16,
+}
+
+/// Why an allocation failed; replayed to every later started of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// The KV record of one allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub allocation_id: String,
+    pub resource_manager: String,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Spec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_event_id: Option<Uuid>,
+    /// Ports this allocation holds or is claiming. Every port key owned by the allocation is listed here
+    /// before it is created, so cleanup always finds it.
+    #[serde(default)]
+    pub ports: Vec<Binding>,
+    /// Ports freed by cleanup, for the `removed` reply.
+    #[serde(default)]
+    pub released: Vec<Released>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_event_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Unix seconds of the last change, for the reconciler's hold-off and tombstone expiry.
+    #[serde(default)]
+    pub updated_at: i64,
+}
+
+/// What a `started` does, given the record as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedStep {
+    /// No record yet: create one in `Exposing`.
+    Create(Record),
+    /// The allocation wants exposure: drive it (again) and reply `ready`.
+    Expose,
+    /// The allocation failed before: repeat that answer.
+    RepeatFailure(Failure),
+    /// The allocation has ended: expose nothing, answer `failed`.
+    AlreadyEnded,
+}
+
+/// Decides what a started does.
+pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> StartedStep {
+    match record {
+        None => StartedStep::Create(Record {
+            allocation_id: ev.allocation_id.clone(),
+            resource_manager: rm.to_owned(),
+            phase: Phase::Exposing,
+            spec: Some(Spec {
+                namespace: ev.namespace.clone(),
+                pod_selector: ev.pod_selector.clone(),
+                proxy_ports: ev.proxy_ports.clone(),
+                task_id: ev.task_id.clone(),
+            }),
+            started_event_id: Some(ev.event_id),
+            ports: Vec::new(),
+            released: Vec::new(),
+            ended_event_id: None,
+            failure: None,
+            updated_at: now,
+        }),
+        Some(r) => match r.phase {
+            Phase::Exposing | Phase::Ready => StartedStep::Expose,
+            Phase::Failed => StartedStep::RepeatFailure(r.failure.clone().unwrap_or(Failure {
+                reason: FailureReason::KubernetesError,
+                message: "the allocation failed earlier".into(),
+                retryable: true,
+            })),
+            Phase::Ending | Phase::Removed => StartedStep::AlreadyEnded,
+        },
+    }
+}
+
+/// What an `ended` does, given the record as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndedStep {
+    /// No record yet: leave a tombstone so a later started exposes nothing.
+    Tombstone(Record),
+    /// Move the record to `Ending` (the returned record), then clean up.
+    MarkEnding(Record),
+    /// Already ending or ended: clean up (idempotent) and reply `removed`.
+    Cleanup,
+}
+
+/// Decides what an ended does.
+pub fn on_ended(
+    record: Option<&Record>,
+    rm: &str,
+    allocation_id: &str,
+    event_id: Uuid,
+    now: i64,
+) -> EndedStep {
+    match record {
+        None => EndedStep::Tombstone(Record {
+            allocation_id: allocation_id.to_owned(),
+            resource_manager: rm.to_owned(),
+            phase: Phase::Removed,
+            spec: None,
+            started_event_id: None,
+            ports: Vec::new(),
+            released: Vec::new(),
+            ended_event_id: Some(event_id),
+            failure: None,
+            updated_at: now,
+        }),
+        Some(r) => match r.phase {
+            Phase::Exposing | Phase::Ready | Phase::Failed => {
+                let mut next = r.clone();
+                next.phase = Phase::Ending;
+                next.ended_event_id = Some(event_id);
+                next.updated_at = now;
+                EndedStep::MarkEnding(next)
+            }
+            Phase::Ending | Phase::Removed => EndedStep::Cleanup,
+        },
+    }
+}
+
+impl Record {
+    /// Proxy ports of the spec that have no gateway port yet.
+    pub fn unbound(&self) -> Vec<&ProxyPort> {
+        self.spec
+            .as_ref()
+            .map(|s| {
+                s.proxy_ports
+                    .iter()
+                    .filter(|p| !self.ports.iter().any(|b| b.name == p.name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The record after its objects and ports are gone: ports move to `released`, `Ending` becomes
+    /// `Removed`, `Failed` stays.
+    pub fn cleaned(&self, now: i64) -> Record {
+        let mut next = self.clone();
+        for b in next.ports.drain(..) {
+            if !next.released.iter().any(|r| r.name == b.name) {
+                next.released.push(Released {
+                    name: b.name,
+                    gateway_port: b.gateway_port,
+                });
+            }
+        }
+        if next.phase == Phase::Ending {
+            next.phase = Phase::Removed;
+        }
+        next.updated_at = now;
+        next
+    }
+
+    /// The record moved to `Failed` for `failure`; its ports stay listed until cleanup frees them.
+    pub fn failed(&self, failure: Failure, now: i64) -> Record {
+        let mut next = self.clone();
+        next.phase = Phase::Failed;
+        next.failure = Some(failure);
+        next.updated_at = now;
+        next
+    }
+
+    /// Whether nothing of the allocation remains to remove.
+    pub fn is_clean(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_started(alloc: &str) -> Started {
+        Started {
+            event_id: Uuid::new_v4(),
+            allocation_id: alloc.into(),
+            task_id: None,
+            namespace: "team-a".into(),
+            pod_selector: [("app".to_owned(), "nb".to_owned())].into(),
+            proxy_ports: vec![
+                ProxyPort {
+                    name: "jupyter".into(),
+                    port: 8888,
+                },
+                ProxyPort {
+                    name: "tb".into(),
+                    port: 6006,
+                },
+            ],
+            occurred_at: None,
+        }
+    }
+
+    fn created(alloc: &str) -> Record {
+        match on_started(None, "rm", &mk_started(alloc), 1) {
+            StartedStep::Create(r) => r,
+            other => panic!("expected Create, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_started_creates_an_exposing_record() {
+        let r = created("a.1");
+        assert_eq!(r.phase, Phase::Exposing);
+        assert_eq!(r.unbound().len(), 2);
+    }
+
+    #[test]
+    fn repeated_started_exposes_again_with_the_same_record() {
+        let mut r = created("a.1");
+        r.phase = Phase::Ready;
+        assert_eq!(
+            on_started(Some(&r), "rm", &mk_started("a.1"), 2),
+            StartedStep::Expose
+        );
+    }
+
+    #[test]
+    fn ended_before_started_leaves_a_tombstone_that_blocks_resurrection() {
+        let id = Uuid::new_v4();
+        let EndedStep::Tombstone(t) = on_ended(None, "rm", "a.1", id, 1) else {
+            panic!("expected a tombstone")
+        };
+        assert_eq!(t.phase, Phase::Removed);
+        assert_eq!(
+            on_started(Some(&t), "rm", &mk_started("a.1"), 2),
+            StartedStep::AlreadyEnded
+        );
+    }
+
+    #[test]
+    fn late_started_after_ended_exposes_nothing() {
+        let r = created("a.1");
+        let EndedStep::MarkEnding(ending) = on_ended(Some(&r), "rm", "a.1", Uuid::new_v4(), 2)
+        else {
+            panic!("expected MarkEnding")
+        };
+        assert_eq!(
+            on_started(Some(&ending), "rm", &mk_started("a.1"), 3),
+            StartedStep::AlreadyEnded
+        );
+        let removed = ending.cleaned(4);
+        assert_eq!(removed.phase, Phase::Removed);
+        assert_eq!(
+            on_started(Some(&removed), "rm", &mk_started("a.1"), 5),
+            StartedStep::AlreadyEnded
+        );
+    }
+
+    #[test]
+    fn cleanup_moves_ports_to_released_once() {
+        let mut r = created("a.1");
+        r.ports.push(Binding {
+            name: "jupyter".into(),
+            container_port: 8888,
+            gateway_port: 40001,
+        });
+        r.phase = Phase::Ending;
+        let c = r.cleaned(2);
+        assert!(c.is_clean());
+        assert_eq!(
+            c.released,
+            vec![Released {
+                name: "jupyter".into(),
+                gateway_port: 40001
+            }]
+        );
+        assert_eq!(c.cleaned(3).released.len(), 1);
+    }
+
+    #[test]
+    fn repeated_ended_only_cleans_up() {
+        let mut r = created("a.1");
+        r.phase = Phase::Removed;
+        assert_eq!(
+            on_ended(Some(&r), "rm", "a.1", Uuid::new_v4(), 2),
+            EndedStep::Cleanup
+        );
+    }
+
+    #[test]
+    fn failed_allocations_repeat_their_failure_and_can_still_end() {
+        let r = created("a.1").failed(
+            Failure {
+                reason: FailureReason::CapacityExhausted,
+                message: "full".into(),
+                retryable: true,
+            },
+            2,
+        );
+        assert!(
+            matches!(on_started(Some(&r), "rm", &mk_started("a.1"), 3), StartedStep::RepeatFailure(f) if f.reason == FailureReason::CapacityExhausted)
+        );
+        assert!(matches!(
+            on_ended(Some(&r), "rm", "a.1", Uuid::new_v4(), 3),
+            EndedStep::MarkEnding(_)
+        ));
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = created("a.1");
+        let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+}
