@@ -290,8 +290,10 @@ impl Config {
                 "set at most one way to authenticate",
             ));
         }
-        if let Some(tls) = &n.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
+        if let Some(tls) = &n.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            {
                 return Err(rule(
                     "nats.tls.cert_file",
                     &tls.cert_file,

@@ -283,8 +283,10 @@ pub fn decode_event(kind: EventKind, payload: &[u8]) -> Result<Event, InvalidEve
         )
     })?;
     let occurred_at = f.optional_string("occurred_at")?;
-    if let Some(at) = &occurred_at {
-        if at.parse::<jiff::Timestamp>().is_err() {
+    if let Some(at) = &occurred_at
+        && at.parse::<jiff::Timestamp>().is_err()
+    {
+        {
             return Err(f.err(
                 "occurred_at",
                 format!("{} is not an RFC 3339 timestamp", shorten(at)),

@@ -14,8 +14,16 @@
 //! (`contract`, `validate`, `names`, `allocator`, `state`, `config`) use neither NATS nor Kubernetes.
 
 pub mod allocator;
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod contract;
+pub mod ctl;
+pub mod gateway;
 pub mod names;
+pub mod nats;
 pub mod state;
+pub mod store;
 pub mod validate;
+pub mod worker;

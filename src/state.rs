@@ -93,6 +93,9 @@ pub struct Record {
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Unix seconds of the record's creation: capacity and Kubernetes deadlines count from here.
+    #[serde(default)]
+    pub created_at: i64,
     /// Unix seconds of the last change, for the reconciler's hold-off and tombstone expiry.
     #[serde(default)]
     pub updated_at: i64,
@@ -102,7 +105,7 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartedStep {
     /// No record yet: create one in `Exposing`.
-    Create(Record),
+    Create(Box<Record>),
     /// The allocation wants exposure: drive it (again) and reply `ready`.
     Expose,
     /// The allocation failed before: repeat that answer.
@@ -114,7 +117,7 @@ pub enum StartedStep {
 /// Decides what a started does.
 pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> StartedStep {
     match record {
-        None => StartedStep::Create(Record {
+        None => StartedStep::Create(Box::new(Record {
             allocation_id: ev.allocation_id.clone(),
             resource_manager: rm.to_owned(),
             phase: Phase::Exposing,
@@ -129,8 +132,9 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             released: Vec::new(),
             ended_event_id: None,
             failure: None,
+            created_at: now,
             updated_at: now,
-        }),
+        })),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready => StartedStep::Expose,
             Phase::Failed => StartedStep::RepeatFailure(r.failure.clone().unwrap_or(Failure {
@@ -173,6 +177,7 @@ pub fn on_ended(
             released: Vec::new(),
             ended_event_id: Some(event_id),
             failure: None,
+            created_at: now,
             updated_at: now,
         }),
         Some(r) => match r.phase {
@@ -263,7 +268,7 @@ mod tests {
 
     fn created(alloc: &str) -> Record {
         match on_started(None, "rm", &mk_started(alloc), 1) {
-            StartedStep::Create(r) => r,
+            StartedStep::Create(r) => *r,
             other => panic!("expected Create, got {other:?}"),
         }
     }

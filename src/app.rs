@@ -1,0 +1,205 @@
+//! Wiring: connects NATS and every resource manager's apiserver, checks what is there, and runs one
+//! consumer loop per resource manager until shutdown. The one place where adapters meet.
+
+use std::fmt::Write as _;
+
+use async_nats::jetstream;
+use kube::Api;
+use tokio::sync::watch;
+
+use crate::allocator::{self, PortView};
+use crate::config::{Config, ResourceManagerConfig};
+use crate::gateway::{self, Cluster, KubeGateway};
+use crate::names;
+use crate::nats::{self, JetStreamReplier};
+use crate::store::{KvStore, Store};
+use crate::worker::{Handler, RmContext};
+
+/// A start-up check that failed, naming the server and where it was looked for.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// An apiserver or the Gateway could not be reached or found.
+    #[error("resource manager {rm}: {message}")]
+    Kubernetes { rm: String, message: String },
+}
+
+/// One resource manager, connected.
+pub struct Connected {
+    pub config: ResourceManagerConfig,
+    pub gateway: KubeGateway,
+    pub server: String,
+}
+
+/// Everything connected and checked.
+pub struct Servers {
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub store: KvStore,
+    pub rms: Vec<Connected>,
+}
+
+/// Connects to NATS (creating the streams and the KV bucket when absent) and to every apiserver, and waits
+/// for each Gateway watch to sync.
+///
+/// # Errors
+/// [`StartError`] naming the first server that could not be used.
+pub async fn connect(config: &Config) -> Result<Servers, StartError> {
+    let client = nats::connect(&config.nats).await?;
+    let js = jetstream::new(client.clone());
+    js.query_account()
+        .await
+        .map_err(|e| nats::NatsError::JetStream {
+            what: format!("account info at {}", config.nats.url),
+            message: e.to_string(),
+        })?;
+    nats::ensure_streams(&js, &config.jetstream).await?;
+    let store = KvStore::open(&js, &config.jetstream).await?;
+    let mut rms = Vec::new();
+    for rm in &config.resource_managers {
+        let kerr = |message: String| StartError::Kubernetes {
+            rm: rm.name.clone(),
+            message,
+        };
+        let (client, server) = gateway::client_for(rm).await.map_err(kerr)?;
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| kerr(format!("apiserver from {server} does not answer: {e}")))?;
+        let g = &rm.internal_task_gateway;
+        let api: Api<gateway_api::experimental::gateways::Gateway> =
+            Api::namespaced(client.clone(), &g.gateway_namespace);
+        match api.get_opt(&g.gateway_name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(kerr(format!(
+                    "Gateway {}/{} not found in the cluster of {server}; create it (with a placeholder listener) or fix internal_task_gateway",
+                    g.gateway_namespace, g.gateway_name
+                )));
+            }
+            Err(e) => {
+                return Err(kerr(format!(
+                    "reading Gateway {}/{} via {server}: {e}",
+                    g.gateway_namespace, g.gateway_name
+                )));
+            }
+        }
+        let gateway = KubeGateway::start(client, rm)
+            .await
+            .map_err(|e| kerr(e.to_string()))?;
+        rms.push(Connected {
+            config: rm.clone(),
+            gateway,
+            server,
+        });
+    }
+    Ok(Servers {
+        nats: client,
+        js,
+        store,
+        rms,
+    })
+}
+
+/// A human-readable report of what was found: JetStream, each Gateway, its listeners and free ports.
+///
+/// # Errors
+/// [`StartError`] when the KV bucket cannot be read.
+pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartError> {
+    let mut out = String::new();
+    let info = servers.nats.server_info();
+    let _ = writeln!(
+        out,
+        "NATS {} at {}: JetStream available (server {})",
+        info.version, config.nats.url, info.server_name
+    );
+    for c in &servers.rms {
+        let g = &c.config.internal_task_gateway;
+        let view = c.gateway.view();
+        let prefix = names::port_key_prefix(&c.config.name, &g.gateway_namespace, &g.gateway_name);
+        let claimed: std::collections::BTreeSet<u16> = servers
+            .store
+            .keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        let pv = PortView {
+            excluded: c.config.excluded_port_set(),
+            foreign: view.foreign_ports.clone(),
+            taken: claimed.clone(),
+        };
+        let free = allocator::candidates(c.config.port_range(), &pv, 0).count();
+        let _ = writeln!(
+            out,
+            "resource manager {}: apiserver via {}; Gateway {}/{} present with {} listener(s) ({} foreign on ports {:?}); ports {}-{}: {} free, {} claimed, listener slots {} of {}",
+            c.config.name,
+            c.server,
+            g.gateway_namespace,
+            g.gateway_name,
+            view.listeners.len(),
+            view.listeners
+                .iter()
+                .filter(|l| !names::is_owned_listener_name(l))
+                .count(),
+            view.foreign_ports,
+            g.gateway_port_range_start,
+            g.gateway_port_range_end,
+            free,
+            claimed.len(),
+            view.listeners.len(),
+            c.config.listener_limit,
+        );
+    }
+    Ok(out)
+}
+
+/// Runs the worker until `shutdown` turns true. A consumer loop that ends on its own ends the process.
+///
+/// # Errors
+/// [`StartError`] from start-up.
+pub async fn run(
+    config: Config,
+    servers: Servers,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let replier = JetStreamReplier::new(servers.js.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in servers.rms {
+        let max_ack_pending = i64::try_from(config.worker.concurrency * 64).unwrap_or(i64::MAX);
+        let consumer = nats::ensure_consumer(
+            &servers.js,
+            &config.jetstream,
+            &c.config.name,
+            max_ack_pending,
+        )
+        .await?;
+        let handler = Handler::new(
+            RmContext::new(&c.config),
+            servers.store.clone(),
+            c.gateway,
+            config.worker.clone(),
+        );
+        let span = tracing::info_span!("consumer", resource_manager = %c.config.name);
+        tasks.spawn(tracing::Instrument::instrument(
+            crate::consumer::run(
+                handler,
+                consumer,
+                replier.clone(),
+                config.worker.clone(),
+                shutdown.clone(),
+            ),
+            span,
+        ));
+        tracing::info!(resource_manager = %c.config.name, "serving events");
+    }
+    while let Some(res) = tasks.join_next().await {
+        if let Err(e) = res {
+            tracing::error!(error = %e, "a consumer task panicked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The consumer loop: pulls events of one resource manager, serves each with a bounded number in flight, and
+//! maps every outcome to an explicit acknowledgement (ack after the reply is stored, nak with backoff when
+//! the event must wait). A transient pull error is logged and the loop continues; only shutdown ends it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::WorkerConfig;
+use crate::contract;
+use crate::gateway::Cluster;
+use crate::nats::Replier;
+use crate::store::Store;
+use crate::worker::{Handled, Handler};
+
+/// How long to wait before the `delivered`-th redelivery: exponential between the configured bounds, with
+/// jitter so a crowd of waiting events does not come back at once.
+pub fn redelivery_delay(timing: &WorkerConfig, delivered: i64) -> Duration {
+    let n = usize::try_from(delivered.max(1) - 1).unwrap_or(0).min(32);
+    ExponentialBuilder::default()
+        .with_min_delay(timing.retry_min.0)
+        .with_max_delay(timing.retry_max.0)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(n)
+        .unwrap_or(timing.retry_max.0)
+        .min(timing.retry_max.0)
+}
+
+/// Serves events until `shutdown` turns true; then stops pulling and lets the events in flight finish.
+pub async fn run<S: Store, C: Cluster, R: Replier>(
+    handler: Handler<S, C>,
+    consumer: PullConsumer,
+    replier: R,
+    timing: WorkerConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rm = handler.rm().name.clone();
+    while !*shutdown.borrow() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(timing.concurrency)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(resource_manager = %rm, error = %e, "cannot pull events; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut stop = shutdown.clone();
+        let until = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        messages
+            .take_until(until)
+            .for_each_concurrent(timing.concurrency, |m| {
+                let (handler, replier, timing) = (&handler, &replier, &timing);
+                async move {
+                    match m {
+                        Ok(msg) => serve(handler, replier, timing, msg).await,
+                        Err(e) => tracing::warn!(error = %e, "pull error; continuing"),
+                    }
+                }
+            })
+            .await;
+        if shutdown.has_changed().is_err() {
+            break;
+        }
+    }
+    tracing::info!(resource_manager = %rm, "consumer stopped");
+}
+
+async fn serve<S: Store, C: Cluster, R: Replier>(
+    handler: &Handler<S, C>,
+    replier: &R,
+    timing: &WorkerConfig,
+    msg: jetstream::Message,
+) {
+    let rm = handler.rm().name.clone();
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let span = tracing::info_span!(
+        "event",
+        resource_manager = %rm,
+        subject = %msg.subject,
+        delivered,
+        allocation_id = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    async {
+        let Some((_, kind)) = contract::parse_event_subject(&msg.subject) else {
+            tracing::warn!("not an event subject; terminating it");
+            ack(&msg, AckKind::Term).await;
+            return;
+        };
+        match handler.handle(kind, &msg.payload).await {
+            Handled::Answer { reply, msg_id } => match replier.publish(&reply, &msg_id).await {
+                Ok(()) => {
+                    tracing::info!(reply = reply.kind().as_str(), "answered");
+                    ack(&msg, AckKind::Ack).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reply not stored; the event will be redelivered");
+                    ack(
+                        &msg,
+                        AckKind::Nak(Some(redelivery_delay(timing, delivered))),
+                    )
+                    .await;
+                }
+            },
+            Handled::Done => ack(&msg, AckKind::Ack).await,
+            Handled::Retry { why } => {
+                let delay = redelivery_delay(timing, delivered);
+                tracing::info!(why = %why, retry_in = ?delay, "not served yet; will retry");
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn ack(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        // A lost ack means a redelivery, which the handler serves idempotently.
+        tracing::warn!(error = %e, "acknowledgement not sent");
+    }
+}

@@ -1,0 +1,393 @@
+//! `itgctl`: publish started/ended events, watch replies, and run a demo lifecycle. Exit codes: 0 done,
+//! 1 an error, 2 bad arguments (clap), 3 a demo reply did not arrive in time.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::contract::{self, EventKind};
+
+/// Publishes events to, and reads replies from, the Internal Task Gateway's streams.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:
+  itgctl publish started --rm k8s-west --allocation-id 6f1c.1 --namespace team-a \\
+      --selector app=notebook --port jupyter=8888
+  itgctl publish ended --rm k8s-west --allocation-id 6f1c.1
+  itgctl watch --rm k8s-west --output json
+  itgctl demo --rm local --namespace default"
+)]
+pub struct Args {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats_url: String,
+    /// How to print replies.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Reply output format.
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one event, as the master would.
+    #[command(subcommand)]
+    Publish(Publish),
+    /// Print replies as they arrive.
+    Watch {
+        /// Only this resource manager's replies.
+        #[arg(long)]
+        rm: Option<String>,
+        /// Also print replies stored before the watch started.
+        #[arg(long)]
+        all: bool,
+        /// Stop after this many replies.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Run a few task lifecycles end to end: started, wait for ready, ended, wait for removed.
+    Demo {
+        #[arg(long)]
+        rm: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// How many tasks to start.
+        #[arg(long, default_value_t = 3)]
+        tasks: usize,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Publish {
+    /// A task started: expose its proxy ports.
+    Started {
+        #[command(flatten)]
+        common: Common,
+        /// Namespace of the task's pods.
+        #[arg(long)]
+        namespace: String,
+        /// Pod label `key=value`; repeat for more.
+        #[arg(long = "selector", required = true)]
+        selector: Vec<String>,
+        /// Proxy port `name=port`; repeat for more.
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+    },
+    /// The task ended: remove everything made for it.
+    Ended {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(ClapArgs)]
+struct Common {
+    /// Resource manager (subject token).
+    #[arg(long)]
+    rm: String,
+    /// Allocation id.
+    #[arg(long)]
+    allocation_id: String,
+    /// Event id; a new UUID when absent. Reuse one to test deduplication.
+    #[arg(long)]
+    event_id: Option<Uuid>,
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{what} {s:?} must be written key=value"))
+        })
+        .collect()
+}
+
+/// Builds a started payload.
+pub fn started_payload(
+    event_id: Uuid,
+    allocation_id: &str,
+    namespace: &str,
+    selector: &BTreeMap<String, String>,
+    ports: &[(String, u16)],
+) -> Value {
+    json!({
+        "schema_version": contract::SCHEMA_VERSION,
+        "event_id": event_id,
+        "allocation_id": allocation_id,
+        "namespace": namespace,
+        "pod_selector": selector,
+        "proxy_ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p})).collect::<Vec<_>>(),
+        "occurred_at": jiff::Timestamp::now().to_string(),
+    })
+}
+
+/// Builds an ended payload.
+pub fn ended_payload(event_id: Uuid, allocation_id: &str) -> Value {
+    json!({
+        "schema_version": contract::SCHEMA_VERSION,
+        "event_id": event_id,
+        "allocation_id": allocation_id,
+        "occurred_at": jiff::Timestamp::now().to_string(),
+    })
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    rm: &str,
+    kind: EventKind,
+    event_id: Uuid,
+    body: &Value,
+) -> anyhow::Result<u64> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+    let ack = js
+        .publish_with_headers(contract::event_subject(rm, kind), headers, serde_json::to_vec(body)?.into())
+        .await?
+        .await
+        .context("the events stream did not store the event; is a worker (which creates ITG_EVENTS) running?")?;
+    Ok(ack.sequence)
+}
+
+async fn replies(
+    js: &jetstream::Context,
+    rm: Option<&str>,
+    all: bool,
+) -> anyhow::Result<consumer::push::Ordered> {
+    let stream = js
+        .get_stream(contract::REPLIES_STREAM)
+        .await
+        .context("no ITG_REPLIES stream; start a worker first")?;
+    Ok(stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js_inbox(),
+            filter_subject: rm.map_or_else(
+                || contract::REPLIES_SUBJECTS.to_owned(),
+                |rm| format!("itg.replies.{rm}.>"),
+            ),
+            deliver_policy: if all {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::New
+            },
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?)
+}
+
+fn js_inbox() -> String {
+    format!("_INBOX.itgctl.{}", Uuid::new_v4().simple())
+}
+
+fn print_reply(output: Output, subject: &str, payload: &[u8]) {
+    match output {
+        Output::Json => println!("{}", String::from_utf8_lossy(payload)),
+        Output::Table => {
+            let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+            let kind = subject.rsplit('.').next().unwrap_or("?");
+            let detail = match kind {
+                "ready" => v["proxies"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                format!(
+                                    "{}={}",
+                                    p["name"].as_str().unwrap_or(""),
+                                    p["address"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+                "failed" => format!(
+                    "{}: {}",
+                    v["reason"].as_str().unwrap_or(""),
+                    v["message"].as_str().unwrap_or("")
+                ),
+                "removed" => format!("released {}", v["released"]),
+                _ => String::new(),
+            };
+            println!(
+                "{:<8} {:<12} {:<40} {}",
+                kind,
+                v["resource_manager"].as_str().unwrap_or(""),
+                v["allocation_id"].as_str().unwrap_or("-"),
+                detail
+            );
+        }
+    }
+}
+
+/// Runs one `itgctl` command.
+///
+/// # Errors
+/// NATS unreachable, a stream missing, or a malformed argument.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let client = async_nats::connect(args.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = jetstream::new(client);
+    match args.command {
+        Command::Publish(Publish::Started {
+            common,
+            namespace,
+            selector,
+            ports,
+        }) => {
+            let selector: BTreeMap<String, String> =
+                pairs(&selector, "--selector")?.into_iter().collect();
+            let ports = pairs(&ports, "--port")?
+                .into_iter()
+                .map(|(n, p)| {
+                    Ok((
+                        n,
+                        p.parse::<u16>()
+                            .with_context(|| format!("--port {p:?} is not a port number"))?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let id = common.event_id.unwrap_or_else(Uuid::new_v4);
+            let body = started_payload(id, &common.allocation_id, &namespace, &selector, &ports);
+            let seq = publish(&js, &common.rm, EventKind::Started, id, &body).await?;
+            println!("published started {id} as sequence {seq}");
+        }
+        Command::Publish(Publish::Ended { common }) => {
+            let id = common.event_id.unwrap_or_else(Uuid::new_v4);
+            let seq = publish(
+                &js,
+                &common.rm,
+                EventKind::Ended,
+                id,
+                &ended_payload(id, &common.allocation_id),
+            )
+            .await?;
+            println!("published ended {id} as sequence {seq}");
+        }
+        Command::Watch { rm, all, count } => {
+            let mut msgs = replies(&js, rm.as_deref(), all).await?;
+            let mut seen = 0;
+            while let Some(m) = msgs.next().await {
+                let m = m?;
+                print_reply(args.output, &m.subject, &m.payload);
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Command::Demo {
+            rm,
+            namespace,
+            tasks,
+            timeout,
+        } => {
+            return demo(
+                &js,
+                args.output,
+                &rm,
+                &namespace,
+                tasks,
+                Duration::from_secs(timeout),
+            )
+            .await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(
+    js: &jetstream::Context,
+    output: Output,
+    rm: &str,
+    ns: &str,
+    tasks: usize,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut msgs = replies(js, Some(rm), false).await?;
+    let allocs: Vec<String> = (0..tasks)
+        .map(|_| format!("{}.1", Uuid::new_v4()))
+        .collect();
+    for (kind, want) in [(EventKind::Started, "ready"), (EventKind::Ended, "removed")] {
+        for (i, a) in allocs.iter().enumerate() {
+            let id = Uuid::new_v4();
+            let body = match kind {
+                EventKind::Started => {
+                    let sel = BTreeMap::from([(
+                        "determined.ai/allocation".to_owned(),
+                        format!("demo-{i}"),
+                    )]);
+                    started_payload(
+                        id,
+                        a,
+                        ns,
+                        &sel,
+                        &[("jupyter".into(), 8888), ("tensorboard".into(), 6006)],
+                    )
+                }
+                EventKind::Ended => ended_payload(id, a),
+            };
+            publish(js, rm, kind, id, &body).await?;
+            eprintln!("published {} for {a}", kind.as_str());
+        }
+        let mut pending: Vec<&String> = allocs.iter().collect();
+        while !pending.is_empty() {
+            let m = match tokio::time::timeout(timeout, msgs.next()).await {
+                Ok(Some(m)) => m?,
+                Ok(None) => bail!("the reply stream closed"),
+                Err(_) => {
+                    eprintln!(
+                        "no {want} reply within {timeout:?} for {} allocation(s); is the worker running?",
+                        pending.len()
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            print_reply(output, &m.subject, &m.payload);
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            if m.subject.ends_with(want) {
+                pending.retain(|a| Some(a.as_str()) != v["allocation_id"].as_str());
+            } else if m.subject.ends_with("failed")
+                && pending
+                    .iter()
+                    .any(|a| Some(a.as_str()) == v["allocation_id"].as_str())
+            {
+                eprintln!("an allocation failed; see the reply above");
+                return Ok(ExitCode::from(3));
+            }
+        }
+        if kind == EventKind::Started {
+            eprintln!("all {tasks} task(s) exposed; ending them");
+        }
+    }
+    eprintln!("all {tasks} task(s) removed");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,429 @@
+//! The Kubernetes adapter: per proxy port a Service, a listener on the shared Gateway and a TCPRoute.
+//!
+//! Listeners are written with server-side apply of a partial Gateway holding only that listener, under a
+//! field manager of its own: the apiserver merges listeners by name, so workers never read-modify-write the
+//! whole Gateway and never touch listeners they do not own. A watch of the one Gateway feeds an in-memory
+//! view (foreign ports, listener count) so the hot path lists nothing.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::tcproutes::{
+    TcpRoute, TcpRouteParentRefs, TcpRouteRules, TcpRouteRulesBackendRefs, TcpRouteSpec,
+};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store as Reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::config::ResourceManagerConfig;
+use crate::names;
+use crate::state::{Binding, Spec};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Why a Kubernetes step did not complete. The variant tells the worker whether to retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KubeError {
+    /// The apiserver is unreachable, overloaded or the write conflicted: retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// The Gateway has no room for another listener, or the port is taken there: wait for capacity.
+    #[error("{0}")]
+    Capacity(String),
+    /// The request can never succeed as it is (forbidden, invalid, namespace missing).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What the worker needs to know of its Gateway to choose ports and count listener slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayView {
+    /// Whether the Gateway exists.
+    pub present: bool,
+    /// Ports of listeners the worker does not own.
+    pub foreign_ports: BTreeSet<u16>,
+    /// Names of every listener, ours and others'.
+    pub listeners: BTreeSet<String>,
+}
+
+/// One proxy port of one allocation, as Kubernetes sees it.
+#[derive(Debug, Clone)]
+pub struct Exposure<'a> {
+    pub rm: &'a str,
+    pub allocation_id: &'a str,
+    pub spec: &'a Spec,
+    pub binding: &'a Binding,
+}
+
+/// The Kubernetes side of the worker; implemented by [`KubeGateway`] against a real apiserver.
+pub trait Cluster: Clone + Send + Sync + 'static {
+    /// The Gateway as last seen by the watch.
+    fn view(&self) -> GatewayView;
+    /// Makes the Service, listener and route of one proxy port exist (idempotent), in that order.
+    fn expose(&self, e: &Exposure<'_>) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// Makes them not exist (idempotent), in the order route, listener, Service.
+    fn withdraw(
+        &self,
+        rm: &str,
+        allocation_id: &str,
+        namespace: Option<&str>,
+        binding: &Binding,
+    ) -> impl Future<Output = Result<(), KubeError>> + Send;
+}
+
+/// A resource manager's apiserver and Gateway.
+#[derive(Clone)]
+pub struct KubeGateway {
+    client: Client,
+    gateway_namespace: String,
+    gateway_name: String,
+    gateways: Api<Gateway>,
+    reflector: Reflector<Gateway>,
+}
+
+/// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
+/// `$KUBECONFIG` / `~/.kube/config`.
+///
+/// # Errors
+/// A message naming the kubeconfig that could not be used.
+pub async fn client_for(rm: &ResourceManagerConfig) -> Result<(Client, String), String> {
+    let options = kube::config::KubeConfigOptions {
+        context: rm.kube_context.clone(),
+        ..Default::default()
+    };
+    let config = match &rm.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None if rm.kube_context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"))?,
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no kubeconfig set, and neither in-cluster config nor $KUBECONFIG works: {e}")
+        })?,
+    };
+    let where_ = format!(
+        "{} from {}",
+        config.cluster_url,
+        rm.kubeconfig.as_ref().map_or_else(
+            || "the inferred kubeconfig".to_owned(),
+            |p| p.display().to_string()
+        )
+    );
+    let client =
+        Client::try_from(config).map_err(|e| format!("Kubernetes client for {where_}: {e}"))?;
+    Ok((client, where_))
+}
+
+/// Sorts a kube error into retry, capacity or give-up.
+pub fn classify(what: &str, err: kube::Error) -> KubeError {
+    match err {
+        kube::Error::Api(s) => {
+            let msg = format!("{what}: {} ({} {})", s.message, s.code, s.reason);
+            let m = s.message.as_str();
+            match s.code {
+                422 if m.contains("must have at most") || m.contains("Too many") => {
+                    KubeError::Capacity(msg)
+                }
+                422 if m.contains("port, protocol") || m.contains("unique") => {
+                    KubeError::Capacity(msg)
+                }
+                409 | 429 | 500..=599 => KubeError::Transient(msg),
+                // The Gateway may be re-created by its operator: keep retrying until the deadline.
+                404 if what.contains("listener") => KubeError::Transient(msg),
+                _ => KubeError::Permanent(msg),
+            }
+        }
+        other => KubeError::Transient(format!("{what}: {other}")),
+    }
+}
+
+impl KubeGateway {
+    /// Starts watching the Gateway of `rm`. Returns once the first list has been seen.
+    ///
+    /// # Errors
+    /// [`KubeError`] when the watch cannot start (apiserver unreachable or forbidden).
+    pub async fn start(
+        client: Client,
+        rm: &ResourceManagerConfig,
+    ) -> Result<KubeGateway, KubeError> {
+        let g = &rm.internal_task_gateway;
+        let gateways: Api<Gateway> = Api::namespaced(client.clone(), &g.gateway_namespace);
+        let (reader, writer) = reflector::store();
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", g.gateway_name));
+        let stream = watcher(gateways.clone(), cfg)
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let name = format!("{}/{}", g.gateway_namespace, g.gateway_name);
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(gateway = %name, error = %e, "Gateway watch error; retrying");
+                }
+            }
+        });
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            reader.wait_until_ready(),
+        )
+        .await
+        .map_err(|_| {
+            KubeError::Transient(format!(
+                "watching Gateway {}/{}: no answer from the apiserver in 30 s",
+                g.gateway_namespace, g.gateway_name
+            ))
+        })?
+        .map_err(|e| KubeError::Transient(format!("watching Gateway: {e}")))?;
+        Ok(KubeGateway {
+            client,
+            gateway_namespace: g.gateway_namespace.clone(),
+            gateway_name: g.gateway_name.clone(),
+            gateways,
+            reflector: reader,
+        })
+    }
+
+    fn gateway(&self) -> Option<Arc<Gateway>> {
+        self.reflector
+            .state()
+            .into_iter()
+            .find(|g| g.metadata.name.as_deref() == Some(&self.gateway_name))
+    }
+
+    async fn apply_service(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &e.spec.namespace);
+        let svc = Service {
+            metadata: object_meta(
+                name,
+                &e.spec.namespace,
+                e.rm,
+                e.allocation_id,
+                &e.binding.name,
+            ),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                selector: Some(e.spec.pod_selector.clone()),
+                ports: Some(vec![ServicePort {
+                    name: Some(e.binding.name.clone()),
+                    protocol: Some("TCP".into()),
+                    port: i32::from(e.binding.container_port),
+                    target_port: Some(IntOrString::Int(i32::from(e.binding.container_port))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        api.patch(
+            name,
+            &PatchParams::apply(names::OBJECT_FIELD_MANAGER).force(),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .map(drop)
+        .map_err(|err| {
+            classify(
+                &format!("applying Service {}/{name}", e.spec.namespace),
+                err,
+            )
+        })
+    }
+
+    async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
+        // Only this listener: the apiserver merges it into spec.listeners by name.
+        let body = json!({
+            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+            "kind": "Gateway",
+            "metadata": { "name": self.gateway_name, "namespace": self.gateway_namespace },
+            "spec": { "listeners": [{
+                "name": name,
+                "port": e.binding.gateway_port,
+                "protocol": "TCP",
+                "allowedRoutes": {
+                    "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
+                    "namespaces": {
+                        "from": "Selector",
+                        "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
+                    }
+                }
+            }]}
+        });
+        let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        self.gateways
+            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+            .await
+            .map(drop)
+            .map_err(|err| {
+                classify(
+                    &format!(
+                        "applying listener {name} (port {}) to Gateway {}/{}",
+                        e.binding.gateway_port, self.gateway_namespace, self.gateway_name
+                    ),
+                    err,
+                )
+            })
+    }
+
+    async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
+        let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &e.spec.namespace);
+        let route = TcpRoute {
+            metadata: object_meta(
+                name,
+                &e.spec.namespace,
+                e.rm,
+                e.allocation_id,
+                &e.binding.name,
+            ),
+            spec: TcpRouteSpec {
+                parent_refs: Some(vec![TcpRouteParentRefs {
+                    group: Some(GATEWAY_GROUP.into()),
+                    kind: Some("Gateway".into()),
+                    name: self.gateway_name.clone(),
+                    namespace: Some(self.gateway_namespace.clone()),
+                    section_name: Some(name.to_owned()),
+                    port: Some(i32::from(e.binding.gateway_port)),
+                }]),
+                rules: vec![TcpRouteRules {
+                    backend_refs: vec![TcpRouteRulesBackendRefs {
+                        group: Some(String::new()),
+                        kind: Some("Service".into()),
+                        name: name.to_owned(),
+                        port: Some(i32::from(e.binding.container_port)),
+                        ..Default::default()
+                    }],
+                    name: None,
+                }],
+                ..Default::default()
+            },
+            status: None,
+        };
+        api.patch(
+            name,
+            &PatchParams::apply(names::OBJECT_FIELD_MANAGER).force(),
+            &Patch::Apply(&route),
+        )
+        .await
+        .map(drop)
+        .map_err(|err| {
+            classify(
+                &format!("applying TCPRoute {}/{name}", e.spec.namespace),
+                err,
+            )
+        })
+    }
+
+    async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
+        // Applying an empty spec under the listener's own manager drops exactly the fields it owned.
+        let body = json!({
+            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+            "kind": "Gateway",
+            "metadata": { "name": self.gateway_name, "namespace": self.gateway_namespace },
+            "spec": {}
+        });
+        let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        match self
+            .gateways
+            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(err) => Err(classify(&format!("removing listener {name}"), err)),
+        }
+    }
+}
+
+fn object_meta(name: &str, ns: &str, rm: &str, alloc: &str, port_name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        labels: Some(names::labels(rm, alloc)),
+        annotations: Some(names::annotations(rm, alloc, port_name)),
+        ..Default::default()
+    }
+}
+
+async fn delete_ignoring_absent<K>(api: Api<K>, name: &str, what: String) -> Result<(), KubeError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(err) => Err(classify(&what, err)),
+    }
+}
+
+impl Cluster for KubeGateway {
+    fn view(&self) -> GatewayView {
+        let Some(gw) = self.gateway() else {
+            return GatewayView::default();
+        };
+        let mut v = GatewayView {
+            present: true,
+            ..Default::default()
+        };
+        for l in &gw.spec.listeners {
+            v.listeners.insert(l.name.clone());
+            if !names::is_owned_listener_name(&l.name)
+                && let Ok(p) = u16::try_from(l.port)
+            {
+                v.foreign_ports.insert(p);
+            }
+        }
+        v
+    }
+
+    async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
+        let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
+        // Service first (else the route reports BackendNotFound), listener before route (else NoMatchingParent).
+        self.apply_service(e, &name).await?;
+        self.apply_listener(e, &name).await?;
+        self.apply_route(e, &name).await
+    }
+
+    async fn withdraw(
+        &self,
+        rm: &str,
+        allocation_id: &str,
+        namespace: Option<&str>,
+        binding: &Binding,
+    ) -> Result<(), KubeError> {
+        let name = names::object_name(rm, allocation_id, &binding.name);
+        if let Some(ns) = namespace {
+            let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
+            delete_ignoring_absent(routes, &name, format!("deleting TCPRoute {ns}/{name}")).await?;
+        }
+        self.remove_listener(&name).await?;
+        if let Some(ns) = namespace {
+            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            delete_ignoring_absent(services, &name, format!("deleting Service {ns}/{name}"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Labels selecting every object the worker made for one resource manager.
+pub fn owned_selector(rm: &str) -> String {
+    format!(
+        "app.kubernetes.io/managed-by={},{}={}",
+        names::MANAGER,
+        names::rm_label_key(),
+        names::rm_label_value(rm)
+    )
+}

@@ -1,0 +1,702 @@
+//! The event handler: turns one validated event into KV compare-and-sets, Kubernetes calls and one reply.
+//!
+//! It is generic over [`Store`] and [`Cluster`], and level-triggered: each pass reads the allocation's
+//! record, drives the port claims and Kubernetes toward what the record wants, and writes back with
+//! compare-and-set. When the record moved underneath (another worker, a duplicate, an `ended`), the pass
+//! starts again from the new record and undoes whatever this pass applied that is no longer wanted.
+
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::allocator::{self, PortView};
+use crate::config::{ResourceManagerConfig, WorkerConfig};
+use crate::contract::{
+    self, Ended, Event, EventKind, Failed, FailureReason, GatewayRef, InvalidEvent, Proxy, Ready,
+    Removed, Reply, Started,
+};
+use crate::gateway::{Cluster, Exposure, KubeError};
+use crate::names;
+use crate::state::{self, Binding, EndedStep, Failure, Phase, Record, StartedStep};
+use crate::store::{Outcome, Store, StoreError};
+
+/// Compare-and-set rounds one delivery may spend before it gives the event back for redelivery.
+const MAX_ROUNDS: usize = 16;
+
+/// What one resource manager's handler needs to know, fixed at start.
+#[derive(Debug, Clone)]
+pub struct RmContext {
+    pub name: String,
+    pub gateway: GatewayRef,
+    pub gateway_ip: String,
+    pub range: RangeInclusive<u16>,
+    pub excluded: BTreeSet<u16>,
+    pub listener_limit: usize,
+    pub config: ResourceManagerConfig,
+}
+
+impl RmContext {
+    /// Builds the context from a validated resource manager config.
+    pub fn new(config: &ResourceManagerConfig) -> RmContext {
+        let g = &config.internal_task_gateway;
+        RmContext {
+            name: config.name.clone(),
+            gateway: GatewayRef {
+                namespace: g.gateway_namespace.clone(),
+                name: g.gateway_name.clone(),
+            },
+            gateway_ip: g.gateway_ip.clone(),
+            range: config.port_range(),
+            excluded: config.excluded_port_set(),
+            listener_limit: config.listener_limit,
+            config: config.clone(),
+        }
+    }
+
+    fn port_key(&self, port: u16) -> String {
+        names::port_key(
+            &self.name,
+            &self.gateway.namespace,
+            &self.gateway.name,
+            port,
+        )
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Publish this reply under this message id, then acknowledge.
+    Answer { reply: Reply, msg_id: String },
+    /// The event was served and needs no reply; acknowledge.
+    Done,
+    /// Not served yet (capacity, apiserver or NATS trouble); redeliver later.
+    Retry { why: String },
+}
+
+/// Who holds a port: the value of a port key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortClaim {
+    /// The allocation record's key.
+    pub allocation: String,
+    /// The proxy port name within the allocation.
+    pub proxy: String,
+}
+
+enum DriveError {
+    /// Wait for a free port or listener slot.
+    Capacity(String),
+    /// The apiserver failed in a way that may pass.
+    Kube(String),
+    /// The request can never succeed.
+    Fail(Failure),
+    /// NATS failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for DriveError {
+    fn from(e: StoreError) -> Self {
+        DriveError::Store(e)
+    }
+}
+
+impl From<KubeError> for DriveError {
+    fn from(e: KubeError) -> Self {
+        match e {
+            KubeError::Capacity(m) => DriveError::Capacity(m),
+            KubeError::Transient(m) => DriveError::Kube(m),
+            KubeError::Permanent(m) => DriveError::Fail(Failure {
+                reason: FailureReason::KubernetesError,
+                message: format!("{m}; fix the cause and publish the started event again"),
+                retryable: false,
+            }),
+        }
+    }
+}
+
+/// Where a pass left the record.
+enum Pass {
+    /// Done; the record as written.
+    Settled(Box<Record>),
+    /// The record changed underneath; read it again.
+    Moved,
+}
+
+/// Serves the events of one resource manager.
+#[derive(Clone)]
+pub struct Handler<S, C> {
+    rm: std::sync::Arc<RmContext>,
+    store: S,
+    cluster: C,
+    timing: WorkerConfig,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(v: &T) -> Bytes {
+    // Records and claims are plain structs of strings and numbers: serializing them cannot fail.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
+    if !touched.contains(b) {
+        touched.push(b.clone());
+    }
+}
+
+impl<S: Store, C: Cluster> Handler<S, C> {
+    /// A handler for one resource manager.
+    pub fn new(rm: RmContext, store: S, cluster: C, timing: WorkerConfig) -> Self {
+        Handler {
+            rm: std::sync::Arc::new(rm),
+            store,
+            cluster,
+            timing,
+        }
+    }
+
+    /// The resource manager this handler serves.
+    pub fn rm(&self) -> &RmContext {
+        &self.rm
+    }
+
+    /// Serves one delivery of an event payload.
+    pub async fn handle(&self, kind: EventKind, payload: &[u8]) -> Handled {
+        let event = match contract::decode_event(kind, payload) {
+            Ok(ev) => ev,
+            Err(invalid) => return self.answer_invalid(&invalid, payload),
+        };
+        let span = tracing::Span::current();
+        span.record("allocation_id", event.allocation_id());
+        span.record("event_id", event.event_id().to_string());
+        let result = match &event {
+            Event::Started(ev) => {
+                if !self.rm.config.namespace_allowed(&ev.namespace) {
+                    let f = Failure {
+                        reason: FailureReason::NamespaceNotAllowed,
+                        message: format!(
+                            "namespace {:?} is not allowed for resource manager {}; add it to allowed_namespaces or run the task elsewhere",
+                            ev.namespace, self.rm.name
+                        ),
+                        retryable: false,
+                    };
+                    return self.answer_failed(&ev.allocation_id, ev.event_id, &f);
+                }
+                self.started(ev).await
+            }
+            Event::Ended(ev) => self.ended(ev).await,
+        };
+        result.unwrap_or_else(|why| Handled::Retry { why })
+    }
+
+    fn answer_invalid(&self, invalid: &InvalidEvent, payload: &[u8]) -> Handled {
+        let identity = match invalid.event_id {
+            Some(id) => id.to_string(),
+            None => names::allocation_hash("payload", &String::from_utf8_lossy(payload)),
+        };
+        let alloc = invalid.allocation_id.clone();
+        let reply = Reply::Failed(Failed {
+            schema_version: contract::SCHEMA_VERSION,
+            resource_manager: self.rm.name.clone(),
+            allocation_id: alloc.clone(),
+            source_event_id: invalid.event_id.map(|id| id.to_string()),
+            reason: FailureReason::InvalidEvent,
+            message: format!(
+                "the event was refused: {invalid}; fix the publisher and send a new event"
+            ),
+            retryable: false,
+        });
+        let msg_id = names::reply_msg_id(
+            "failed",
+            &self.rm.name,
+            alloc.as_deref().unwrap_or(""),
+            &identity,
+        );
+        Handled::Answer { reply, msg_id }
+    }
+
+    fn answer_failed(&self, allocation_id: &str, event_id: Uuid, f: &Failure) -> Handled {
+        let reply = Reply::Failed(Failed {
+            schema_version: contract::SCHEMA_VERSION,
+            resource_manager: self.rm.name.clone(),
+            allocation_id: Some(allocation_id.to_owned()),
+            source_event_id: Some(event_id.to_string()),
+            reason: f.reason,
+            message: f.message.clone(),
+            retryable: f.retryable,
+        });
+        let msg_id = names::reply_msg_id(
+            "failed",
+            &self.rm.name,
+            allocation_id,
+            &format!("{event_id}:{}", f.reason),
+        );
+        Handled::Answer { reply, msg_id }
+    }
+
+    fn answer_ready(&self, event_id: Uuid, rec: &Record) -> Handled {
+        let order = rec
+            .spec
+            .as_ref()
+            .map(|s| s.proxy_ports.clone())
+            .unwrap_or_default();
+        let proxies: Vec<Proxy> = order
+            .iter()
+            .filter_map(|p| rec.ports.iter().find(|b| b.name == p.name))
+            .map(|b| Proxy {
+                name: b.name.clone(),
+                container_port: b.container_port,
+                gateway_port: b.gateway_port,
+                address: contract::proxy_address(&self.rm.gateway_ip, b.gateway_port),
+            })
+            .collect();
+        let outcome: Vec<String> = proxies
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.gateway_port))
+            .collect();
+        let msg_id = names::reply_msg_id(
+            "ready",
+            &self.rm.name,
+            &rec.allocation_id,
+            &outcome.join(","),
+        );
+        let reply = Reply::Ready(Ready {
+            schema_version: contract::SCHEMA_VERSION,
+            resource_manager: self.rm.name.clone(),
+            allocation_id: rec.allocation_id.clone(),
+            source_event_id: event_id.to_string(),
+            gateway: self.rm.gateway.clone(),
+            proxies,
+        });
+        Handled::Answer { reply, msg_id }
+    }
+
+    fn answer_removed(&self, event_id: Uuid, rec: &Record) -> Handled {
+        let reply = Reply::Removed(Removed {
+            schema_version: contract::SCHEMA_VERSION,
+            resource_manager: self.rm.name.clone(),
+            allocation_id: rec.allocation_id.clone(),
+            source_event_id: event_id.to_string(),
+            released: rec.released.clone(),
+        });
+        let msg_id = names::reply_msg_id("removed", &self.rm.name, &rec.allocation_id, "");
+        Handled::Answer { reply, msg_id }
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
+        let Some(entry) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Record>(&entry.value) {
+            Ok(r) => Ok(Some((r, entry.revision))),
+            Err(e) => Err(StoreError {
+                bucket: String::new(),
+                op: "decode",
+                key: key.to_owned(),
+                message: format!(
+                    "the record is not valid JSON ({e}); inspect it with `nats kv get`"
+                ),
+            }),
+        }
+    }
+
+    async fn started(&self, ev: &Started) -> Result<Handled, String> {
+        let key = names::allocation_key(&self.rm.name, &ev.allocation_id);
+        let mut touched: Vec<Binding> = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let current = self.read(&key).await.map_err(|e| e.to_string())?;
+            let step = state::on_started(current.as_ref().map(|c| &c.0), &self.rm.name, ev, now());
+            let (rec, rev) = match (step, current) {
+                (StartedStep::Create(r), _) => match self
+                    .store
+                    .create(&key, encode(&r))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Outcome::Written(rev) => (*r, rev),
+                    Outcome::Conflict => continue,
+                },
+                (StartedStep::Expose, Some(cur)) => cur,
+                (StartedStep::Expose, None) => continue,
+                (step @ (StartedStep::RepeatFailure(_) | StartedStep::AlreadyEnded), cur) => {
+                    // This pass may have applied objects before the record moved away from exposure.
+                    self.withdraw_all(&ev.allocation_id, &touched, Some(&ev.namespace))
+                        .await
+                        .map_err(drive_msg)?;
+                    let f = match step {
+                        StartedStep::RepeatFailure(f) => f,
+                        _ => Failure {
+                            reason: FailureReason::InvalidEvent,
+                            message: format!(
+                                "allocation {:?} has already ended{}; a started after its ended exposes nothing",
+                                ev.allocation_id,
+                                cur.and_then(|(r, _)| r.ended_event_id)
+                                    .map(|id| format!(" (ended event {id})"))
+                                    .unwrap_or_default()
+                            ),
+                            retryable: false,
+                        },
+                    };
+                    return Ok(self.answer_failed(&ev.allocation_id, ev.event_id, &f));
+                }
+            };
+            let failure = match self.expose(&key, rec.clone(), rev, &mut touched).await {
+                Ok(Pass::Settled(rec)) => return Ok(self.answer_ready(ev.event_id, &rec)),
+                Ok(Pass::Moved) => continue,
+                Err(DriveError::Store(e)) => return Err(e.to_string()),
+                Err(DriveError::Fail(f)) => f,
+                Err(DriveError::Capacity(m))
+                    if self.past(&rec, self.timing.capacity_deadline.0) =>
+                {
+                    Failure {
+                        reason: FailureReason::CapacityExhausted,
+                        message: format!(
+                            "{m}; waited {} for capacity. End idle tasks or widen the port range",
+                            humantime::format_duration(self.timing.capacity_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
+                Err(DriveError::Kube(m)) if self.past(&rec, self.timing.kubernetes_deadline.0) => {
+                    Failure {
+                        reason: FailureReason::KubernetesError,
+                        message: format!(
+                            "{m}; retried for {}. Check the apiserver and the worker's RBAC",
+                            humantime::format_duration(self.timing.kubernetes_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
+                Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
+            };
+            match self
+                .fail(&key, &rec, rev, failure.clone(), &mut touched)
+                .await
+            {
+                Ok(Pass::Settled(_)) => {
+                    return Ok(self.answer_failed(&ev.allocation_id, ev.event_id, &failure));
+                }
+                Ok(Pass::Moved) => continue,
+                Err(e) => return Err(drive_msg(e)),
+            }
+        }
+        Err(format!(
+            "allocation {:?}: the record kept changing for {MAX_ROUNDS} rounds",
+            ev.allocation_id
+        ))
+    }
+
+    fn past(&self, rec: &Record, deadline: Duration) -> bool {
+        rec.phase == Phase::Exposing
+            && now().saturating_sub(rec.created_at)
+                >= i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    async fn ended(&self, ev: &Ended) -> Result<Handled, String> {
+        let key = names::allocation_key(&self.rm.name, &ev.allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let current = self.read(&key).await.map_err(|e| e.to_string())?;
+            let step = state::on_ended(
+                current.as_ref().map(|c| &c.0),
+                &self.rm.name,
+                &ev.allocation_id,
+                ev.event_id,
+                now(),
+            );
+            let (rec, rev) = match (step, current) {
+                (EndedStep::Tombstone(t), _) => match self
+                    .store
+                    .create(&key, encode(&t))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Outcome::Written(_) => return Ok(self.answer_removed(ev.event_id, &t)),
+                    Outcome::Conflict => continue,
+                },
+                (EndedStep::MarkEnding(next), Some((_, rev))) => match self
+                    .store
+                    .update(&key, encode(&next), rev)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Outcome::Written(rev) => (next, rev),
+                    Outcome::Conflict => continue,
+                },
+                (EndedStep::Cleanup, Some(cur)) => cur,
+                (_, None) => continue,
+            };
+            match self.cleanup(&key, &rec, rev, &mut Vec::new()).await {
+                Ok(Pass::Settled(rec)) => return Ok(self.answer_removed(ev.event_id, &rec)),
+                Ok(Pass::Moved) => continue,
+                // An ended never gives up: giving up would leak. It is redelivered until it succeeds.
+                Err(e) => return Err(drive_msg(e)),
+            }
+        }
+        Err(format!(
+            "allocation {:?}: the record kept changing for {MAX_ROUNDS} rounds",
+            ev.allocation_id
+        ))
+    }
+
+    /// Claims ports for every proxy port of the record, applies the Kubernetes objects and marks it Ready.
+    async fn expose(
+        &self,
+        key: &str,
+        mut rec: Record,
+        mut rev: u64,
+        touched: &mut Vec<Binding>,
+    ) -> Result<Pass, DriveError> {
+        let Some(spec) = rec.spec.clone() else {
+            return Err(DriveError::Fail(Failure {
+                reason: FailureReason::InvalidEvent,
+                message: "the allocation record has no spec; publish ended and started again"
+                    .into(),
+                retryable: false,
+            }));
+        };
+        loop {
+            let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
+            if !unbound.is_empty() {
+                let chosen = self.choose_ports(&rec, unbound.len()).await?;
+                let mut next = rec.clone();
+                for (p, port) in unbound.iter().zip(chosen) {
+                    next.ports.push(Binding {
+                        name: p.name.clone(),
+                        container_port: p.port,
+                        gateway_port: port,
+                    });
+                }
+                next.updated_at = now();
+                // Intent first: a port key is only ever created after the record lists it, so cleanup finds it.
+                match self.store.update(key, encode(&next), rev).await? {
+                    Outcome::Written(r) => (rec, rev) = (next, r),
+                    Outcome::Conflict => return Ok(Pass::Moved),
+                }
+            }
+            let mut lost = Vec::new();
+            for b in &rec.ports {
+                add_touched(touched, b);
+                if !self.claim(key, b).await? {
+                    lost.push(b.name.clone());
+                }
+            }
+            if lost.is_empty() {
+                break;
+            }
+            let mut next = rec.clone();
+            next.ports.retain(|b| !lost.contains(&b.name));
+            match self.store.update(key, encode(&next), rev).await? {
+                Outcome::Written(r) => (rec, rev) = (next, r),
+                Outcome::Conflict => return Ok(Pass::Moved),
+            }
+        }
+        for b in &rec.ports {
+            let e = Exposure {
+                rm: &self.rm.name,
+                allocation_id: &rec.allocation_id,
+                spec: &spec,
+                binding: b,
+            };
+            self.cluster.expose(&e).await?;
+        }
+        if rec.phase == Phase::Exposing {
+            let mut next = rec.clone();
+            next.phase = Phase::Ready;
+            next.updated_at = now();
+            match self.store.update(key, encode(&next), rev).await? {
+                Outcome::Written(_) => rec = next,
+                Outcome::Conflict => return Ok(Pass::Moved),
+            }
+        }
+        Ok(Pass::Settled(Box::new(rec)))
+    }
+
+    /// Picks `n` ports that look free: allowed by config, not a foreign listener's, not claimed in KV.
+    async fn choose_ports(&self, rec: &Record, n: usize) -> Result<Vec<u16>, DriveError> {
+        let view = self.cluster.view();
+        let g = &self.rm.gateway;
+        if !view.present {
+            return Err(DriveError::Kube(format!(
+                "Gateway {}/{} was not found; create it or fix internal_task_gateway",
+                g.namespace, g.name
+            )));
+        }
+        let ours_present = rec
+            .ports
+            .iter()
+            .filter(|b| {
+                view.listeners.contains(&names::object_name(
+                    &self.rm.name,
+                    &rec.allocation_id,
+                    &b.name,
+                ))
+            })
+            .count();
+        let wanted = rec.spec.as_ref().map_or(0, |s| s.proxy_ports.len());
+        if view.listeners.len() + wanted.saturating_sub(ours_present) > self.rm.listener_limit {
+            return Err(DriveError::Capacity(format!(
+                "Gateway {}/{} has {} of {} listeners in use",
+                g.namespace,
+                g.name,
+                view.listeners.len(),
+                self.rm.listener_limit
+            )));
+        }
+        let pv = PortView {
+            excluded: self.rm.excluded.clone(),
+            foreign: view.foreign_ports,
+            taken: rec.ports.iter().map(|b| b.gateway_port).collect(),
+        };
+        let start: u32 = rand::random();
+        let mut chosen = Vec::with_capacity(n);
+        for port in allocator::candidates(self.rm.range.clone(), &pv, start) {
+            if chosen.len() == n {
+                break;
+            }
+            if self.store.get(&self.rm.port_key(port)).await?.is_none() {
+                chosen.push(port);
+            }
+        }
+        if chosen.len() < n {
+            return Err(DriveError::Capacity(format!(
+                "no free port in {}-{} on Gateway {}/{} ({} usable)",
+                self.rm.range.start(),
+                self.rm.range.end(),
+                g.namespace,
+                g.name,
+                allocator::capacity(self.rm.range.clone(), &pv)
+            )));
+        }
+        Ok(chosen)
+    }
+
+    /// Makes the port key of `b` owned by this allocation. `false` when someone else holds it.
+    async fn claim(&self, key: &str, b: &Binding) -> Result<bool, StoreError> {
+        let pkey = self.rm.port_key(b.gateway_port);
+        let claim = PortClaim {
+            allocation: key.to_owned(),
+            proxy: b.name.clone(),
+        };
+        for _ in 0..MAX_ROUNDS {
+            if let Outcome::Written(_) = self.store.create(&pkey, encode(&claim)).await? {
+                return Ok(true);
+            }
+            match self.store.get(&pkey).await? {
+                Some(e) => {
+                    return Ok(
+                        serde_json::from_slice::<PortClaim>(&e.value).ok().as_ref() == Some(&claim)
+                    );
+                }
+                None => continue,
+            }
+        }
+        Ok(false)
+    }
+
+    /// Frees the port key of `b` only if this allocation still holds it.
+    async fn release(&self, key: &str, b: &Binding) -> Result<(), StoreError> {
+        let pkey = self.rm.port_key(b.gateway_port);
+        for _ in 0..MAX_ROUNDS {
+            let Some(e) = self.store.get(&pkey).await? else {
+                return Ok(());
+            };
+            let ours = serde_json::from_slice::<PortClaim>(&e.value)
+                .is_ok_and(|c| c.allocation == key && c.proxy == b.name);
+            if !ours {
+                return Ok(());
+            }
+            if let Outcome::Written(_) = self.store.delete(&pkey, e.revision).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError {
+            bucket: String::new(),
+            op: "release",
+            key: pkey,
+            message: "the port key kept changing".into(),
+        })
+    }
+
+    /// Withdraws the objects of `bindings` and frees their ports where this allocation still holds them.
+    async fn withdraw_all(
+        &self,
+        allocation_id: &str,
+        bindings: &[Binding],
+        ns: Option<&str>,
+    ) -> Result<(), DriveError> {
+        for b in bindings {
+            self.cluster
+                .withdraw(&self.rm.name, allocation_id, ns, b)
+                .await
+                .map_err(|e| match e {
+                    KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m) => {
+                        DriveError::Kube(m)
+                    }
+                })?;
+        }
+        let key = names::allocation_key(&self.rm.name, allocation_id);
+        for b in bindings {
+            self.release(&key, b).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything of the allocation, in the order route, listener, Service, then frees its ports.
+    async fn cleanup(
+        &self,
+        key: &str,
+        rec: &Record,
+        rev: u64,
+        touched: &mut Vec<Binding>,
+    ) -> Result<Pass, DriveError> {
+        let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
+        let mut all = rec.ports.clone();
+        for b in touched.iter() {
+            add_touched(&mut all, b);
+        }
+        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref())
+            .await?;
+        touched.clear();
+        if rec.is_clean() && rec.phase != Phase::Ending {
+            return Ok(Pass::Settled(Box::new(rec.clone())));
+        }
+        let next = rec.cleaned(now());
+        match self.store.update(key, encode(&next), rev).await? {
+            Outcome::Written(_) => Ok(Pass::Settled(Box::new(next))),
+            Outcome::Conflict => Ok(Pass::Moved),
+        }
+    }
+
+    async fn fail(
+        &self,
+        key: &str,
+        rec: &Record,
+        rev: u64,
+        failure: Failure,
+        touched: &mut Vec<Binding>,
+    ) -> Result<Pass, DriveError> {
+        let next = rec.failed(failure, now());
+        let rev = match self.store.update(key, encode(&next), rev).await? {
+            Outcome::Written(r) => r,
+            Outcome::Conflict => return Ok(Pass::Moved),
+        };
+        self.cleanup(key, &next, rev, touched).await
+    }
+}
+
+fn drive_msg(e: DriveError) -> String {
+    match e {
+        DriveError::Capacity(m) | DriveError::Kube(m) => m,
+        DriveError::Fail(f) => f.message,
+        DriveError::Store(e) => e.to_string(),
+    }
+}
