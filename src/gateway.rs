@@ -87,6 +87,10 @@ pub struct KubeGateway {
     gateway_name: String,
     gateways: Api<Gateway>,
     reflector: Reflector<Gateway>,
+    /// One Gateway write at a time from this process. Concurrent applies to the one object make the
+    /// apiserver retry each against the others, re-running the listener validation every time; measured,
+    /// removals went from ~0.2 s to ~30 s with 32 in flight.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
@@ -194,6 +198,7 @@ impl KubeGateway {
             gateway_name: g.gateway_name.clone(),
             gateways,
             reflector: reader,
+            write_lock: Arc::default(),
         })
     }
 
@@ -263,6 +268,7 @@ impl KubeGateway {
             }]}
         });
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        let _one_writer = self.write_lock.lock().await;
         self.gateways
             .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
             .await
@@ -335,6 +341,7 @@ impl KubeGateway {
             "spec": {}
         });
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        let _one_writer = self.write_lock.lock().await;
         match self
             .gateways
             .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
@@ -390,10 +397,15 @@ impl Cluster for KubeGateway {
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
         let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
+        let t0 = std::time::Instant::now();
         // Service first (else the route reports BackendNotFound), listener before route (else NoMatchingParent).
         self.apply_service(e, &name).await?;
+        let t1 = t0.elapsed();
         self.apply_listener(e, &name).await?;
-        self.apply_route(e, &name).await
+        let t2 = t0.elapsed();
+        self.apply_route(e, &name).await?;
+        tracing::debug!(service = ?t1, listener = ?(t2 - t1), route = ?(t0.elapsed() - t2), "exposed");
+        Ok(())
     }
 
     async fn withdraw(
@@ -404,16 +416,20 @@ impl Cluster for KubeGateway {
         binding: &Binding,
     ) -> Result<(), KubeError> {
         let name = names::object_name(rm, allocation_id, &binding.name);
+        let t0 = std::time::Instant::now();
         if let Some(ns) = namespace {
             let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
             delete_ignoring_absent(routes, &name, format!("deleting TCPRoute {ns}/{name}")).await?;
         }
+        let t1 = t0.elapsed();
         self.remove_listener(&name).await?;
+        let t2 = t0.elapsed();
         if let Some(ns) = namespace {
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             delete_ignoring_absent(services, &name, format!("deleting Service {ns}/{name}"))
                 .await?;
         }
+        tracing::debug!(route = ?t1, listener = ?(t2 - t1), service = ?(t0.elapsed() - t2), "withdrawn");
         Ok(())
     }
 }

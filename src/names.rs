@@ -146,8 +146,9 @@ pub fn port_key_prefix(rm: &str, gateway_namespace: &str, gateway_name: &str) ->
     )
 }
 
-/// Message id of a reply: the same outcome always gets the same id, so JetStream drops a retried
-/// publish inside the duplicate window.
+/// Message id of a reply: the same outcome of the same event always gets the same id, so JetStream drops a
+/// retried publish (a redelivery, a second worker racing) inside the duplicate window, while a new event
+/// about the same allocation still gets its own reply. `outcome` carries the source event id.
 pub fn reply_msg_id(kind: &str, rm: &str, allocation_id: &str, outcome: &str) -> String {
     format!(
         "{kind}-{}",

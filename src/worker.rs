@@ -267,7 +267,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             "ready",
             &self.rm.name,
             &rec.allocation_id,
-            &outcome.join(","),
+            &format!("{event_id}:{}", outcome.join(",")),
         );
         let reply = Reply::Ready(Ready {
             schema_version: contract::SCHEMA_VERSION,
@@ -288,7 +288,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             source_event_id: event_id.to_string(),
             released: rec.released.clone(),
         });
-        let msg_id = names::reply_msg_id("removed", &self.rm.name, &rec.allocation_id, "");
+        let msg_id = names::reply_msg_id(
+            "removed",
+            &self.rm.name,
+            &rec.allocation_id,
+            &event_id.to_string(),
+        );
         Handled::Answer { reply, msg_id }
     }
 
@@ -508,6 +513,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             };
             self.cluster.expose(&e).await?;
         }
+        // The record must not have moved while the objects were applied: if an ended slipped in, its
+        // cleanup may have run before these applies, and the next pass must undo them.
         if rec.phase == Phase::Exposing {
             let mut next = rec.clone();
             next.phase = Phase::Ready;
@@ -516,6 +523,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Outcome::Written(_) => rec = next,
                 Outcome::Conflict => return Ok(Pass::Moved),
             }
+        } else if self.store.get(key).await?.map(|e| e.revision) != Some(rev) {
+            return Ok(Pass::Moved);
         }
         Ok(Pass::Settled(Box::new(rec)))
     }

@@ -1,0 +1,452 @@
+//! Test harness: the real servers started by `scripts/testenv up`, a fresh Gateway and namespace per test,
+//! in-process workers, and a reply collector. Nothing here stands in for NATS or Kubernetes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::tcproutes::TcpRoute;
+use itg::config::Config;
+use itg::contract::{self, EventKind};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Where the servers are: `.itg/env` written by `scripts/testenv up`, or the same variables in the environment.
+pub struct Env {
+    pub nats_url: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl Env {
+    pub fn load() -> Env {
+        // RUST_LOG=itg=debug shows what the in-process workers do.
+        if std::env::var_os("RUST_LOG").is_some() {
+            itg::cli::init_logging(itg::config::LogFormat::Text);
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let file = std::fs::read_to_string(root.join(".itg/env")).unwrap_or_default();
+        let mut vars: BTreeMap<String, String> = file
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        for k in ["NATS_URL", "KUBECONFIG"] {
+            if let Ok(v) = std::env::var(format!("ITG_TEST_{k}")) {
+                vars.insert(k.into(), v);
+            }
+        }
+        let get = |k: &str| {
+            vars.get(k).cloned().unwrap_or_else(|| {
+                panic!("{k} unknown: run `scripts/testenv up` first (it writes .itg/env)")
+            })
+        };
+        Env {
+            nats_url: get("NATS_URL"),
+            kubeconfig: PathBuf::from(get("KUBECONFIG")),
+        }
+    }
+
+    pub async fn kube(&self) -> Client {
+        let kc =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig readable");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("kubeconfig valid");
+        Client::try_from(cfg).expect("kube client")
+    }
+
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(self.nats_url.as_str())
+            .await
+            .expect("NATS reachable")
+    }
+}
+
+/// A short random lowercase suffix for names.
+pub fn suffix() -> String {
+    Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// A Gateway of the `itg` class with an operator's placeholder listener, made for one test.
+pub async fn make_gateway(client: &Client, ns: &str, name: &str, placeholder_port: u16) {
+    let api: Api<Gateway> = Api::namespaced(client.clone(), ns);
+    let body = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "gatewayClassName": "itg",
+            "listeners": [{ "name": "placeholder", "port": placeholder_port, "protocol": "TCP" }]
+        }
+    });
+    api.patch(name, &PatchParams::apply("operator"), &Patch::Apply(&body))
+        .await
+        .expect("create test Gateway");
+}
+
+pub async fn make_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("namespace");
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+/// One resource manager made for a test: its own Gateway (in `gateway-system`) and task namespace.
+pub struct TestRm {
+    pub name: String,
+    pub gateway: String,
+    pub gateway_ns: String,
+    pub task_ns: String,
+    pub range: (u16, u16),
+    pub extra: String,
+}
+
+impl TestRm {
+    pub async fn new(env: &Env, prefix: &str, range: (u16, u16)) -> TestRm {
+        let s = suffix();
+        let client = env.kube().await;
+        let rm = TestRm {
+            name: format!("{prefix}-{s}"),
+            gateway: format!("gw-{s}"),
+            gateway_ns: "gateway-system".into(),
+            task_ns: format!("tasks-{s}"),
+            range,
+            extra: String::new(),
+        };
+        make_gateway(&client, &rm.gateway_ns, &rm.gateway, 39999).await;
+        make_namespace(&client, &rm.task_ns).await;
+        rm
+    }
+
+    pub fn yaml(&self, env: &Env) -> String {
+        format!(
+            "  - name: {}\n    kubeconfig: {}\n{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
+            self.name,
+            env.kubeconfig.display(),
+            self.extra,
+            self.gateway,
+            self.gateway_ns,
+            self.range.0,
+            self.range.1
+        )
+    }
+
+    pub async fn teardown(&self, env: &Env) {
+        let client = env.kube().await;
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), &self.gateway_ns);
+        let _ = gws.delete(&self.gateway, &DeleteParams::default()).await;
+        delete_namespace(&client, &self.task_ns).await;
+    }
+}
+
+/// A config for the given resource managers; `worker` is extra YAML under `worker:`.
+pub fn config(env: &Env, rms: &[&TestRm], worker: &str) -> Config {
+    // A short ack wait so an event held by a killed worker comes back within seconds.
+    let mut y = format!(
+        "nats:\n  url: {}\njetstream:\n  ack_wait: 3s\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\n{worker}resource_managers:\n",
+        env.nats_url
+    );
+    for rm in rms {
+        y.push_str(&rm.yaml(env));
+    }
+    Config::parse(&y, "test config").expect("test config valid")
+}
+
+/// A worker running in this process, with its own NATS connection and apiserver clients.
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    pub async fn start(config: Config) -> Worker {
+        let servers = itg::app::connect(&config).await.expect("worker connects");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            itg::app::run(config, servers, rx)
+                .await
+                .expect("worker runs");
+        });
+        Worker { stop, task }
+    }
+
+    /// Stops pulling and waits for the events in flight.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.task).await;
+    }
+
+    /// Ends the worker at once, as a crash would (events in flight are left unacknowledged).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes events as the master does.
+#[derive(Clone)]
+pub struct Master {
+    js: jetstream::Context,
+    pub rm: String,
+}
+
+impl Master {
+    pub async fn new(env: &Env, rm: &str) -> Master {
+        Master {
+            js: jetstream::new(env.nats().await),
+            rm: rm.to_owned(),
+        }
+    }
+
+    pub async fn publish_raw(&self, kind: EventKind, event_id: Option<Uuid>, body: Vec<u8>) {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = event_id {
+            headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        }
+        self.js
+            .publish_with_headers(
+                contract::event_subject(&self.rm, kind),
+                headers,
+                body.into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    pub async fn started_with(&self, event_id: Uuid, alloc: &str, ns: &str, ports: &[(&str, u16)]) {
+        let sel = BTreeMap::from([("determined.ai/allocation".to_owned(), "x".to_owned())]);
+        let ports: Vec<(String, u16)> = ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect();
+        let body = itg::ctl::started_payload(event_id, alloc, ns, &sel, &ports);
+        self.publish_raw(
+            EventKind::Started,
+            Some(event_id),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    }
+
+    pub async fn started(&self, alloc: &str, ns: &str, ports: &[(&str, u16)]) -> Uuid {
+        let id = Uuid::new_v4();
+        self.started_with(id, alloc, ns, ports).await;
+        id
+    }
+
+    pub async fn ended(&self, alloc: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        let body = itg::ctl::ended_payload(id, alloc);
+        self.publish_raw(
+            EventKind::Ended,
+            Some(id),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        id
+    }
+}
+
+/// One reply as stored in `ITG_REPLIES`.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub kind: String,
+    pub body: Value,
+}
+
+impl Seen {
+    pub fn alloc(&self) -> Option<&str> {
+        self.body["allocation_id"].as_str()
+    }
+
+    /// `name=gateway_port` pairs of a ready reply, sorted.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.body["proxies"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{}={}",
+                            p["name"].as_str().unwrap(),
+                            p["address"].as_str().unwrap()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.body["proxies"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| p["gateway_port"].as_u64().unwrap() as u16)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Collects every reply of one resource manager from the start of the stream.
+#[derive(Clone)]
+pub struct Replies {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Replies {
+    pub async fn watch(env: &Env, rm: &str) -> Replies {
+        let js = jetstream::new(env.nats().await);
+        let stream = loop {
+            // The first worker creates the stream; wait for it.
+            match js.get_stream(contract::REPLIES_STREAM).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let mut msgs = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: format!("_INBOX.test.{}", suffix()),
+                filter_subject: format!("itg.replies.{rm}.>"),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .expect("reply consumer")
+            .messages()
+            .await
+            .expect("reply messages");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = msgs.next().await {
+                let kind = m.subject.rsplit('.').next().unwrap_or("").to_owned();
+                let body: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                sink.lock().unwrap().push(Seen { kind, body });
+            }
+        });
+        Replies { seen }
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn for_alloc(&self, alloc: &str) -> Vec<Seen> {
+        self.all()
+            .into_iter()
+            .filter(|s| s.alloc() == Some(alloc))
+            .collect()
+    }
+
+    /// Waits until `pred` holds of the replies so far; panics with them after `secs`.
+    pub async fn wait(&self, secs: u64, what: &str, pred: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let all = self.all();
+            if pred(&all) {
+                return all;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {secs} s waiting for {what}; replies so far: {all:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a reply of `kind` for `alloc` and returns it.
+    pub async fn first(&self, secs: u64, alloc: &str, kind: &str) -> Seen {
+        let all = self
+            .wait(secs, &format!("{kind} for {alloc}"), |r| {
+                r.iter().any(|s| s.alloc() == Some(alloc) && s.kind == kind)
+            })
+            .await;
+        all.into_iter()
+            .find(|s| s.alloc() == Some(alloc) && s.kind == kind)
+            .unwrap()
+    }
+}
+
+/// What exists in Kubernetes and KV for one test resource manager.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// listener name -> port, of listeners the worker owns.
+    pub listeners: BTreeMap<String, u16>,
+    /// foreign listener name -> port.
+    pub foreign: BTreeMap<String, u16>,
+    pub services: Vec<String>,
+    pub routes: Vec<String>,
+    /// port -> claiming allocation key.
+    pub claims: BTreeMap<u16, String>,
+}
+
+pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
+    let client = env.kube().await;
+    let mut o = Observed::default();
+    let gw = Api::<Gateway>::namespaced(client.clone(), &rm.gateway_ns)
+        .get(&rm.gateway)
+        .await
+        .expect("gateway");
+    for l in gw.spec.listeners {
+        if itg::names::is_owned_listener_name(&l.name) {
+            o.listeners.insert(l.name, l.port as u16);
+        } else {
+            o.foreign.insert(l.name, l.port as u16);
+        }
+    }
+    let lp = ListParams::default().labels(&itg::gateway::owned_selector(&rm.name));
+    o.services = Api::<Service>::namespaced(client.clone(), &rm.task_ns)
+        .list(&lp)
+        .await
+        .expect("services")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    o.routes = Api::<TcpRoute>::namespaced(client.clone(), &rm.task_ns)
+        .list(&lp)
+        .await
+        .expect("routes")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    o.services.sort();
+    o.routes.sort();
+    let js = jetstream::new(env.nats().await);
+    let kv = js.get_key_value("ITG_STATE").await.expect("state bucket");
+    let prefix = itg::names::port_key_prefix(&rm.name, &rm.gateway_ns, &rm.gateway);
+    let mut keys = kv.keys().await.expect("keys");
+    while let Some(k) = keys.next().await {
+        let k = k.expect("key");
+        if let Some(port) = k.strip_prefix(&prefix) {
+            if let Some(v) = kv.get(&k).await.expect("get") {
+                let claim: Value = serde_json::from_slice(&v).unwrap();
+                o.claims.insert(
+                    port.parse().unwrap(),
+                    claim["allocation"].as_str().unwrap().to_owned(),
+                );
+            }
+        }
+    }
+    o
+}

@@ -1,0 +1,416 @@
+//! The contract's seven promises, each proven against the real servers with in-process workers.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use itg::contract::EventKind;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use uuid::Uuid;
+
+fn alloc() -> String {
+    format!("{}.1", Uuid::new_v4())
+}
+
+/// Promise 1 and 2 under load: two workers, 200 allocations with every started published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p1", (40000, 40099)).await;
+    let cfg = config(&env, &[&rm], "");
+    let (w1, w2) = (Worker::start(cfg.clone()).await, Worker::start(cfg).await);
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let allocs: Vec<String> = (0..200).map(|_| alloc()).collect();
+    let mut started_ids = Vec::new();
+    // Waves of 50: 50 live allocations fit under the 64-listener cap with the placeholder.
+    for wave in allocs.chunks(50) {
+        for a in wave {
+            started_ids.push(master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await);
+            started_ids.push(master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await);
+        }
+        replies
+            .wait(120, "ready for the wave", |r| {
+                wave.iter()
+                    .all(|a| r.iter().any(|s| s.alloc() == Some(a) && s.kind == "ready"))
+            })
+            .await;
+        // While they are live: no port held twice, and Kubernetes matches KV exactly.
+        let o = observe(&env, &rm).await;
+        let live: BTreeMap<u16, String> = wave
+            .iter()
+            .map(|a| {
+                let ready = replies
+                    .for_alloc(a)
+                    .into_iter()
+                    .find(|s| s.kind == "ready")
+                    .unwrap();
+                (ready.ports()[0], a.clone())
+            })
+            .collect();
+        assert_eq!(
+            live.len(),
+            wave.len(),
+            "two live allocations got the same port"
+        );
+        assert_eq!(
+            o.claims.keys().copied().collect::<BTreeSet<_>>(),
+            live.keys().copied().collect(),
+            "KV claims = ready ports"
+        );
+        assert_eq!(
+            o.listeners.values().copied().collect::<BTreeSet<_>>(),
+            live.keys().copied().collect(),
+            "listeners = ready ports"
+        );
+        assert_eq!(o.services.len(), wave.len());
+        assert_eq!(o.routes.len(), wave.len());
+        for a in wave {
+            master.ended(a).await;
+        }
+        replies
+            .wait(120, "removed for the wave", |r| {
+                wave.iter().all(|a| {
+                    r.iter()
+                        .any(|s| s.alloc() == Some(a) && s.kind == "removed")
+                })
+            })
+            .await;
+    }
+    // Every started is answered; a duplicate served only after its allocation ended is refused, never exposed.
+    let all = replies
+        .wait(60, "an answer to every started", |r| {
+            started_ids.iter().all(|id| {
+                r.iter()
+                    .any(|s| s.body["source_event_id"] == id.to_string() && s.kind != "removed")
+            })
+        })
+        .await;
+    for a in &allocs {
+        let ready: Vec<_> = replies
+            .for_alloc(a)
+            .into_iter()
+            .filter(|s| s.kind == "ready")
+            .collect();
+        let first = ready[0].addresses();
+        assert!(
+            ready.iter().all(|s| s.addresses() == first),
+            "every ready of {a} carries the same addresses"
+        );
+        for f in replies.for_alloc(a).iter().filter(|s| s.kind == "failed") {
+            assert!(
+                f.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already ended"),
+                "{a} failed: {:?}",
+                f.body
+            );
+        }
+    }
+    assert!(all.iter().filter(|s| s.kind == "ready").count() >= allocs.len());
+    let o = observe(&env, &rm).await;
+    assert!(
+        o.listeners.is_empty()
+            && o.services.is_empty()
+            && o.routes.is_empty()
+            && o.claims.is_empty(),
+        "leaked: {o:?}"
+    );
+    w1.stop().await;
+    w2.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 2: a duplicated started (a new event id, same allocation) gets the same addresses.
+#[tokio::test]
+async fn repeated_started_gets_the_same_addresses() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p2", (40100, 40199)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let a = alloc();
+    master
+        .started(&a, &rm.task_ns, &[("jupyter", 8888), ("tensorboard", 6006)])
+        .await;
+    let first = replies.first(30, &a, "ready").await;
+    // A second started with other ports must not expose the allocation twice.
+    let id = master.started(&a, &rm.task_ns, &[("shell", 2222)]).await;
+    let again = replies
+        .wait(30, "second ready", |r| {
+            r.iter()
+                .any(|s| s.body["source_event_id"] == id.to_string())
+        })
+        .await
+        .into_iter()
+        .find(|s| s.body["source_event_id"] == id.to_string())
+        .unwrap();
+    assert_eq!(again.kind, "ready");
+    assert_eq!(again.addresses(), first.addresses());
+    assert_eq!(first.addresses().len(), 2);
+    assert!(
+        first
+            .addresses()
+            .iter()
+            .all(|a| a.contains("203.0.113.10:401")),
+        "{:?}",
+        first.addresses()
+    );
+    assert_eq!(observe(&env, &rm).await.listeners.len(), 2);
+    w.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 3: an ended before its started leaves a tombstone; the late started exposes nothing.
+#[tokio::test]
+async fn ended_before_started_then_late_started_exposes_nothing() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p3", (40200, 40299)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let a = alloc();
+    master.ended(&a).await;
+    let removed = replies.first(30, &a, "removed").await;
+    assert_eq!(removed.body["released"], json!([]));
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    let failed = replies.first(30, &a, "failed").await;
+    assert_eq!(failed.body["reason"], "invalid_event");
+    assert!(
+        failed.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already ended")
+    );
+    assert!(replies.for_alloc(&a).iter().all(|s| s.kind != "ready"));
+    let o = observe(&env, &rm).await;
+    assert!(
+        o.listeners.is_empty() && o.services.is_empty() && o.claims.is_empty(),
+        "{o:?}"
+    );
+    w.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 3 again: a started published after its allocation ended (and was cleaned up) exposes nothing.
+#[tokio::test]
+async fn late_started_after_ended_exposes_nothing() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p3b", (40300, 40399)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let a = alloc();
+    let first = master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies.first(30, &a, "ready").await;
+    master.ended(&a).await;
+    replies.first(30, &a, "removed").await;
+    // The master's retry of the very first started, with its original event id, after the dedup window
+    // would be a replay; a new id is the same case without waiting two minutes.
+    let _ = first;
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies.first(30, &a, "failed").await;
+    let o = observe(&env, &rm).await;
+    assert!(
+        o.listeners.is_empty()
+            && o.services.is_empty()
+            && o.routes.is_empty()
+            && o.claims.is_empty(),
+        "{o:?}"
+    );
+    w.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 4: after ended, nothing of the allocation remains, even when a worker was killed mid-way.
+#[tokio::test]
+async fn ended_removes_everything_even_after_a_worker_is_killed() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p4", (40400, 40499)).await;
+    let cfg = config(&env, &[&rm], "");
+    let w1 = Worker::start(cfg.clone()).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let allocs: Vec<String> = (0..10).map(|_| alloc()).collect();
+    for a in &allocs {
+        master
+            .started(a, &rm.task_ns, &[("jupyter", 8888), ("tensorboard", 6006)])
+            .await;
+    }
+    // Kill the worker while it is still working through the batch; a fresh one picks up the rest.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    w1.kill();
+    let w2 = Worker::start(cfg).await;
+    replies
+        .wait(60, "all ready", |r| {
+            allocs
+                .iter()
+                .all(|a| r.iter().any(|s| s.alloc() == Some(a) && s.kind == "ready"))
+        })
+        .await;
+    for a in &allocs {
+        master.ended(a).await;
+    }
+    replies
+        .wait(60, "all removed", |r| {
+            allocs.iter().all(|a| {
+                r.iter()
+                    .any(|s| s.alloc() == Some(a) && s.kind == "removed")
+            })
+        })
+        .await;
+    let o = observe(&env, &rm).await;
+    assert!(
+        o.listeners.is_empty()
+            && o.services.is_empty()
+            && o.routes.is_empty()
+            && o.claims.is_empty(),
+        "leaked: {o:?}"
+    );
+    assert_eq!(o.foreign.len(), 1, "the placeholder stays");
+    w2.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 5: publishing a started again repairs a deleted Service and changes nothing else.
+#[tokio::test]
+async fn republished_started_repairs_what_is_missing_and_changes_nothing_else() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p5", (40500, 40599)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let a = alloc();
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    let first = replies.first(30, &a, "ready").await;
+    let before = observe(&env, &rm).await;
+    let client = env.kube().await;
+    let svc = &before.services[0];
+    Api::<Service>::namespaced(client.clone(), &rm.task_ns)
+        .delete(svc, &DeleteParams::default())
+        .await
+        .unwrap();
+    let id = master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    let again = replies
+        .wait(30, "second ready", |r| {
+            r.iter()
+                .any(|s| s.body["source_event_id"] == id.to_string())
+        })
+        .await
+        .into_iter()
+        .find(|s| s.body["source_event_id"] == id.to_string())
+        .unwrap();
+    assert_eq!(again.addresses(), first.addresses());
+    assert_eq!(
+        observe(&env, &rm).await,
+        before,
+        "repaired to exactly the state before"
+    );
+    w.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 6: malformed events are answered `failed` and acknowledged; the events behind them are served.
+#[tokio::test]
+async fn malformed_events_are_answered_and_do_not_block_good_ones() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p6", (40600, 40699)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let bad_alloc = alloc();
+    master
+        .publish_raw(EventKind::Started, None, b"{not json".to_vec())
+        .await;
+    let bad_ns = Uuid::new_v4();
+    let body = json!({"schema_version": 1, "event_id": bad_ns, "allocation_id": bad_alloc, "namespace": "Not_A_Label",
+        "pod_selector": {"a": "b"}, "proxy_ports": [{"name": "jupyter", "port": 8888}]});
+    master
+        .publish_raw(
+            EventKind::Started,
+            Some(bad_ns),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    let denied = alloc();
+    master
+        .started(&denied, "kube-system", &[("jupyter", 8888)])
+        .await;
+    let good = alloc();
+    master
+        .started(&good, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(30, &good, "ready").await;
+    let all = replies
+        .wait(30, "three failures", |r| {
+            r.iter().filter(|s| s.kind == "failed").count() >= 3
+        })
+        .await;
+    let failed: Vec<_> = all.iter().filter(|s| s.kind == "failed").collect();
+    let unreadable = failed
+        .iter()
+        .find(|s| s.body["allocation_id"].is_null())
+        .expect("a failed for the unreadable event");
+    assert_eq!(unreadable.body["reason"], "invalid_event");
+    assert_eq!(unreadable.body["source_event_id"], serde_json::Value::Null);
+    let ns = failed
+        .iter()
+        .find(|s| s.alloc() == Some(&bad_alloc))
+        .unwrap();
+    assert_eq!(ns.body["reason"], "invalid_event");
+    assert!(
+        ns.body["message"].as_str().unwrap().contains("namespace"),
+        "{}",
+        ns.body["message"]
+    );
+    let d = failed.iter().find(|s| s.alloc() == Some(&denied)).unwrap();
+    assert_eq!(d.body["reason"], "namespace_not_allowed");
+    assert_eq!(d.body["retryable"], false);
+    w.stop().await;
+    rm.teardown(&env).await;
+}
+
+/// Promise 7: a foreign listener inside the range keeps its port, and that port is never handed out.
+#[tokio::test]
+async fn a_foreign_listener_inside_the_range_is_left_alone_and_its_port_never_handed_out() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "p7", (40700, 40703)).await;
+    let client = env.kube().await;
+    let gws: Api<gateway_api::experimental::gateways::Gateway> =
+        Api::namespaced(client.clone(), &rm.gateway_ns);
+    let foreign = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
+        "spec": { "listeners": [{ "name": "ops-debug", "port": 40701, "protocol": "TCP" }] }
+    });
+    gws.patch(
+        &rm.gateway,
+        &PatchParams::apply("ops"),
+        &Patch::Apply(&foreign),
+    )
+    .await
+    .unwrap();
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let allocs: Vec<String> = (0..3).map(|_| alloc()).collect();
+    for a in &allocs {
+        master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    }
+    let mut ports = BTreeSet::new();
+    for a in &allocs {
+        ports.extend(replies.first(30, a, "ready").await.ports());
+    }
+    assert_eq!(ports, BTreeSet::from([40700, 40702, 40703]));
+    let o = observe(&env, &rm).await;
+    assert_eq!(o.foreign.get("ops-debug"), Some(&40701));
+    assert_eq!(o.foreign.get("placeholder"), Some(&39999));
+    w.stop().await;
+    rm.teardown(&env).await;
+}
