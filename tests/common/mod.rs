@@ -438,14 +438,14 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
     let mut keys = kv.keys().await.expect("keys");
     while let Some(k) = keys.next().await {
         let k = k.expect("key");
-        if let Some(port) = k.strip_prefix(&prefix) {
-            if let Some(v) = kv.get(&k).await.expect("get") {
-                let claim: Value = serde_json::from_slice(&v).unwrap();
-                o.claims.insert(
-                    port.parse().unwrap(),
-                    claim["allocation"].as_str().unwrap().to_owned(),
-                );
-            }
+        if let Some(port) = k.strip_prefix(&prefix)
+            && let Some(v) = kv.get(&k).await.expect("get")
+        {
+            let claim: Value = serde_json::from_slice(&v).unwrap();
+            o.claims.insert(
+                port.parse().unwrap(),
+                claim["allocation"].as_str().unwrap().to_owned(),
+            );
         }
     }
     o
