@@ -78,6 +78,9 @@ enum Command {
         /// Seconds to wait for each reply.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// A shell command to run once every task is exposed, before they are ended (to look around).
+        #[arg(long)]
+        between: Option<String>,
     },
 }
 
@@ -309,29 +312,38 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace,
             tasks,
             timeout,
+            between,
         } => {
-            return demo(
-                &js,
-                args.output,
-                &rm,
-                &namespace,
+            let d = Demo {
+                rm: &rm,
+                ns: &namespace,
                 tasks,
-                Duration::from_secs(timeout),
-            )
-            .await;
+                timeout: Duration::from_secs(timeout),
+                between,
+            };
+            return demo(&js, args.output, d).await;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(
-    js: &jetstream::Context,
-    output: Output,
-    rm: &str,
-    ns: &str,
+/// What `itgctl demo` runs.
+struct Demo<'a> {
+    rm: &'a str,
+    ns: &'a str,
     tasks: usize,
     timeout: Duration,
-) -> anyhow::Result<ExitCode> {
+    between: Option<String>,
+}
+
+async fn demo(js: &jetstream::Context, output: Output, d: Demo<'_>) -> anyhow::Result<ExitCode> {
+    let Demo {
+        rm,
+        ns,
+        tasks,
+        timeout,
+        between,
+    } = d;
     let mut msgs = replies(js, Some(rm), false).await?;
     let allocs: Vec<String> = (0..tasks)
         .map(|_| format!("{}.1", Uuid::new_v4()))
@@ -385,7 +397,18 @@ async fn demo(
             }
         }
         if kind == EventKind::Started {
-            eprintln!("all {tasks} task(s) exposed; ending them");
+            eprintln!("all {tasks} task(s) exposed");
+            if let Some(cmd) = &between {
+                let status = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .status()
+                    .await?;
+                if !status.success() {
+                    eprintln!("`{cmd}` exited with {status}");
+                }
+            }
+            eprintln!("ending them");
         }
     }
     eprintln!("all {tasks} task(s) removed");
