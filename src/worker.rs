@@ -471,7 +471,26 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         loop {
             let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
             if !unbound.is_empty() {
-                let chosen = self.choose_ports(&rec, unbound.len()).await?;
+                let chosen = match self.choose_ports(&rec, unbound.len()).await {
+                    Ok(chosen) => chosen,
+                    // All or none: an allocation that waits gives back what it holds, so two half-served
+                    // allocations never wait on each other.
+                    Err(DriveError::Capacity(m))
+                        if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
+                    {
+                        let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
+                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref())
+                            .await?;
+                        let mut next = rec.clone();
+                        next.ports.clear();
+                        next.updated_at = now();
+                        if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
+                            return Ok(Pass::Moved);
+                        }
+                        return Err(DriveError::Capacity(m));
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut next = rec.clone();
                 for (p, port) in unbound.iter().zip(chosen) {
                     next.ports.push(Binding {

@@ -29,13 +29,25 @@ async fn a_four_port_range_exhausted_then_released_serves_the_waiting_allocation
     }
     assert_eq!(ports, (41000..=41003).collect());
     let waiting = alloc();
-    master.started(&waiting, &rm.task_ns, &[("jupyter", 8888)]).await;
+    master
+        .started(&waiting, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert!(replies.for_alloc(&waiting).is_empty(), "no port is free, so no answer yet: {:?}", replies.for_alloc(&waiting));
+    assert!(
+        replies.for_alloc(&waiting).is_empty(),
+        "no port is free, so no answer yet: {:?}",
+        replies.for_alloc(&waiting)
+    );
     master.ended(&first[2]).await;
-    let freed = replies.first(30, &first[2], "removed").await.body["released"][0]["gateway_port"].as_u64().unwrap();
+    let freed = replies.first(30, &first[2], "removed").await.body["released"][0]["gateway_port"]
+        .as_u64()
+        .unwrap();
     let ready = replies.first(30, &waiting, "ready").await;
-    assert_eq!(ready.ports(), vec![freed as u16], "the waiting allocation gets the freed port");
+    assert_eq!(
+        ready.ports(),
+        vec![freed as u16],
+        "the waiting allocation gets the freed port"
+    );
     w.stop().await;
     rm.teardown(&env).await;
 }
@@ -48,21 +60,47 @@ async fn waiting_past_the_capacity_deadline_answers_capacity_exhausted_and_leave
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     let holder = alloc();
-    master.started(&holder, &rm.task_ns, &[("jupyter", 8888), ("tensorboard", 6006)]).await;
+    master
+        .started(
+            &holder,
+            &rm.task_ns,
+            &[("jupyter", 8888), ("tensorboard", 6006)],
+        )
+        .await;
     replies.first(30, &holder, "ready").await;
     let late = alloc();
-    master.started(&late, &rm.task_ns, &[("jupyter", 8888)]).await;
+    master
+        .started(&late, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
     let failed = replies.first(30, &late, "failed").await;
     assert_eq!(failed.body["reason"], "capacity_exhausted");
     assert_eq!(failed.body["retryable"], true);
-    assert!(failed.body["message"].as_str().unwrap().contains("41100-41101"), "{}", failed.body["message"]);
+    assert!(
+        failed.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("41100-41101"),
+        "{}",
+        failed.body["message"]
+    );
     let o = observe(&env, &rm).await;
-    assert_eq!(o.claims.len(), 2, "only the holder's ports are claimed: {o:?}");
+    assert_eq!(
+        o.claims.len(),
+        2,
+        "only the holder's ports are claimed: {o:?}"
+    );
     assert_eq!(o.listeners.len(), 2);
     // The same started again gets the same answer; it is not exposed later by surprise.
-    master.started(&late, &rm.task_ns, &[("jupyter", 8888)]).await;
+    master
+        .started(&late, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
     replies
-        .wait(30, "a second failed", |r| r.iter().filter(|s| s.alloc() == Some(late.as_str()) && s.kind == "failed").count() == 2)
+        .wait(30, "a second failed", |r| {
+            r.iter()
+                .filter(|s| s.alloc() == Some(late.as_str()) && s.kind == "failed")
+                .count()
+                == 2
+        })
         .await;
     w.stop().await;
     rm.teardown(&env).await;
@@ -82,10 +120,19 @@ async fn the_listener_limit_makes_allocations_wait_even_with_free_ports() {
         master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await;
         replies.first(30, a, "ready").await;
     }
-    master.started(&allocs[2], &rm.task_ns, &[("jupyter", 8888)]).await;
+    master
+        .started(&allocs[2], &rm.task_ns, &[("jupyter", 8888)])
+        .await;
     let failed = replies.first(30, &allocs[2], "failed").await;
     assert_eq!(failed.body["reason"], "capacity_exhausted");
-    assert!(failed.body["message"].as_str().unwrap().contains("listeners"), "{}", failed.body["message"]);
+    assert!(
+        failed.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("listeners"),
+        "{}",
+        failed.body["message"]
+    );
     assert_eq!(observe(&env, &rm).await.listeners.len(), 2);
     w.stop().await;
     rm.teardown(&env).await;
@@ -97,8 +144,14 @@ async fn two_resource_managers_on_two_gateways_are_served_independently_by_one_w
     let full = TestRm::new(&env, "rma", (41300, 41300)).await;
     let free = TestRm::new(&env, "rmb", (41300, 41310)).await;
     let w = Worker::start(config(&env, &[&full, &free], "")).await;
-    let (ma, mb) = (Master::new(&env, &full.name).await, Master::new(&env, &free.name).await);
-    let (ra, rb) = (Replies::watch(&env, &full.name).await, Replies::watch(&env, &free.name).await);
+    let (ma, mb) = (
+        Master::new(&env, &full.name).await,
+        Master::new(&env, &free.name).await,
+    );
+    let (ra, rb) = (
+        Replies::watch(&env, &full.name).await,
+        Replies::watch(&env, &free.name).await,
+    );
     let a1 = alloc();
     ma.started(&a1, &full.task_ns, &[("jupyter", 8888)]).await;
     assert_eq!(ra.first(30, &a1, "ready").await.ports(), vec![41300]);
@@ -115,7 +168,10 @@ async fn two_resource_managers_on_two_gateways_are_served_independently_by_one_w
         assert_eq!(r.body["gateway"]["name"], free.gateway.as_str());
         assert_eq!(r.body["resource_manager"], free.name.as_str());
     }
-    assert!(ra.for_alloc(&a2).is_empty(), "rm A's second allocation still waits");
+    assert!(
+        ra.for_alloc(&a2).is_empty(),
+        "rm A's second allocation still waits"
+    );
     ma.ended(&a1).await;
     assert_eq!(ra.first(30, &a2, "ready").await.ports(), vec![41300]);
     let (oa, ob) = (observe(&env, &full).await, observe(&env, &free).await);
@@ -124,4 +180,45 @@ async fn two_resource_managers_on_two_gateways_are_served_independently_by_one_w
     w.stop().await;
     full.teardown(&env).await;
     free.teardown(&env).await;
+}
+
+#[tokio::test]
+async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "aon", (41400, 41402)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let holder = alloc();
+    master
+        .started(
+            &holder,
+            &rm.task_ns,
+            &[("jupyter", 8888), ("tensorboard", 6006)],
+        )
+        .await;
+    replies.first(30, &holder, "ready").await;
+    // Two ports wanted, one free: the allocation waits holding nothing.
+    let both = alloc();
+    master
+        .started(
+            &both,
+            &rm.task_ns,
+            &[("jupyter", 8888), ("tensorboard", 6006)],
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let o = observe(&env, &rm).await;
+    assert_eq!(
+        o.claims.len(),
+        2,
+        "the waiting allocation claims no port: {o:?}"
+    );
+    let holder_key = itg::names::allocation_key(&rm.name, &holder);
+    assert!(o.claims.values().all(|owner| *owner == holder_key), "{o:?}");
+    master.ended(&holder).await;
+    let ready = replies.first(30, &both, "ready").await;
+    assert_eq!(ready.ports().len(), 2);
+    w.stop().await;
+    rm.teardown(&env).await;
 }
