@@ -168,6 +168,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let replier = JetStreamReplier::new(servers.js.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let pacing = crate::consumer::Pacing {
+        worker: config.worker.clone(),
+        ack_wait: config.jetstream.ack_wait.0,
+    };
     for c in servers.rms {
         let max_ack_pending = i64::try_from(config.worker.concurrency * 64).unwrap_or(i64::MAX);
         let consumer = nats::ensure_consumer(
@@ -189,7 +193,7 @@ pub async fn run(
                 handler,
                 consumer,
                 replier.clone(),
-                config.worker.clone(),
+                pacing.clone(),
                 shutdown.clone(),
             ),
             span,

@@ -360,6 +360,21 @@ impl Config {
                 "must be 1 to 1024",
             ));
         }
+        let longest = w.capacity_deadline.0.max(w.kubernetes_deadline.0);
+        let budget = w
+            .retry_max
+            .0
+            .saturating_mul(u32::try_from(js.max_deliver).unwrap_or(u32::MAX));
+        if js.max_deliver != -1 && budget < longest {
+            return Err(rule(
+                "jetstream.max_deliver",
+                js.max_deliver,
+                format!(
+                    "with worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
+                    w.retry_max.0, budget, longest
+                ),
+            ));
+        }
         if w.retry_min.0 > w.retry_max.0 {
             return Err(rule(
                 "worker.retry_min",

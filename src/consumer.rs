@@ -33,14 +33,22 @@ pub fn redelivery_delay(timing: &WorkerConfig, delivered: i64) -> Duration {
         .min(timing.retry_max.0)
 }
 
+/// How the loop paces itself: the worker's settings and the consumer's ack wait.
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    pub worker: WorkerConfig,
+    pub ack_wait: Duration,
+}
+
 /// Serves events until `shutdown` turns true; then stops pulling and lets the events in flight finish.
 pub async fn run<S: Store, C: Cluster, R: Replier>(
     handler: Handler<S, C>,
     consumer: PullConsumer,
     replier: R,
-    timing: WorkerConfig,
+    pacing: Pacing,
     shutdown: watch::Receiver<bool>,
 ) {
+    let timing = &pacing.worker;
     let rm = handler.rm().name.clone();
     while !*shutdown.borrow() {
         let messages = consumer
@@ -65,10 +73,10 @@ pub async fn run<S: Store, C: Cluster, R: Replier>(
         messages
             .take_until(until)
             .for_each_concurrent(timing.concurrency, |m| {
-                let (handler, replier, timing) = (&handler, &replier, &timing);
+                let (handler, replier, pacing) = (&handler, &replier, &pacing);
                 async move {
                     match m {
-                        Ok(msg) => serve(handler, replier, timing, msg).await,
+                        Ok(msg) => serve(handler, replier, pacing, msg).await,
                         Err(e) => tracing::warn!(error = %e, "pull error; continuing"),
                     }
                 }
@@ -84,11 +92,13 @@ pub async fn run<S: Store, C: Cluster, R: Replier>(
 async fn serve<S: Store, C: Cluster, R: Replier>(
     handler: &Handler<S, C>,
     replier: &R,
-    timing: &WorkerConfig,
+    pacing: &Pacing,
     msg: jetstream::Message,
 ) {
+    let timing = &pacing.worker;
     let rm = handler.rm().name.clone();
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let ack_wait = pacing.ack_wait.max(Duration::from_millis(300));
     let span = tracing::info_span!(
         "event",
         resource_manager = %rm,
@@ -103,7 +113,19 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             ack(&msg, AckKind::Term).await;
             return;
         };
-        match handler.handle(kind, &msg.payload).await {
+        // Tell JetStream the event is still being worked on, so a slow Gateway does not get it redelivered
+        // to another worker in the middle.
+        let handled = handler.handle(kind, &msg.payload);
+        tokio::pin!(handled);
+        let mut beat = tokio::time::interval(ack_wait / 3);
+        beat.tick().await;
+        let handled = loop {
+            tokio::select! {
+                h = &mut handled => break h,
+                _ = beat.tick() => ack(&msg, AckKind::Progress).await,
+            }
+        };
+        match handled {
             Handled::Answer { reply, msg_id } => match replier.publish(&reply, &msg_id).await {
                 Ok(()) => {
                     tracing::info!(reply = reply.kind().as_str(), "answered");

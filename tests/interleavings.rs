@@ -1,0 +1,271 @@
+//! Interleavings the real servers make hard to hit on purpose: an `ended` served while a `started` for the
+//! same allocation is half-way through applying its objects. The handler is generic over its store and
+//! cluster, so these tests drive it with in-memory ones that pause at a chosen step. They test the
+//! handler's decisions, not NATS or Kubernetes (the integration tests do that).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use itg::config::Config;
+use itg::contract::EventKind;
+use itg::gateway::{Cluster, Exposure, GatewayView, KubeError};
+use itg::state::Binding;
+use itg::store::{Entry, Outcome, Store, StoreError};
+use itg::worker::{Handled, Handler, RmContext};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Compare-and-set over a map, with one revision counter for the whole bucket as JetStream has.
+#[derive(Clone, Default)]
+struct MemStore {
+    inner: Arc<Mutex<(u64, BTreeMap<String, (Bytes, u64)>)>>,
+}
+
+impl Store for MemStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let g = self.inner.lock().unwrap();
+        Ok(g.1.get(key).map(|(v, r)| Entry {
+            value: v.clone(),
+            revision: *r,
+        }))
+    }
+    async fn create(&self, key: &str, value: Bytes) -> Result<Outcome, StoreError> {
+        let mut g = self.inner.lock().unwrap();
+        if g.1.contains_key(key) {
+            return Ok(Outcome::Conflict);
+        }
+        g.0 += 1;
+        let rev = g.0;
+        g.1.insert(key.to_owned(), (value, rev));
+        Ok(Outcome::Written(rev))
+    }
+    async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<Outcome, StoreError> {
+        let mut g = self.inner.lock().unwrap();
+        if g.1.get(key).map(|e| e.1) != Some(revision) {
+            return Ok(Outcome::Conflict);
+        }
+        g.0 += 1;
+        let rev = g.0;
+        g.1.insert(key.to_owned(), (value, rev));
+        Ok(Outcome::Written(rev))
+    }
+    async fn delete(&self, key: &str, revision: u64) -> Result<Outcome, StoreError> {
+        let mut g = self.inner.lock().unwrap();
+        if g.1.get(key).map(|e| e.1) != Some(revision) {
+            return Ok(Outcome::Conflict);
+        }
+        g.1.remove(key);
+        Ok(Outcome::Written(revision))
+    }
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .1
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}
+
+/// Objects as a set of `kind/name`, and a pause before the route of the first exposure.
+#[derive(Clone, Default)]
+struct MemCluster {
+    objects: Arc<Mutex<BTreeSet<String>>>,
+    pause: Arc<Mutex<Option<(Arc<Notify>, Arc<Notify>)>>>,
+}
+
+impl MemCluster {
+    fn listeners(&self) -> BTreeSet<String> {
+        self.objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.strip_prefix("listener/").map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Cluster for MemCluster {
+    fn view(&self) -> GatewayView {
+        let mut listeners = self.listeners();
+        listeners.insert("placeholder".into());
+        GatewayView {
+            present: true,
+            foreign_ports: BTreeSet::from([39999]),
+            listeners,
+        }
+    }
+
+    async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
+        let name = itg::names::object_name(e.rm, e.allocation_id, &e.binding.name);
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(format!("service/{name}"));
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(format!("listener/{name}"));
+        let pause = self.pause.lock().unwrap().take();
+        if let Some((paused, resume)) = pause {
+            paused.notify_one();
+            resume.notified().await;
+        }
+        self.objects.lock().unwrap().insert(format!("route/{name}"));
+        Ok(())
+    }
+
+    async fn withdraw(
+        &self,
+        rm: &str,
+        alloc: &str,
+        _ns: Option<&str>,
+        b: &Binding,
+    ) -> Result<(), KubeError> {
+        let name = itg::names::object_name(rm, alloc, &b.name);
+        let mut o = self.objects.lock().unwrap();
+        for kind in ["route", "listener", "service"] {
+            o.remove(&format!("{kind}/{name}"));
+        }
+        Ok(())
+    }
+}
+
+fn handler(store: &MemStore, cluster: &MemCluster) -> Handler<MemStore, MemCluster> {
+    let cfg = Config::parse(
+        "nats: {url: 'nats://127.0.0.1:4222'}\nresource_managers:\n  - name: rm\n    internal_task_gateway: {gateway_name: itg, gateway_namespace: gw, gateway_ip: 203.0.113.10, gateway_port_range_start: 40000, gateway_port_range_end: 40009}\n",
+        "test",
+    )
+    .unwrap();
+    Handler::new(
+        RmContext::new(&cfg.resource_managers[0]),
+        store.clone(),
+        cluster.clone(),
+        cfg.worker.clone(),
+    )
+}
+
+fn started(alloc: &str) -> Vec<u8> {
+    let sel = BTreeMap::from([("app".to_owned(), "nb".to_owned())]);
+    serde_json::to_vec(&itg::ctl::started_payload(
+        Uuid::new_v4(),
+        alloc,
+        "team-a",
+        &sel,
+        &[("jupyter".into(), 8888)],
+    ))
+    .unwrap()
+}
+
+fn ended(alloc: &str) -> Vec<u8> {
+    serde_json::to_vec(&itg::ctl::ended_payload(Uuid::new_v4(), alloc)).unwrap()
+}
+
+fn kind_of(h: &Handled) -> &'static str {
+    match h {
+        Handled::Answer { reply, .. } => reply.kind().as_str(),
+        Handled::Done => "done",
+        Handled::Retry { .. } => "retry",
+    }
+}
+
+#[tokio::test]
+async fn an_ended_served_while_the_started_applies_its_objects_leaves_nothing_behind() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let (paused, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *cluster.pause.lock().unwrap() = Some((paused.clone(), resume.clone()));
+    let h = handler(&store, &cluster);
+    let a = "6f1c2d3e.1";
+    let first = {
+        let (h, body) = (h.clone(), started(a));
+        tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+    };
+    paused.notified().await;
+    // The started holds a Service and a listener and is about to apply the route: the ended runs to the end.
+    let end = h.handle(EventKind::Ended, &ended(a)).await;
+    assert_eq!(kind_of(&end), "removed");
+    resume.notify_one();
+    let start = first.await.unwrap();
+    assert_eq!(
+        kind_of(&start),
+        "failed",
+        "the started must not report ready for an ended allocation"
+    );
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "left behind: {:?}",
+        cluster.objects.lock().unwrap()
+    );
+    let claims = store.keys("port.").await.unwrap();
+    assert!(claims.is_empty(), "ports still claimed: {claims:?}");
+}
+
+#[tokio::test]
+async fn a_duplicate_started_racing_an_ended_on_a_ready_allocation_leaves_nothing_behind() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let a = "6f1c2d3e.2";
+    assert_eq!(
+        kind_of(&h.handle(EventKind::Started, &started(a)).await),
+        "ready"
+    );
+    let (paused, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *cluster.pause.lock().unwrap() = Some((paused.clone(), resume.clone()));
+    let dup = {
+        let (h, body) = (h.clone(), started(a));
+        tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+    };
+    paused.notified().await;
+    assert_eq!(
+        kind_of(&h.handle(EventKind::Ended, &ended(a)).await),
+        "removed"
+    );
+    resume.notify_one();
+    assert_eq!(kind_of(&dup.await.unwrap()), "failed");
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "left behind: {:?}",
+        cluster.objects.lock().unwrap()
+    );
+    assert!(store.keys("port.").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_of_one_started_agree_on_the_ports() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let a = "6f1c2d3e.3";
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let (h, body) = (h.clone(), started(a));
+            tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+        })
+        .collect();
+    let mut ports = BTreeSet::new();
+    for r in runs {
+        match r.await.unwrap() {
+            Handled::Answer {
+                reply: itg::contract::Reply::Ready(r),
+                ..
+            } => {
+                ports.insert(r.proxies[0].gateway_port);
+            }
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        ports.len(),
+        1,
+        "every duplicate reports the same port: {ports:?}"
+    );
+    assert_eq!(
+        store.keys("port.").await.unwrap().len(),
+        1,
+        "exactly one port claimed"
+    );
+    assert_eq!(cluster.listeners().len(), 1);
+}
