@@ -16,10 +16,15 @@ use itg::worker::{Handled, Handler, RmContext};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The bucket's last revision, and each key's value and revision.
+type Bucket = (u64, BTreeMap<String, (Bytes, u64)>);
+/// A pause point: notified when reached, waits to be resumed.
+type Pause = Option<(Arc<Notify>, Arc<Notify>)>;
+
 /// Compare-and-set over a map, with one revision counter for the whole bucket as JetStream has.
 #[derive(Clone, Default)]
 struct MemStore {
-    inner: Arc<Mutex<(u64, BTreeMap<String, (Bytes, u64)>)>>,
+    inner: Arc<Mutex<Bucket>>,
 }
 
 impl Store for MemStore {
@@ -75,7 +80,7 @@ impl Store for MemStore {
 #[derive(Clone, Default)]
 struct MemCluster {
     objects: Arc<Mutex<BTreeSet<String>>>,
-    pause: Arc<Mutex<Option<(Arc<Notify>, Arc<Notify>)>>>,
+    pause: Arc<Mutex<Pause>>,
 }
 
 impl MemCluster {
