@@ -2,11 +2,14 @@
 //! consumer loop per resource manager until shutdown. The one place where adapters meet.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use kube::Api;
 use tokio::sync::watch;
 
+use crate::admin::{self, Health};
 use crate::allocator::{self, PortView};
 use crate::config::{Config, ResourceManagerConfig};
 use crate::gateway::{self, Cluster, KubeGateway};
@@ -22,6 +25,9 @@ pub enum StartError {
     Nats(#[from] nats::NatsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The admin endpoint could not listen.
+    #[error("admin.address {address}: {message}; choose a free address")]
+    Admin { address: String, message: String },
     /// An apiserver or the Gateway could not be reached or found.
     #[error("resource manager {rm}: {message}")]
     Kubernetes { rm: String, message: String },
@@ -167,6 +173,36 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     let replier = JetStreamReplier::new(servers.js.clone());
+    let health = Arc::new(Health::default());
+    let (admin, serve_admin) = admin::bind(&config.admin.address, health.clone())
+        .await
+        .map_err(|e| StartError::Admin {
+            address: config.admin.address.clone(),
+            message: e.to_string(),
+        })?;
+    tracing::info!(%admin, "serving /healthz, /readyz and /metrics");
+    let side = tokio::spawn(async move {
+        if let Err(e) = serve_admin.await {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    });
+    let watched = servers
+        .rms
+        .iter()
+        .map(|c| (RmContext::new(&c.config), c.gateway.clone()))
+        .collect();
+    let checks = tokio::spawn(health.clone().watch(
+        servers.nats.clone(),
+        watched,
+        Duration::from_secs(5),
+    ));
+    {
+        let (health, mut shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            health.shutting_down();
+        });
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let pacing = crate::consumer::Pacing {
         worker: config.worker.clone(),
@@ -205,5 +241,7 @@ pub async fn run(
             tracing::error!(error = %e, "a consumer task panicked");
         }
     }
+    side.abort();
+    checks.abort();
     Ok(())
 }

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::config::WorkerConfig;
 use crate::contract;
 use crate::gateway::Cluster;
+use crate::metrics;
 use crate::nats::Replier;
 use crate::store::Store;
 use crate::worker::{Handled, Handler};
@@ -125,13 +126,28 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 _ = beat.tick() => ack(&msg, AckKind::Progress).await,
             }
         };
+        let m = metrics::get();
+        if delivered > 1 {
+            m.redeliveries.get_or_create(&metrics::rm(&rm)).inc();
+        }
         match handled {
             Handled::Answer { reply, msg_id } => match replier.publish(&reply, &msg_id).await {
                 Ok(()) => {
                     tracing::info!(reply = reply.kind().as_str(), "answered");
+                    m.event(&rm, kind.as_str(), reply.kind().as_str());
+                    if let (contract::ReplyKind::Ready, Ok(info)) = (reply.kind(), msg.info()) {
+                        let age = jiff::Timestamp::now().as_nanosecond()
+                            - info.published.unix_timestamp_nanos();
+                        #[allow(clippy::cast_precision_loss)]
+                        let secs = age.max(0) as f64 / 1e9;
+                        m.started_to_ready
+                            .get_or_create(&metrics::rm(&rm))
+                            .observe(secs);
+                    }
                     ack(&msg, AckKind::Ack).await;
                 }
                 Err(e) => {
+                    m.event(&rm, kind.as_str(), "reply_error");
                     tracing::warn!(error = %e, "reply not stored; the event will be redelivered");
                     ack(
                         &msg,
@@ -142,6 +158,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             },
             Handled::Done => ack(&msg, AckKind::Ack).await,
             Handled::Retry { why } => {
+                m.event(&rm, kind.as_str(), "retry");
                 let delay = redelivery_delay(timing, delivered);
                 tracing::info!(why = %why, retry_in = ?delay, "not served yet; will retry");
                 ack(&msg, AckKind::Nak(Some(delay))).await;

@@ -52,6 +52,8 @@ pub struct GatewayView {
     pub foreign_ports: BTreeSet<u16>,
     /// Names of every listener, ours and others'.
     pub listeners: BTreeSet<String>,
+    /// Ports of the listeners the worker owns.
+    pub owned_ports: BTreeSet<u16>,
 }
 
 /// One proxy port of one allocation, as Kubernetes sees it.
@@ -82,6 +84,7 @@ pub trait Cluster: Clone + Send + Sync + 'static {
 /// A resource manager's apiserver and Gateway.
 #[derive(Clone)]
 pub struct KubeGateway {
+    rm: String,
     client: Client,
     gateway_namespace: String,
     gateway_name: String,
@@ -193,6 +196,7 @@ impl KubeGateway {
         })?
         .map_err(|e| KubeError::Transient(format!("watching Gateway: {e}")))?;
         Ok(KubeGateway {
+            rm: rm.name.clone(),
             client,
             gateway_namespace: g.gateway_namespace.clone(),
             gateway_name: g.gateway_name.clone(),
@@ -200,6 +204,22 @@ impl KubeGateway {
             reflector: reader,
             write_lock: Arc::default(),
         })
+    }
+
+    async fn timed(
+        &self,
+        call: &str,
+        f: impl Future<Output = Result<(), KubeError>>,
+    ) -> Result<(), KubeError> {
+        let start = std::time::Instant::now();
+        let result = f.await;
+        crate::metrics::get().kube_call(&self.rm, call, start.elapsed(), result.is_ok());
+        result
+    }
+
+    /// The apiserver client, for health checks.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     fn gateway(&self) -> Option<Arc<Gateway>> {
@@ -386,10 +406,12 @@ impl Cluster for KubeGateway {
         };
         for l in &gw.spec.listeners {
             v.listeners.insert(l.name.clone());
-            if !names::is_owned_listener_name(&l.name)
-                && let Ok(p) = u16::try_from(l.port)
-            {
-                v.foreign_ports.insert(p);
+            if let Ok(p) = u16::try_from(l.port) {
+                if names::is_owned_listener_name(&l.name) {
+                    v.owned_ports.insert(p);
+                } else {
+                    v.foreign_ports.insert(p);
+                }
             }
         }
         v
@@ -397,15 +419,12 @@ impl Cluster for KubeGateway {
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
         let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
-        let t0 = std::time::Instant::now();
         // Service first (else the route reports BackendNotFound), listener before route (else NoMatchingParent).
-        self.apply_service(e, &name).await?;
-        let t1 = t0.elapsed();
-        self.apply_listener(e, &name).await?;
-        let t2 = t0.elapsed();
-        self.apply_route(e, &name).await?;
-        tracing::debug!(service = ?t1, listener = ?(t2 - t1), route = ?(t0.elapsed() - t2), "exposed");
-        Ok(())
+        self.timed("apply_service", self.apply_service(e, &name))
+            .await?;
+        self.timed("apply_listener", self.apply_listener(e, &name))
+            .await?;
+        self.timed("apply_route", self.apply_route(e, &name)).await
     }
 
     async fn withdraw(
@@ -416,20 +435,23 @@ impl Cluster for KubeGateway {
         binding: &Binding,
     ) -> Result<(), KubeError> {
         let name = names::object_name(rm, allocation_id, &binding.name);
-        let t0 = std::time::Instant::now();
         if let Some(ns) = namespace {
             let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
-            delete_ignoring_absent(routes, &name, format!("deleting TCPRoute {ns}/{name}")).await?;
-        }
-        let t1 = t0.elapsed();
-        self.remove_listener(&name).await?;
-        let t2 = t0.elapsed();
-        if let Some(ns) = namespace {
-            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
-            delete_ignoring_absent(services, &name, format!("deleting Service {ns}/{name}"))
+            let what = format!("deleting TCPRoute {ns}/{name}");
+            self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
                 .await?;
         }
-        tracing::debug!(route = ?t1, listener = ?(t2 - t1), service = ?(t0.elapsed() - t2), "withdrawn");
+        self.timed("remove_listener", self.remove_listener(&name))
+            .await?;
+        if let Some(ns) = namespace {
+            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            let what = format!("deleting Service {ns}/{name}");
+            self.timed(
+                "delete_service",
+                delete_ignoring_absent(services, &name, what),
+            )
+            .await?;
+        }
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 //! [`config`] loads the YAML config; [`probe`] checks the servers at start. The deciding modules
 //! (`contract`, `validate`, `names`, `allocator`, `state`, `config`) use neither NATS nor Kubernetes.
 
+pub mod admin;
 pub mod allocator;
 pub mod app;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod consumer;
 pub mod contract;
 pub mod ctl;
 pub mod gateway;
+pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod state;

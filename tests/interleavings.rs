@@ -102,6 +102,7 @@ impl Cluster for MemCluster {
             present: true,
             foreign_ports: BTreeSet::from([39999]),
             listeners,
+            ..Default::default()
         }
     }
 

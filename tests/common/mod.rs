@@ -161,7 +161,7 @@ impl TestRm {
 pub fn config(env: &Env, rms: &[&TestRm], worker: &str) -> Config {
     // A short ack wait so an event held by a killed worker comes back within seconds.
     let mut y = format!(
-        "nats:\n  url: {}\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\n{worker}resource_managers:\n",
+        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\n{worker}resource_managers:\n",
         env.nats_url
     );
     for rm in rms {

@@ -1,0 +1,145 @@
+//! The admin endpoint: `/healthz` (the process runs), `/readyz` (NATS, every apiserver and every Gateway
+//! watch answer, and no shutdown has begun) and `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::allocator::{self, PortView};
+use crate::gateway::{Cluster, KubeGateway};
+use crate::metrics;
+use crate::worker::RmContext;
+
+/// What `/readyz` answers, refreshed by [`Health::watch`].
+#[derive(Default)]
+pub struct Health {
+    /// Why the worker is not ready; empty when it is.
+    problems: Mutex<Vec<String>>,
+    checked: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    /// Marks the start of shutdown: `/readyz` turns false so no new traffic is routed here.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        if !self.checked.load(Ordering::SeqCst) {
+            return Err("not checked yet".into());
+        }
+        let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Checks NATS, each apiserver and each Gateway every `every`, and refreshes the port gauges.
+    pub async fn watch(
+        self: Arc<Self>,
+        nats: async_nats::Client,
+        rms: Vec<(RmContext, KubeGateway)>,
+        every: Duration,
+    ) {
+        loop {
+            let mut problems = Vec::new();
+            if nats.connection_state() != async_nats::connection::State::Connected {
+                problems.push(format!("NATS is {}", nats.connection_state()));
+            }
+            for (rm, gw) in &rms {
+                match tokio::time::timeout(Duration::from_secs(5), gw.client().apiserver_version())
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => problems.push(format!("apiserver of {}: {e}", rm.name)),
+                    Err(_) => problems.push(format!("apiserver of {}: no answer in 5 s", rm.name)),
+                }
+                let view = gw.view();
+                if !view.present {
+                    problems.push(format!(
+                        "Gateway {}/{} of {} not found",
+                        rm.gateway.namespace, rm.gateway.name, rm.name
+                    ));
+                }
+                let labels = metrics::rm(&rm.name);
+                let in_use = view.owned_ports.len();
+                let pv = PortView {
+                    excluded: rm.excluded.clone(),
+                    foreign: view.foreign_ports.clone(),
+                    taken: view.owned_ports.clone(),
+                };
+                let free = allocator::candidates(rm.range.clone(), &pv, 0).count();
+                let m = metrics::get();
+                m.ports_in_use
+                    .get_or_create(&labels)
+                    .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+                m.ports_free
+                    .get_or_create(&labels)
+                    .set(i64::try_from(free).unwrap_or(i64::MAX));
+                let slots = rm.listener_limit.saturating_sub(view.listeners.len());
+                m.listener_slots_free
+                    .get_or_create(&labels)
+                    .set(i64::try_from(slots).unwrap_or(i64::MAX));
+            }
+            if let Ok(mut p) = self.problems.lock() {
+                *p = problems;
+            }
+            self.checked.store(true, Ordering::SeqCst);
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.readiness() {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::get().encode(),
+    )
+}
+
+/// Binds the admin address. Returns the bound address (useful with port 0) and the server future.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(
+    address: &str,
+    health: Arc<Health>,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>> + Send + use<>,
+)> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health);
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}
