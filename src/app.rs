@@ -110,18 +110,27 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
     })
 }
 
-/// A human-readable report of what was found: JetStream, each Gateway, its listeners and free ports.
+/// What one Gateway has room for: the answer to "why is my task waiting".
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Capacity {
+    pub resource_manager: String,
+    pub apiserver: String,
+    pub gateway: String,
+    pub listeners: usize,
+    pub listener_limit: usize,
+    pub foreign_ports: Vec<u16>,
+    pub range: String,
+    pub excluded: usize,
+    pub claimed: usize,
+    pub free: usize,
+}
+
+/// Capacity of every configured Gateway: listeners from the watch, claims from the KV bucket.
 ///
 /// # Errors
 /// [`StartError`] when the KV bucket cannot be read.
-pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartError> {
-    let mut out = String::new();
-    let info = servers.nats.server_info();
-    let _ = writeln!(
-        out,
-        "NATS {} at {}: JetStream available (server {})",
-        info.version, config.nats.url, info.server_name
-    );
+pub async fn capacity(servers: &Servers) -> Result<Vec<Capacity>, StartError> {
+    let mut out = Vec::new();
     for c in &servers.rms {
         let g = &c.config.internal_task_gateway;
         let view = c.gateway.view();
@@ -138,26 +147,52 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
             foreign: view.foreign_ports.clone(),
             taken: claimed.clone(),
         };
-        let free = allocator::candidates(c.config.port_range(), &pv, 0).count();
+        out.push(Capacity {
+            resource_manager: c.config.name.clone(),
+            apiserver: c.server.clone(),
+            gateway: format!("{}/{}", g.gateway_namespace, g.gateway_name),
+            listeners: view.listeners.len(),
+            listener_limit: c.config.listener_limit,
+            foreign_ports: view.foreign_ports.iter().copied().collect(),
+            range: format!(
+                "{}-{}",
+                g.gateway_port_range_start, g.gateway_port_range_end
+            ),
+            excluded: pv.excluded.len(),
+            claimed: claimed.len(),
+            free: allocator::candidates(c.config.port_range(), &pv, 0).count(),
+        });
+    }
+    Ok(out)
+}
+
+/// A human-readable report of what was found: JetStream, each Gateway, its listeners and free ports.
+///
+/// # Errors
+/// [`StartError`] when the KV bucket cannot be read.
+pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartError> {
+    let mut out = String::new();
+    let info = servers.nats.server_info();
+    let _ = writeln!(
+        out,
+        "NATS {} at {}: JetStream available (server {})",
+        info.version, config.nats.url, info.server_name
+    );
+    for c in capacity(servers).await? {
         let _ = writeln!(
             out,
-            "resource manager {}: apiserver via {}; Gateway {}/{} present with {} listener(s) ({} foreign on ports {:?}); ports {}-{}: {} free, {} claimed, listener slots {} of {}",
-            c.config.name,
-            c.server,
-            g.gateway_namespace,
-            g.gateway_name,
-            view.listeners.len(),
-            view.listeners
-                .iter()
-                .filter(|l| !names::is_owned_listener_name(l))
-                .count(),
-            view.foreign_ports,
-            g.gateway_port_range_start,
-            g.gateway_port_range_end,
-            free,
-            claimed.len(),
-            view.listeners.len(),
-            c.config.listener_limit,
+            "resource manager {}: apiserver via {}; Gateway {} present with {} listener(s) ({} foreign on ports {:?}); ports {}: {} free, {} claimed, listener slots {} of {}",
+            c.resource_manager,
+            c.apiserver,
+            c.gateway,
+            c.listeners,
+            c.foreign_ports.len(),
+            c.foreign_ports,
+            c.range,
+            c.free,
+            c.claimed,
+            c.listeners,
+            c.listener_limit,
         );
     }
     Ok(out)

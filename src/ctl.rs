@@ -66,6 +66,21 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// List allocations, their phase and ports, from the KV bucket.
+    Allocations {
+        /// Only this resource manager's.
+        #[arg(long)]
+        rm: Option<String>,
+        /// The KV bucket (jetstream.state_bucket).
+        #[arg(long, default_value = "ITG_STATE")]
+        bucket: String,
+    },
+    /// Show, per Gateway, the ports free in the range and the listener slots free under the cap.
+    Capacity {
+        /// The worker's config file: it names the Gateways and how to reach them.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+    },
     /// Run a few task lifecycles end to end: started, wait for ready, ended, wait for removed.
     Demo {
         #[arg(long)]
@@ -250,11 +265,108 @@ fn print_reply(output: Output, subject: &str, payload: &[u8]) {
     }
 }
 
+async fn allocations(
+    js: &jetstream::Context,
+    output: Output,
+    rm: Option<&str>,
+    bucket: &str,
+) -> anyhow::Result<()> {
+    let kv = js
+        .get_key_value(bucket)
+        .await
+        .with_context(|| format!("no KV bucket {bucket}; has a worker run?"))?;
+    let prefix = rm.map_or_else(|| "alloc.".to_owned(), crate::names::allocation_key_prefix);
+    let mut keys = kv.keys().await?;
+    let mut records = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k?;
+        if !k.starts_with(&prefix) {
+            continue;
+        }
+        if let Some(v) = kv.get(&k).await? {
+            match serde_json::from_slice::<crate::state::Record>(&v) {
+                Ok(r) => records.push(r),
+                Err(e) => eprintln!("{k}: not a record ({e})"),
+            }
+        }
+    }
+    records.sort_by(|a, b| {
+        (&a.resource_manager, &a.allocation_id).cmp(&(&b.resource_manager, &b.allocation_id))
+    });
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        Output::Table => {
+            println!(
+                "{:<12} {:<40} {:<9} {:<12} PORTS",
+                "RM", "ALLOCATION", "PHASE", "NAMESPACE"
+            );
+            for r in &records {
+                let ports: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|b| format!("{}={}", b.name, b.gateway_port))
+                    .collect();
+                let phase = serde_json::to_value(r.phase)?
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned();
+                let ns = r.spec.as_ref().map_or("-", |s| s.namespace.as_str());
+                println!(
+                    "{:<12} {:<40} {:<9} {:<12} {}",
+                    r.resource_manager,
+                    r.allocation_id,
+                    phase,
+                    ns,
+                    ports.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn capacity(output: Output, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path)?;
+    let servers = crate::app::connect(&config).await?;
+    let rows = crate::app::capacity(&servers).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            println!(
+                "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} {}",
+                "RM", "GATEWAY", "RANGE", "FREE", "CLAIMED", "SLOTS", "FOREIGN"
+            );
+            for c in rows {
+                let slots = format!(
+                    "{}/{}",
+                    c.listener_limit.saturating_sub(c.listeners),
+                    c.listener_limit
+                );
+                println!(
+                    "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} {}",
+                    c.resource_manager,
+                    c.gateway,
+                    c.range,
+                    c.free,
+                    c.claimed,
+                    slots,
+                    format!("{:?}", c.foreign_ports)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs one `itgctl` command.
 ///
 /// # Errors
 /// NATS unreachable, a stream missing, or a malformed argument.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Command::Capacity { config } = &args.command {
+        capacity(args.output, config).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = async_nats::connect(args.nats_url.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
@@ -295,6 +407,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
             println!("published ended {id} as sequence {seq}");
         }
+        Command::Allocations { rm, bucket } => {
+            allocations(&js, args.output, rm.as_deref(), &bucket).await?
+        }
+        Command::Capacity { .. } => {}
         Command::Watch { rm, all, count } => {
             let mut msgs = replies(&js, rm.as_deref(), all).await?;
             let mut seen = 0;

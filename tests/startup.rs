@@ -25,7 +25,7 @@ async fn the_report_names_jetstream_the_gateway_its_listeners_and_free_ports() {
         report.contains("41500-41509: 10 free, 0 claimed"),
         "{report}"
     );
-    assert!(report.contains("foreign on ports {39999}"), "{report}");
+    assert!(report.contains("foreign on ports [39999]"), "{report}");
 }
 
 #[tokio::test]
