@@ -333,8 +333,8 @@ async fn capacity(output: Output, path: &std::path::Path) -> anyhow::Result<()> 
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
             println!(
-                "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} {}",
-                "RM", "GATEWAY", "RANGE", "FREE", "CLAIMED", "SLOTS", "FOREIGN"
+                "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} FOREIGN",
+                "RM", "GATEWAY", "RANGE", "FREE", "CLAIMED", "SLOTS"
             );
             for c in rows {
                 let slots = format!(
@@ -343,14 +343,14 @@ async fn capacity(output: Output, path: &std::path::Path) -> anyhow::Result<()> 
                     c.listener_limit
                 );
                 println!(
-                    "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} {}",
+                    "{:<12} {:<28} {:<12} {:>5} {:>8} {:>5} {:?}",
                     c.resource_manager,
                     c.gateway,
                     c.range,
                     c.free,
                     c.claimed,
                     slots,
-                    format!("{:?}", c.foreign_ports)
+                    c.foreign_ports
                 );
             }
         }
