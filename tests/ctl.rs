@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Env, Master, Replies, TestRm, Worker, config};
+use common::{Env, Replies, TestRm, Worker, config};
 
 fn itgctl(env: &Env, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_itgctl"))
