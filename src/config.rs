@@ -96,12 +96,23 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"1h30m\": {e}"
-            ))
-        })
+        // A visitor, not `String::deserialize` then a check: an error raised while the scalar is read
+        // carries the scalar's own path (`worker.retry_min`), not only its parent's (`worker`).
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration like \"30s\" or \"1h30m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s).map(Dur).map_err(|e| {
+                    E::custom(format!(
+                        "{s:?} is not a duration like \"30s\" or \"1h30m\": {e}"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -143,6 +154,7 @@ pub struct WorkerConfig {
     pub kubernetes_deadline: Dur,
     pub retry_min: Dur,
     pub retry_max: Dur,
+    pub shutdown_timeout: Dur,
 }
 
 impl Default for WorkerConfig {
@@ -153,6 +165,7 @@ impl Default for WorkerConfig {
             kubernetes_deadline: Dur(Duration::from_secs(300)),
             retry_min: Dur(Duration::from_millis(250)),
             retry_max: Dur(Duration::from_secs(30)),
+            shutdown_timeout: Dur(Duration::from_secs(25)),
         }
     }
 }
@@ -338,19 +351,31 @@ impl Config {
             ("jetstream.replies_max_age", js.replies_max_age),
             ("jetstream.duplicate_window", js.duplicate_window),
             ("jetstream.ack_wait", js.ack_wait),
+            ("worker.capacity_deadline", self.worker.capacity_deadline),
+            (
+                "worker.kubernetes_deadline",
+                self.worker.kubernetes_deadline,
+            ),
             ("worker.retry_min", self.worker.retry_min),
             ("worker.retry_max", self.worker.retry_max),
+            ("worker.shutdown_timeout", self.worker.shutdown_timeout),
         ] {
             if d.0.is_zero() {
                 return Err(rule(key, d.0, "must be longer than zero"));
             }
         }
-        if js.duplicate_window.0 > js.events_max_age.0 {
-            return Err(rule(
-                "jetstream.duplicate_window",
-                js.duplicate_window.0,
-                "must not exceed jetstream.events_max_age",
-            ));
+        // Both streams get the duplicate window, and NATS refuses a stream whose window exceeds its max age.
+        for (other, age) in [
+            ("jetstream.events_max_age", js.events_max_age),
+            ("jetstream.replies_max_age", js.replies_max_age),
+        ] {
+            if js.duplicate_window.0 > age.0 {
+                return Err(rule(
+                    "jetstream.duplicate_window",
+                    js.duplicate_window.0,
+                    format!("must not exceed {other} ({:?})", age.0),
+                ));
+            }
         }
         let w = &self.worker;
         if !(1..=1024).contains(&w.concurrency) {

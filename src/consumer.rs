@@ -51,6 +51,17 @@ pub async fn run<S: Store, C: Cluster, R: Replier>(
 ) {
     let timing = &pacing.worker;
     let rm = handler.rm().name.clone();
+    // Once shutdown has begun, events still in flight after the grace period are given back.
+    let (abort_tx, abort) = watch::channel(false);
+    {
+        let (mut shutdown, grace) = (shutdown.clone(), timing.shutdown_timeout.0);
+        tokio::spawn(async move {
+            if shutdown.wait_for(|s| *s).await.is_ok() {
+                tokio::time::sleep(grace).await;
+                let _ = abort_tx.send(true);
+            }
+        });
+    }
     while !*shutdown.borrow() {
         let messages = consumer
             .stream()
@@ -74,10 +85,11 @@ pub async fn run<S: Store, C: Cluster, R: Replier>(
         messages
             .take_until(until)
             .for_each_concurrent(timing.concurrency, |m| {
-                let (handler, replier, pacing) = (&handler, &replier, &pacing);
+                let (handler, replier, pacing, abort) =
+                    (&handler, &replier, &pacing, abort.clone());
                 async move {
                     match m {
-                        Ok(msg) => serve(handler, replier, pacing, msg).await,
+                        Ok(msg) => serve(handler, replier, pacing, abort, msg).await,
                         Err(e) => tracing::warn!(error = %e, "pull error; continuing"),
                     }
                 }
@@ -94,6 +106,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     handler: &Handler<S, C>,
     replier: &R,
     pacing: &Pacing,
+    mut abort: watch::Receiver<bool>,
     msg: jetstream::Message,
 ) {
     let timing = &pacing.worker;
@@ -124,6 +137,11 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             tokio::select! {
                 h = &mut handled => break h,
                 _ = beat.tick() => ack(&msg, AckKind::Progress).await,
+                () = async { let _ = abort.wait_for(|a| *a).await; } => {
+                    tracing::warn!("shutdown grace period over; giving the event back");
+                    ack(&msg, AckKind::Nak(None)).await;
+                    return;
+                }
             }
         };
         let m = metrics::get();

@@ -210,6 +210,13 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// The schemas' form of a UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`. `Uuid::parse_str` also reads the
+/// simple, braced and URN forms, which name the same id in other words and would be echoed back in a form
+/// the master never sent.
+fn is_hyphenated_uuid(s: &str) -> bool {
+    s.len() == 36 && Uuid::parse_str(s).is_ok()
+}
+
 /// Decodes and validates one event payload of the given kind.
 ///
 /// # Errors
@@ -244,6 +251,7 @@ pub fn decode_event(kind: EventKind, payload: &[u8]) -> Result<Event, InvalidEve
     if let Some(id) = obj
         .get("event_id")
         .and_then(Value::as_str)
+        .filter(|s| is_hyphenated_uuid(s))
         .and_then(|s| Uuid::parse_str(s).ok())
     {
         f.event_id = Some(id);
@@ -269,7 +277,10 @@ pub fn decode_event(kind: EventKind, payload: &[u8]) -> Result<Event, InvalidEve
     let event_id = f.event_id.ok_or_else(|| {
         f.err(
             "event_id",
-            format!("{} is not a UUID", shorten(event_id_str)),
+            format!(
+                "{} is not a UUID written as 8-4-4-4-12 hex digits",
+                shorten(event_id_str)
+            ),
         )
     })?;
     let alloc_str = f.string("allocation_id")?;
@@ -284,7 +295,7 @@ pub fn decode_event(kind: EventKind, payload: &[u8]) -> Result<Event, InvalidEve
     })?;
     let occurred_at = f.optional_string("occurred_at")?;
     if let Some(at) = &occurred_at
-        && at.parse::<jiff::Timestamp>().is_err()
+        && !validate::is_rfc3339_timestamp(at)
     {
         {
             return Err(f.err(

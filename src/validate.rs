@@ -80,6 +80,63 @@ pub fn is_allocation_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|c| c.is_ascii_graphic())
 }
 
+/// Whether `s` is an RFC 3339 timestamp naming a real instant: `YYYY-MM-DDTHH:MM:SS`, an optional fraction
+/// of a second, then `Z` or a `+HH:MM`/`-HH:MM` offset (`T` and `Z` in either case). Stricter than
+/// `jiff::Timestamp`'s parser, which also reads other ISO 8601 forms (a space for `T`, no seconds, `+0100`,
+/// a bracketed time zone).
+pub fn is_rfc3339_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |at: usize, n: usize| {
+        b.get(at..at + n)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let shape = digits(0, 4)
+        && b.get(4) == Some(&b'-')
+        && digits(5, 2)
+        && b.get(7) == Some(&b'-')
+        && digits(8, 2)
+        && matches!(b.get(10), Some(b'T' | b't'))
+        && digits(11, 2)
+        && b.get(13) == Some(&b':')
+        && digits(14, 2)
+        && b.get(16) == Some(&b':')
+        && digits(17, 2);
+    if !shape {
+        return false;
+    }
+    let mut end = 19;
+    if b.get(end) == Some(&b'.') {
+        let first = end + 1;
+        end = first;
+        while b.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        if end == first {
+            return false;
+        }
+    }
+    // Every byte before `end` is ASCII, so `end` is a character boundary.
+    let offset = &s[end..];
+    let o = offset.as_bytes();
+    let two = |d: &[u8], max: u8| {
+        d.iter().all(u8::is_ascii_digit) && (d[0] - b'0') * 10 + (d[1] - b'0') <= max
+    };
+    let offset_ok = matches!(offset, "Z" | "z")
+        || (o.len() == 6
+            && matches!(o[0], b'+' | b'-')
+            && two(&o[1..3], 23)
+            && o[3] == b':'
+            && two(&o[4..6], 59));
+    if !offset_ok {
+        return false;
+    }
+    // RFC 3339 allows any number of fraction digits; jiff reads at most nine, and the rest add nothing.
+    let kept = end.min(19 + 1 + 9);
+    format!("{}{offset}", &s[..kept])
+        .parse::<jiff::Timestamp>()
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
