@@ -253,19 +253,13 @@ impl KubeGateway {
             }),
             ..Default::default()
         };
-        api.patch(
+        apply_whole(
+            api,
             name,
-            &PatchParams::apply(names::OBJECT_FIELD_MANAGER).force(),
-            &Patch::Apply(&svc),
+            &svc,
+            format!("applying Service {}/{name}", e.spec.namespace),
         )
         .await
-        .map(drop)
-        .map_err(|err| {
-            classify(
-                &format!("applying Service {}/{name}", e.spec.namespace),
-                err,
-            )
-        })
     }
 
     async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
@@ -337,19 +331,13 @@ impl KubeGateway {
             },
             status: None,
         };
-        api.patch(
+        apply_whole(
+            api,
             name,
-            &PatchParams::apply(names::OBJECT_FIELD_MANAGER).force(),
-            &Patch::Apply(&route),
+            &route,
+            format!("applying TCPRoute {}/{name}", e.spec.namespace),
         )
         .await
-        .map(drop)
-        .map_err(|err| {
-            classify(
-                &format!("applying TCPRoute {}/{name}", e.spec.namespace),
-                err,
-            )
-        })
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
@@ -382,6 +370,18 @@ fn object_meta(name: &str, ns: &str, rm: &str, alloc: &str, port_name: &str) -> 
         annotations: Some(names::annotations(rm, alloc, port_name)),
         ..Default::default()
     }
+}
+
+/// Server-side applies a whole object the worker alone owns (a Service or a TCPRoute).
+async fn apply_whole<K>(api: Api<K>, name: &str, obj: &K, what: String) -> Result<(), KubeError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(names::OBJECT_FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map(drop)
+        .map_err(|err| classify(&what, err))
 }
 
 async fn delete_ignoring_absent<K>(api: Api<K>, name: &str, what: String) -> Result<(), KubeError>

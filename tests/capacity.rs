@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
 use uuid::Uuid;
 
 fn alloc() -> String {
@@ -14,11 +14,8 @@ fn alloc() -> String {
 
 #[tokio::test]
 async fn a_four_port_range_exhausted_then_released_serves_the_waiting_allocation() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "cap", (41000, 41003)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("cap", (41000, 41003), "").await;
+    let (rm, master, replies) = (&s.rm, &s.master, &s.replies);
     let first: Vec<String> = (0..4).map(|_| alloc()).collect();
     for a in &first {
         master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await;
@@ -48,17 +45,13 @@ async fn a_four_port_range_exhausted_then_released_serves_the_waiting_allocation
         vec![freed as u16],
         "the waiting allocation gets the freed port"
     );
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 #[tokio::test]
 async fn waiting_past_the_capacity_deadline_answers_capacity_exhausted_and_leaves_nothing() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "dl", (41100, 41101)).await;
-    let w = Worker::start(config(&env, &[&rm], "  capacity_deadline: 2s\n")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("dl", (41100, 41101), "  capacity_deadline: 2s\n").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let holder = alloc();
     master
         .started(
@@ -83,7 +76,7 @@ async fn waiting_past_the_capacity_deadline_answers_capacity_exhausted_and_leave
         "{}",
         failed.body["message"]
     );
-    let o = observe(&env, &rm).await;
+    let o = observe(env, rm).await;
     assert_eq!(
         o.claims.len(),
         2,
@@ -102,8 +95,7 @@ async fn waiting_past_the_capacity_deadline_answers_capacity_exhausted_and_leave
                 == 2
         })
         .await;
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -184,11 +176,8 @@ async fn two_resource_managers_on_two_gateways_are_served_independently_by_one_w
 
 #[tokio::test]
 async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "aon", (41400, 41402)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("aon", (41400, 41402), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let holder = alloc();
     master
         .started(
@@ -208,7 +197,7 @@ async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
         )
         .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let o = observe(&env, &rm).await;
+    let o = observe(env, rm).await;
     assert_eq!(
         o.claims.len(),
         2,
@@ -219,6 +208,5 @@ async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
     master.ended(&holder).await;
     let ready = replies.first(30, &both, "ready").await;
     assert_eq!(ready.ports().len(), 2);
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }

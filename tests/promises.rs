@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
 use itg::contract::EventKind;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -130,11 +130,8 @@ async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
 /// Promise 2: a duplicated started (a new event id, same allocation) gets the same addresses.
 #[tokio::test]
 async fn repeated_started_gets_the_same_addresses() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "p2", (40100, 40199)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("p2", (40100, 40199), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let a = alloc();
     master
         .started(&a, &rm.task_ns, &[("jupyter", 8888), ("tensorboard", 6006)])
@@ -162,19 +159,15 @@ async fn repeated_started_gets_the_same_addresses() {
         "{:?}",
         first.addresses()
     );
-    assert_eq!(observe(&env, &rm).await.listeners.len(), 2);
-    w.stop().await;
-    rm.teardown(&env).await;
+    assert_eq!(observe(env, rm).await.listeners.len(), 2);
+    s.finish().await;
 }
 
 /// Promise 3: an ended before its started leaves a tombstone; the late started exposes nothing.
 #[tokio::test]
 async fn ended_before_started_then_late_started_exposes_nothing() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "p3", (40200, 40299)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("p3", (40200, 40299), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let a = alloc();
     master.ended(&a).await;
     let removed = replies.first(30, &a, "removed").await;
@@ -189,23 +182,19 @@ async fn ended_before_started_then_late_started_exposes_nothing() {
             .contains("already ended")
     );
     assert!(replies.for_alloc(&a).iter().all(|s| s.kind != "ready"));
-    let o = observe(&env, &rm).await;
+    let o = observe(env, rm).await;
     assert!(
         o.listeners.is_empty() && o.services.is_empty() && o.claims.is_empty(),
         "{o:?}"
     );
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 /// Promise 3 again: a started published after its allocation ended (and was cleaned up) exposes nothing.
 #[tokio::test]
 async fn late_started_after_ended_exposes_nothing() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "p3b", (40300, 40399)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("p3b", (40300, 40399), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let a = alloc();
     let first = master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
     replies.first(30, &a, "ready").await;
@@ -216,7 +205,7 @@ async fn late_started_after_ended_exposes_nothing() {
     let _ = first;
     master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
     replies.first(30, &a, "failed").await;
-    let o = observe(&env, &rm).await;
+    let o = observe(env, rm).await;
     assert!(
         o.listeners.is_empty()
             && o.services.is_empty()
@@ -224,8 +213,7 @@ async fn late_started_after_ended_exposes_nothing() {
             && o.claims.is_empty(),
         "{o:?}"
     );
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 /// Promise 4: after ended, nothing of the allocation remains, even when a worker was killed mid-way.
@@ -281,15 +269,12 @@ async fn ended_removes_everything_even_after_a_worker_is_killed() {
 /// Promise 5: publishing a started again repairs a deleted Service and changes nothing else.
 #[tokio::test]
 async fn republished_started_repairs_what_is_missing_and_changes_nothing_else() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "p5", (40500, 40599)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("p5", (40500, 40599), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
     let a = alloc();
     master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
     let first = replies.first(30, &a, "ready").await;
-    let before = observe(&env, &rm).await;
+    let before = observe(env, rm).await;
     let client = env.kube().await;
     let svc = &before.services[0];
     Api::<Service>::namespaced(client.clone(), &rm.task_ns)
@@ -308,22 +293,18 @@ async fn republished_started_repairs_what_is_missing_and_changes_nothing_else() 
         .unwrap();
     assert_eq!(again.addresses(), first.addresses());
     assert_eq!(
-        observe(&env, &rm).await,
+        observe(env, rm).await,
         before,
         "repaired to exactly the state before"
     );
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 /// Promise 6: malformed events are answered `failed` and acknowledged; the events behind them are served.
 #[tokio::test]
 async fn malformed_events_are_answered_and_do_not_block_good_ones() {
-    let env = Env::load();
-    let rm = TestRm::new(&env, "p6", (40600, 40699)).await;
-    let w = Worker::start(config(&env, &[&rm], "")).await;
-    let master = Master::new(&env, &rm.name).await;
-    let replies = Replies::watch(&env, &rm.name).await;
+    let s = Scenario::start("p6", (40600, 40699), "").await;
+    let (rm, master, replies) = (&s.rm, &s.master, &s.replies);
     let bad_alloc = alloc();
     master
         .publish_raw(EventKind::Started, None, b"{not json".to_vec())
@@ -372,8 +353,7 @@ async fn malformed_events_are_answered_and_do_not_block_good_ones() {
     let d = failed.iter().find(|s| s.alloc() == Some(&denied)).unwrap();
     assert_eq!(d.body["reason"], "namespace_not_allowed");
     assert_eq!(d.body["retryable"], false);
-    w.stop().await;
-    rm.teardown(&env).await;
+    s.finish().await;
 }
 
 /// Promise 7: a foreign listener inside the range keeps its port, and that port is never handed out.

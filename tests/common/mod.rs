@@ -450,3 +450,37 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
     }
     o
 }
+
+/// The usual test set-up: one resource manager with its own Gateway and task namespace, one worker
+/// serving it, the master's publisher and a collector of its replies.
+pub struct Scenario {
+    pub env: Env,
+    pub rm: TestRm,
+    pub worker: Worker,
+    pub master: Master,
+    pub replies: Replies,
+}
+
+impl Scenario {
+    /// `worker` is extra YAML under `worker:` (for example a short capacity deadline).
+    pub async fn start(prefix: &str, range: (u16, u16), worker: &str) -> Scenario {
+        let env = Env::load();
+        let rm = TestRm::new(&env, prefix, range).await;
+        let worker = Worker::start(config(&env, &[&rm], worker)).await;
+        let master = Master::new(&env, &rm.name).await;
+        let replies = Replies::watch(&env, &rm.name).await;
+        Scenario {
+            env,
+            rm,
+            worker,
+            master,
+            replies,
+        }
+    }
+
+    /// Stops the worker and removes the Gateway and namespace.
+    pub async fn finish(self) {
+        self.worker.stop().await;
+        self.rm.teardown(&self.env).await;
+    }
+}
