@@ -356,7 +356,17 @@ impl KubeGateway {
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            // Applying onto a Gateway that is gone is refused as invalid (it lacks its required fields),
+            // not as missing: either way, no Gateway means no listener to remove.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {
+                match self.gateways.get_opt(&self.gateway_name).await {
+                    Ok(None) => Ok(()),
+                    _ => Err(classify(
+                        &format!("removing listener {name}"),
+                        kube::Error::Api(s),
+                    )),
+                }
+            }
             Err(err) => Err(classify(&format!("removing listener {name}"), err)),
         }
     }

@@ -358,7 +358,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Ok(Pass::Settled(rec)) => return Ok(self.answer_ready(ev.event_id, &rec)),
                 Ok(Pass::Moved) => continue,
                 Err(DriveError::Store(e)) => return Err(e.to_string()),
-                Err(DriveError::Fail(f)) => f,
+                Err(DriveError::Fail(f)) if rec.phase == Phase::Exposing => f,
+                // A live allocation is never torn down by a failed repair: retry it instead.
+                Err(DriveError::Fail(f)) => return Err(f.message),
                 Err(DriveError::Capacity(m))
                     if self.past(&rec, self.timing.capacity_deadline.0) =>
                 {
@@ -522,6 +524,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Outcome::Written(r) => (rec, rev) = (next, r),
                 Outcome::Conflict => return Ok(Pass::Moved),
             }
+        }
+        if !self.cluster.view().present {
+            let g = &self.rm.gateway;
+            return Err(DriveError::Kube(format!(
+                "Gateway {}/{} was not found; create it or fix internal_task_gateway",
+                g.namespace, g.name
+            )));
         }
         for b in &rec.ports {
             let e = Exposure {

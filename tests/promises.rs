@@ -394,3 +394,34 @@ async fn a_foreign_listener_inside_the_range_is_left_alone_and_its_port_never_ha
     w.stop().await;
     rm.teardown(&env).await;
 }
+
+/// Promise 4 when the operator deleted the Gateway first: the ended still removes the Service, the route
+/// and the port claim, and answers `removed`.
+#[tokio::test]
+async fn ended_completes_after_the_gateway_was_deleted() {
+    let s = Scenario::start("p4gw", (40800, 40809), "").await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
+    let a = alloc();
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies.first(30, &a, "ready").await;
+    let client = env.kube().await;
+    let gws: Api<gateway_api::experimental::gateways::Gateway> =
+        Api::namespaced(client, &rm.gateway_ns);
+    gws.delete(&rm.gateway, &DeleteParams::default())
+        .await
+        .unwrap();
+    master.ended(&a).await;
+    let removed = replies.first(30, &a, "removed").await;
+    assert_eq!(removed.body["released"].as_array().unwrap().len(), 1);
+    let lp = kube::api::ListParams::default().labels(&itg::gateway::owned_selector(&rm.name));
+    let svcs = Api::<Service>::namespaced(env.kube().await, &rm.task_ns)
+        .list(&lp)
+        .await
+        .unwrap();
+    assert!(
+        svcs.items.is_empty(),
+        "Services left: {:?}",
+        svcs.items.len()
+    );
+    s.finish().await;
+}

@@ -2,6 +2,8 @@
 //! in-process workers, and a reply collector. Nothing here stands in for NATS or Kubernetes.
 #![allow(dead_code)]
 
+pub mod deploy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,433 @@
+//! The deployment artifacts against the real apiserver: every manifest under `deploy/` is accepted by a
+//! server-side dry run, the Deployment is hardened and admitted, and the container files hold together.
+
+mod common;
+
+use common::deploy::*;
+
+#[test]
+fn the_kustomizations_list_plain_files_that_are_every_manifest_under_deploy() {
+    let mut listed = BTreeMap::<PathBuf, usize>::new();
+    for dir in kustomizations() {
+        let k = documents(&dir.join("kustomization.yaml"));
+        assert_eq!(k.len(), 1, "{}: one document", dir.display());
+        let keys: BTreeSet<&str> = k[0]
+            .as_object()
+            .expect("a mapping")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        // No namespace, prefixes, labels, patches or generators: the files are what is applied.
+        assert_eq!(
+            keys,
+            BTreeSet::from(["apiVersion", "kind", "resources"]),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(k[0]["kind"], "Kustomization", "{}", dir.display());
+        for r in strs(&k[0]["resources"]) {
+            let p = dir.join(r);
+            assert!(
+                p.is_file(),
+                "{} lists {r}, which is not a file",
+                dir.display()
+            );
+            *listed.entry(p).or_default() += 1;
+        }
+    }
+    let on_disk: BTreeSet<PathBuf> = yaml_files(&root().join("deploy"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        // The worker config for docker-compose.yml is not a Kubernetes manifest.
+        .filter(|p| !p.starts_with(root().join("deploy/compose")))
+        .collect();
+    assert_eq!(
+        listed.keys().cloned().collect::<BTreeSet<_>>(),
+        on_disk,
+        "every manifest is listed by a kustomization, and only manifests are"
+    );
+    assert!(
+        listed.values().all(|n| *n == 1),
+        "a manifest is listed twice: {listed:?}"
+    );
+    for p in &on_disk {
+        for o in documents(p) {
+            for key in ["apiVersion", "kind"] {
+                assert!(o[key].is_string(), "{}: no {key}", p.display());
+            }
+            assert!(
+                o["metadata"]["name"].is_string(),
+                "{}: no metadata.name",
+                p.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_manifest_under_deploy_is_accepted_by_a_server_side_dry_run() {
+    let env = Env::load();
+    let admin = env.kube().await;
+    let objects: Vec<(PathBuf, Value)> =
+        kustomizations().iter().flat_map(|d| kustomize(d)).collect();
+    assert!(
+        objects.len() >= 15,
+        "the manifests are found: {}",
+        objects.len()
+    );
+    // A dry run into a missing namespace is refused, so the namespaces are made for real first.
+    for (_, o) in &objects {
+        if let Some(ns) = o["metadata"]["namespace"].as_str() {
+            make_namespace(&admin, ns).await;
+        }
+    }
+    let mut refused = Vec::new();
+    for (path, o) in &objects {
+        if let Err(e) = apply(&admin, o, true).await {
+            refused.push(format!(
+                "{} {} {}: {e}",
+                path.strip_prefix(root()).unwrap().display(),
+                o["kind"],
+                o["metadata"]["name"]
+            ));
+        }
+    }
+    assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
+}
+
+#[test]
+fn the_deployment_runs_two_hardened_workers_probed_on_the_admin_port() {
+    let objects = base();
+    let d = find(&objects, "Deployment", "itg-worker");
+    assert_eq!(d["metadata"]["namespace"], "itg-system");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "itg-worker");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 60);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(c["image"], "internal-task-gateway:0.1.0");
+    assert_eq!(strs(&c["args"]), ["--config", "/etc/itg/config.yaml"]);
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ "name": "RUST_LOG", "value": "info" }))
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(sc["capabilities"]["add"].is_null(), "no capability added");
+    for (kind, q) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "cpu"),
+        ("limits", "memory"),
+    ] {
+        assert!(c["resources"][kind][q].is_string(), "resources.{kind}.{q}");
+    }
+    // The probes hit the admin port, which is where the config tells the worker to listen.
+    let ports = c["ports"].as_array().expect("ports");
+    let admin = ports
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .expect("a port named admin");
+    assert_eq!(admin["containerPort"], 9464);
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe}");
+    }
+    let config = configmap_config();
+    let listen: std::net::SocketAddr = config.admin.address.parse().unwrap();
+    assert!(
+        listen.ip().is_unspecified(),
+        "the kubelet probes the pod IP, so admin listens on all of them"
+    );
+    assert_eq!(admin["containerPort"], listen.port());
+    // The config file the args name is the ConfigMap's key, mounted read-only.
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/itg")
+        .expect("/etc/itg mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert_eq!(volume["configMap"]["name"], "itg-worker-config");
+    // The disruption budget covers exactly these pods.
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&d["spec"]["selector"]["matchLabels"], labels);
+    let pdb = find(&objects, "PodDisruptionBudget", "itg-worker");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+}
+
+/// The pod the Deployment makes, created (as a dry run) where the apiserver enforces the `restricted` Pod
+/// Security Standard; and, to show the check bites, the same pod allowed to escalate privileges.
+#[tokio::test]
+async fn the_worker_pod_is_admitted_under_the_restricted_pod_security_standard() {
+    let env = Env::load();
+    let admin = env.kube().await;
+    let ns = format!("itg-psa-{}", suffix());
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest"
+        }}
+    });
+    apply(&admin, &namespace, false).await.expect("namespace");
+    let sa = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": { "name": "itg-worker", "namespace": ns }
+    });
+    apply(&admin, &sa, false).await.expect("service account");
+    let objects = base();
+    let template = &find(&objects, "Deployment", "itg-worker")["spec"]["template"];
+    let pod = |spec: &Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "itg-worker", "namespace": ns, "labels": template["metadata"]["labels"] },
+            "spec": spec
+        })
+    };
+    let admitted = apply(&admin, &pod(&template["spec"]), true).await;
+    let mut lax = template["spec"].clone();
+    lax["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = json!(true);
+    let refused = apply(&admin, &pod(&lax), true).await;
+    delete_namespace(&admin, &ns).await;
+    admitted.expect("the worker's pod meets the restricted standard");
+    assert_eq!(
+        code(&refused),
+        Some(403),
+        "PodSecurity refuses a lax pod: {refused:?}"
+    );
+}
+
+#[test]
+fn the_configmap_holds_an_in_cluster_config_that_matches_the_rbac() {
+    let config = configmap_config();
+    assert_eq!(config.nats.url, "nats://nats.itg-system:4222");
+    assert_eq!(config.resource_managers.len(), 1);
+    let rm = &config.resource_managers[0];
+    assert_eq!(rm.name, "local");
+    assert!(
+        rm.kubeconfig.is_none(),
+        "in the cluster the ServiceAccount is used"
+    );
+    let g = &rm.internal_task_gateway;
+    assert_eq!(
+        (g.gateway_name.as_str(), g.gateway_namespace.as_str()),
+        ("itg", "gateway-system")
+    );
+    assert_eq!(
+        (g.gateway_port_range_start, g.gateway_port_range_end),
+        (40000, 40063)
+    );
+    // The Role names exactly this Gateway, in its namespace.
+    let objects = base();
+    let role = find(&objects, "Role", "itg-worker-gateway");
+    assert_eq!(role["metadata"]["namespace"], g.gateway_namespace.as_str());
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(strs(&rule["resourceNames"]), [g.gateway_name.as_str()]);
+    }
+    // The worker is allowed exactly the namespaces it has a RoleBinding in.
+    let allowed: BTreeSet<String> = rm
+        .allowed_namespaces
+        .clone()
+        .expect("allowed_namespaces set")
+        .into_iter()
+        .collect();
+    assert_eq!(allowed, bound_task_namespaces());
+    assert!(allowed.contains("team-a"));
+}
+
+// ------------------------------------------------------------------------------------------ RBAC
+
+#[test]
+fn the_compose_file_runs_nats_with_jetstream_and_a_worker_built_here_with_a_valid_config() {
+    let compose = documents(&root().join("docker-compose.yml")).remove(0);
+    let services = compose["services"].as_object().expect("services");
+    assert_eq!(
+        services.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["nats", "worker"])
+    );
+    let nats = &services["nats"];
+    assert!(
+        nats["image"].as_str().unwrap().starts_with("nats:2.15"),
+        "{nats}"
+    );
+    assert!(
+        strs(&nats["command"]).contains(&"-js"),
+        "JetStream on: {nats}"
+    );
+
+    let worker = &services["worker"];
+    let context = root().join(worker["build"]["context"].as_str().expect("build.context"));
+    let dockerfile = worker["build"]["dockerfile"]
+        .as_str()
+        .unwrap_or("Dockerfile");
+    assert!(
+        context.join(dockerfile).is_file(),
+        "the build's Dockerfile exists"
+    );
+    assert_eq!(
+        strs(&worker["command"]),
+        ["--config", "/etc/itg/config.yaml"]
+    );
+    assert!(strs(&worker["depends_on"]).contains(&"nats"));
+    let mounts: BTreeMap<&str, &str> = strs(&worker["volumes"])
+        .into_iter()
+        .map(|v| {
+            // host:container[:mode]; the host side may hold a ${VAR:-default} with a colon of its own.
+            let v = v
+                .strip_suffix(":ro")
+                .or_else(|| v.strip_suffix(":rw"))
+                .unwrap_or(v);
+            let (host, inside) = v.rsplit_once(':').expect("host:container");
+            (inside, host)
+        })
+        .collect();
+    assert_eq!(
+        mounts.get("/etc/itg/kubeconfig"),
+        Some(&"${KUBECONFIG:-~/.kube/config}")
+    );
+    let host = mounts
+        .get("/etc/itg/config.yaml")
+        .expect("the config is mounted");
+    let host = context.join(host);
+    assert!(host.is_file(), "{} exists", host.display());
+    // The worker's own loader accepts it (it does not look for the kubeconfig file).
+    let config = Config::load(&host).expect("the compose config is valid");
+    assert_eq!(config.nats.url, "nats://nats:4222");
+    let rm = &config.resource_managers[0];
+    assert_eq!(
+        rm.kubeconfig.as_deref(),
+        Some(Path::new("/etc/itg/kubeconfig"))
+    );
+    let published = strs(&worker["ports"]);
+    let admin_port = config
+        .admin
+        .address
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    assert!(
+        published
+            .iter()
+            .any(|p| p.ends_with(&format!(":{admin_port}"))),
+        "the admin port is published: {published:?}"
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_both_binaries_and_runs_the_worker_as_nonroot() {
+    let text = read(&root().join("Dockerfile"));
+    // Instructions, with continuation lines joined and comments dropped.
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let froms: Vec<&String> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        froms,
+        [
+            "FROM rust:1-bookworm AS builder",
+            "FROM gcr.io/distroless/cc-debian12:nonroot"
+        ],
+        "two stages"
+    );
+    let final_stage = lines
+        .iter()
+        .position(|l| l.starts_with("FROM gcr.io/"))
+        .unwrap();
+    let (build, run) = lines.split_at(final_stage);
+    assert!(
+        build.iter().any(|l| l.starts_with("RUN ")
+            && l.contains("cargo build --release --locked --bin itg-worker --bin itgctl")),
+        "the builder builds both binaries from the lock file"
+    );
+    // What the builder copies exists and is not kept out of the context by .dockerignore.
+    let ignored: Vec<String> = read(&root().join(".dockerignore"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    for must in ["target", ".itg", ".git"] {
+        assert!(
+            ignored.iter().any(|i| i == must),
+            ".dockerignore keeps out {must}"
+        );
+    }
+    for l in build.iter().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = l.split_whitespace().skip(1).collect();
+        for src in &words[..words.len() - 1] {
+            assert!(root().join(src).exists(), "COPY source {src} exists");
+            assert!(
+                !ignored.iter().any(|i| i == src),
+                "COPY source {src} is not ignored"
+            );
+        }
+    }
+    let copied = run
+        .iter()
+        .find(|l| l.starts_with("COPY --from=builder"))
+        .expect("binaries copied from the builder");
+    assert!(
+        copied.contains("itg-worker") && copied.contains("itgctl"),
+        "{copied}"
+    );
+    let user = run
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("USER");
+    assert!(
+        user == "USER 65532" || user.starts_with("USER 65532:"),
+        "runs as the nonroot user: {user}"
+    );
+    let entrypoint = run
+        .iter()
+        .find(|l| l.starts_with("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
+    let entrypoint: Vec<String> =
+        serde_json::from_str(entrypoint.trim_start_matches("ENTRYPOINT ")).expect("exec form");
+    assert!(
+        entrypoint.len() == 1 && entrypoint[0].ends_with("/itg-worker"),
+        "{entrypoint:?}"
+    );
+}
