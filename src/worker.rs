@@ -11,16 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::allocator::{self, PortView};
 use crate::config::{ResourceManagerConfig, WorkerConfig};
-use crate::contract::{
-    self, Ended, Event, EventKind, Failed, FailureReason, GatewayRef, InvalidEvent, Proxy, Ready,
-    Removed, Reply, Started,
-};
+use crate::contract::{self, Ended, Event, EventKind, FailureReason, GatewayRef, Reply, Started};
 use crate::gateway::{Cluster, Exposure, KubeError};
 use crate::names;
+use crate::replies;
 use crate::state::{self, Binding, EndedStep, Failure, Phase, Record, StartedStep};
 use crate::store::{Outcome, Store, StoreError};
 
@@ -173,7 +170,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     pub async fn handle(&self, kind: EventKind, payload: &[u8]) -> Handled {
         let event = match contract::decode_event(kind, payload) {
             Ok(ev) => ev,
-            Err(invalid) => return self.answer_invalid(&invalid, payload),
+            Err(invalid) => return replies::invalid(&self.rm, &invalid, payload),
         };
         let span = tracing::Span::current();
         span.record("allocation_id", event.allocation_id());
@@ -189,112 +186,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         ),
                         retryable: false,
                     };
-                    return self.answer_failed(&ev.allocation_id, ev.event_id, &f);
+                    return replies::failed(&self.rm, &ev.allocation_id, ev.event_id, &f);
                 }
                 self.started(ev).await
             }
             Event::Ended(ev) => self.ended(ev).await,
         };
         result.unwrap_or_else(|why| Handled::Retry { why })
-    }
-
-    fn answer_invalid(&self, invalid: &InvalidEvent, payload: &[u8]) -> Handled {
-        let identity = match invalid.event_id {
-            Some(id) => id.to_string(),
-            None => names::allocation_hash("payload", &String::from_utf8_lossy(payload)),
-        };
-        let alloc = invalid.allocation_id.clone();
-        let reply = Reply::Failed(Failed {
-            schema_version: contract::SCHEMA_VERSION,
-            resource_manager: self.rm.name.clone(),
-            allocation_id: alloc.clone(),
-            source_event_id: invalid.event_id.map(|id| id.to_string()),
-            reason: FailureReason::InvalidEvent,
-            message: format!(
-                "the event was refused: {invalid}; fix the publisher and send a new event"
-            ),
-            retryable: false,
-        });
-        let msg_id = names::reply_msg_id(
-            "failed",
-            &self.rm.name,
-            alloc.as_deref().unwrap_or(""),
-            &identity,
-        );
-        Handled::Answer { reply, msg_id }
-    }
-
-    fn answer_failed(&self, allocation_id: &str, event_id: Uuid, f: &Failure) -> Handled {
-        let reply = Reply::Failed(Failed {
-            schema_version: contract::SCHEMA_VERSION,
-            resource_manager: self.rm.name.clone(),
-            allocation_id: Some(allocation_id.to_owned()),
-            source_event_id: Some(event_id.to_string()),
-            reason: f.reason,
-            message: f.message.clone(),
-            retryable: f.retryable,
-        });
-        let msg_id = names::reply_msg_id(
-            "failed",
-            &self.rm.name,
-            allocation_id,
-            &format!("{event_id}:{}", f.reason),
-        );
-        Handled::Answer { reply, msg_id }
-    }
-
-    fn answer_ready(&self, event_id: Uuid, rec: &Record) -> Handled {
-        let order = rec
-            .spec
-            .as_ref()
-            .map(|s| s.proxy_ports.clone())
-            .unwrap_or_default();
-        let proxies: Vec<Proxy> = order
-            .iter()
-            .filter_map(|p| rec.ports.iter().find(|b| b.name == p.name))
-            .map(|b| Proxy {
-                name: b.name.clone(),
-                container_port: b.container_port,
-                gateway_port: b.gateway_port,
-                address: contract::proxy_address(&self.rm.gateway_ip, b.gateway_port),
-            })
-            .collect();
-        let outcome: Vec<String> = proxies
-            .iter()
-            .map(|p| format!("{}={}", p.name, p.gateway_port))
-            .collect();
-        let msg_id = names::reply_msg_id(
-            "ready",
-            &self.rm.name,
-            &rec.allocation_id,
-            &format!("{event_id}:{}", outcome.join(",")),
-        );
-        let reply = Reply::Ready(Ready {
-            schema_version: contract::SCHEMA_VERSION,
-            resource_manager: self.rm.name.clone(),
-            allocation_id: rec.allocation_id.clone(),
-            source_event_id: event_id.to_string(),
-            gateway: self.rm.gateway.clone(),
-            proxies,
-        });
-        Handled::Answer { reply, msg_id }
-    }
-
-    fn answer_removed(&self, event_id: Uuid, rec: &Record) -> Handled {
-        let reply = Reply::Removed(Removed {
-            schema_version: contract::SCHEMA_VERSION,
-            resource_manager: self.rm.name.clone(),
-            allocation_id: rec.allocation_id.clone(),
-            source_event_id: event_id.to_string(),
-            released: rec.released.clone(),
-        });
-        let msg_id = names::reply_msg_id(
-            "removed",
-            &self.rm.name,
-            &rec.allocation_id,
-            &event_id.to_string(),
-        );
-        Handled::Answer { reply, msg_id }
     }
 
     async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
@@ -351,11 +249,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             retryable: false,
                         },
                     };
-                    return Ok(self.answer_failed(&ev.allocation_id, ev.event_id, &f));
+                    return Ok(replies::failed(
+                        &self.rm,
+                        &ev.allocation_id,
+                        ev.event_id,
+                        &f,
+                    ));
                 }
             };
             let failure = match self.expose(&key, rec.clone(), rev, &mut touched).await {
-                Ok(Pass::Settled(rec)) => return Ok(self.answer_ready(ev.event_id, &rec)),
+                Ok(Pass::Settled(rec)) => return Ok(replies::ready(&self.rm, ev.event_id, &rec)),
                 Ok(Pass::Moved) => continue,
                 Err(DriveError::Store(e)) => return Err(e.to_string()),
                 Err(DriveError::Fail(f)) if rec.phase == Phase::Exposing => f,
@@ -390,7 +293,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .await
             {
                 Ok(Pass::Settled(_)) => {
-                    return Ok(self.answer_failed(&ev.allocation_id, ev.event_id, &failure));
+                    return Ok(replies::failed(
+                        &self.rm,
+                        &ev.allocation_id,
+                        ev.event_id,
+                        &failure,
+                    ));
                 }
                 Ok(Pass::Moved) => continue,
                 Err(e) => return Err(drive_msg(e)),
@@ -426,7 +334,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    Outcome::Written(_) => return Ok(self.answer_removed(ev.event_id, &t)),
+                    Outcome::Written(_) => return Ok(replies::removed(&self.rm, ev.event_id, &t)),
                     Outcome::Conflict => continue,
                 },
                 (EndedStep::MarkEnding(next), Some((_, rev))) => match self
@@ -442,7 +350,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 (_, None) => continue,
             };
             match self.cleanup(&key, &rec, rev, &mut Vec::new()).await {
-                Ok(Pass::Settled(rec)) => return Ok(self.answer_removed(ev.event_id, &rec)),
+                Ok(Pass::Settled(rec)) => return Ok(replies::removed(&self.rm, ev.event_id, &rec)),
                 Ok(Pass::Moved) => continue,
                 // An ended never gives up: giving up would leak. It is redelivered until it succeeds.
                 Err(e) => return Err(drive_msg(e)),
