@@ -242,6 +242,7 @@ pub async fn run(
     let pacing = crate::consumer::Pacing {
         worker: config.worker.clone(),
         ack_wait: config.jetstream.ack_wait.0,
+        max_deliver: config.jetstream.max_deliver,
     };
     for c in servers.rms {
         let max_ack_pending = i64::try_from(config.worker.concurrency * 64).unwrap_or(i64::MAX);

@@ -14,7 +14,7 @@ use crate::config::WorkerConfig;
 use crate::contract;
 use crate::gateway::Cluster;
 use crate::metrics;
-use crate::nats::Replier;
+use crate::nats::{DeadLetter, Replier};
 use crate::store::Store;
 use crate::worker::{Handled, Handler};
 
@@ -39,6 +39,8 @@ pub fn redelivery_delay(timing: &WorkerConfig, delivered: i64) -> Duration {
 pub struct Pacing {
     pub worker: WorkerConfig,
     pub ack_wait: Duration,
+    /// The consumer's maximum deliveries; -1 for unlimited.
+    pub max_deliver: i64,
 }
 
 /// Serves events until `shutdown` turns true; then stops pulling and lets the events in flight finish.
@@ -175,6 +177,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 }
             },
             Handled::Done => ack(&msg, AckKind::Ack).await,
+            Handled::Retry { why } if pacing.max_deliver > 0 && delivered >= pacing.max_deliver => {
+                m.event(&rm, kind.as_str(), "dead_letter");
+                give_up(handler, replier, &msg, kind, &why).await;
+            }
             Handled::Retry { why } => {
                 m.event(&rm, kind.as_str(), "retry");
                 let delay = redelivery_delay(timing, delivered);
@@ -185,6 +191,42 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     }
     .instrument(span)
     .await;
+}
+
+/// The last allowed delivery failed: keep the event in the dead-letter stream, answer a started with
+/// `failed`, and terminate it. If either publish fails the event is naked; JetStream will not deliver it
+/// again, but the `ended` or a resend repairs what it left.
+async fn give_up<S: Store, C: Cluster, R: Replier>(
+    handler: &Handler<S, C>,
+    replier: &R,
+    msg: &jetstream::Message,
+    kind: contract::EventKind,
+    why: &str,
+) {
+    let rm = &handler.rm().name;
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let letter = DeadLetter {
+        resource_manager: rm,
+        kind,
+        original_subject: &msg.subject,
+        original_sequence: sequence,
+        error: why,
+        payload: &msg.payload,
+    };
+    if let Err(e) = replier.dead_letter(&letter).await {
+        tracing::error!(error = %e, "could not store the dead letter");
+        ack(msg, AckKind::Nak(None)).await;
+        return;
+    }
+    tracing::error!(why = %why, sequence, "giving up after the maximum deliveries; stored as a dead letter");
+    if kind == contract::EventKind::Started
+        && let Some(Handled::Answer { reply, msg_id }) =
+            handler.given_up(&msg.payload, why, sequence)
+        && let Err(e) = replier.publish(&reply, &msg_id).await
+    {
+        tracing::error!(error = %e, "could not answer the given-up event");
+    }
+    ack(msg, AckKind::Term).await;
 }
 
 async fn ack(msg: &jetstream::Message, kind: AckKind) {

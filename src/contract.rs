@@ -23,6 +23,17 @@ pub const REPLIES_STREAM: &str = "ITG_REPLIES";
 pub const EVENTS_SUBJECTS: &str = "itg.events.>";
 /// Subjects captured by [`REPLIES_STREAM`].
 pub const REPLIES_SUBJECTS: &str = "itg.replies.>";
+/// Stream holding events given up on after the consumer's maximum deliveries, for an operator to inspect
+/// and send back.
+pub const DEAD_LETTER_STREAM: &str = "ITG_DEADLETTER";
+/// Subjects captured by [`DEAD_LETTER_STREAM`]: `itg.deadletter.<rm>.<kind>`.
+pub const DEAD_LETTER_SUBJECTS: &str = "itg.deadletter.>";
+/// Header of a dead letter: why the event could not be served.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "Itg-Error";
+/// Header of a dead letter: the subject the event was published to.
+pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Itg-Original-Subject";
+/// Header of a dead letter: the event's sequence in `ITG_EVENTS`.
+pub const DEAD_LETTER_SEQUENCE_HEADER: &str = "Itg-Original-Sequence";
 /// Larger payloads are refused unread: an event is a few hundred bytes, so this bounds what a hostile
 /// publisher can make a worker parse.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;

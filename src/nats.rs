@@ -128,6 +128,11 @@ pub async fn ensure_streams(
             contract::REPLIES_SUBJECTS,
             cfg.replies_max_age.0,
         ),
+        (
+            contract::DEAD_LETTER_STREAM,
+            contract::DEAD_LETTER_SUBJECTS,
+            cfg.events_max_age.0,
+        ),
     ] {
         let want = stream_config(name, subjects, age, cfg);
         match js.get_stream(name).await {
@@ -222,6 +227,23 @@ pub trait Replier: Clone + Send + Sync + 'static {
         reply: &Reply,
         msg_id: &str,
     ) -> impl Future<Output = Result<(), NatsError>> + Send;
+
+    /// Stores an event given up on in the dead-letter stream, with why and where it came from.
+    fn dead_letter(
+        &self,
+        letter: &DeadLetter<'_>,
+    ) -> impl Future<Output = Result<(), NatsError>> + Send;
+}
+
+/// An event given up on after the consumer's maximum deliveries.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub resource_manager: &'a str,
+    pub kind: contract::EventKind,
+    pub original_subject: &'a str,
+    pub original_sequence: u64,
+    pub error: &'a str,
+    pub payload: &'a [u8],
 }
 
 /// Publishes replies to `ITG_REPLIES` and waits for the stream's acknowledgement.
@@ -238,6 +260,39 @@ impl JetStreamReplier {
 }
 
 impl Replier for JetStreamReplier {
+    async fn dead_letter(&self, d: &DeadLetter<'_>) -> Result<(), NatsError> {
+        let subject = format!("itg.deadletter.{}.{}", d.resource_manager, d.kind.as_str());
+        let mut headers = HeaderMap::new();
+        // One dead letter per event, however often this is retried.
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dl-{}", d.original_sequence).as_str(),
+        );
+        headers.insert(contract::DEAD_LETTER_SUBJECT_HEADER, d.original_subject);
+        headers.insert(
+            contract::DEAD_LETTER_SEQUENCE_HEADER,
+            d.original_sequence.to_string().as_str(),
+        );
+        // Header values are one line.
+        let error: String = d
+            .error
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        headers.insert(contract::DEAD_LETTER_ERROR_HEADER, error.as_str());
+        let fail = |e: &dyn std::fmt::Display| NatsError::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        };
+        self.js
+            .publish_with_headers(subject.clone(), headers, d.payload.to_vec().into())
+            .await
+            .map_err(|e| fail(&e))?
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
     async fn publish(&self, reply: &Reply, msg_id: &str) -> Result<(), NatsError> {
         let subject = contract::reply_subject(reply.resource_manager(), reply.kind());
         let mut headers = HeaderMap::new();

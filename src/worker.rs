@@ -195,6 +195,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         result.unwrap_or_else(|why| Handled::Retry { why })
     }
 
+    /// The `failed` answer for a started given up on after the maximum deliveries; `None` when the payload
+    /// is not a readable started (it was answered as invalid on its first delivery).
+    pub fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
+        let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
+            return None;
+        };
+        let f = Failure {
+            reason: FailureReason::Timeout,
+            message: format!(
+                "gave up after the maximum deliveries: {why}; the event is kept in {} (events sequence {sequence}): fix the cause and send it back with `itgctl deadletter resend`",
+                contract::DEAD_LETTER_STREAM
+            ),
+            retryable: true,
+        };
+        Some(replies::failed(
+            &self.rm,
+            &ev.allocation_id,
+            ev.event_id,
+            &f,
+        ))
+    }
+
     async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
         let Some(entry) = self.store.get(key).await? else {
             return Ok(None);
