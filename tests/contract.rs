@@ -481,8 +481,16 @@ fn hostile_allocation_id() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Cases per property: 2,000 in every test run; `ITG_FUZZ_CASES=200000` for a long fuzzing run.
+fn fuzz_cases() -> u32 {
+    std::env::var("ITG_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::string::bytes_regex("(?s-u:.{0,512})").unwrap()) {
