@@ -15,6 +15,7 @@ use crate::config::{Config, ResourceManagerConfig};
 use crate::gateway::{self, Cluster, KubeGateway};
 use crate::names;
 use crate::nats::{self, JetStreamReplier};
+use crate::reconciler::Reconciler;
 use crate::store::{KvStore, Store};
 use crate::worker::{Handler, RmContext};
 
@@ -166,6 +167,34 @@ pub async fn capacity(servers: &Servers) -> Result<Vec<Capacity>, StartError> {
     Ok(out)
 }
 
+/// One reconcile pass over every resource manager, for `itgctl reconcile`. With `dry_run`, nothing changes.
+///
+/// # Errors
+/// A server could not be read.
+pub async fn reconcile_once(
+    config: &Config,
+    servers: &Servers,
+    dry_run: bool,
+) -> Result<Vec<(String, Vec<crate::reconciler::Action>)>, String> {
+    let mut out = Vec::new();
+    for c in &servers.rms {
+        let handler = Handler::new(
+            RmContext::new(&c.config),
+            servers.store.clone(),
+            c.gateway.clone(),
+            config.worker.clone(),
+        );
+        let mut r = Reconciler::new(
+            handler,
+            servers.store.clone(),
+            c.gateway.clone(),
+            config.worker.reconcile_hold_off.0,
+        );
+        out.push((c.config.name.clone(), r.pass(dry_run).await?));
+    }
+    Ok(out)
+}
+
 /// A human-readable report of what was found: JetStream, each Gateway, its listeners and free ports.
 ///
 /// # Errors
@@ -239,6 +268,7 @@ pub async fn run(
         });
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let mut side_tasks = Vec::new();
     let pacing = crate::consumer::Pacing {
         worker: config.worker.clone(),
         ack_wait: config.jetstream.ack_wait.0,
@@ -256,9 +286,31 @@ pub async fn run(
         let handler = Handler::new(
             RmContext::new(&c.config),
             servers.store.clone(),
-            c.gateway,
+            c.gateway.clone(),
             config.worker.clone(),
         );
+        let mut reconciler = Reconciler::new(
+            handler.clone(),
+            servers.store.clone(),
+            c.gateway,
+            config.worker.reconcile_hold_off.0,
+        );
+        let (every, mut stop) = (config.worker.reconcile_interval.0, shutdown.clone());
+        side_tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // At start, then every interval, until shutdown.
+                loop {
+                    if let Err(e) = reconciler.pass(false).await {
+                        tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            },
+            tracing::info_span!("reconciler", resource_manager = %c.config.name),
+        )));
         let span = tracing::info_span!("consumer", resource_manager = %c.config.name);
         tasks.spawn(tracing::Instrument::instrument(
             crate::consumer::run(
@@ -279,5 +331,8 @@ pub async fn run(
     }
     side.abort();
     checks.abort();
+    for t in side_tasks {
+        t.abort();
+    }
     Ok(())
 }

@@ -155,6 +155,8 @@ pub struct WorkerConfig {
     pub retry_min: Dur,
     pub retry_max: Dur,
     pub shutdown_timeout: Dur,
+    pub reconcile_interval: Dur,
+    pub reconcile_hold_off: Dur,
 }
 
 impl Default for WorkerConfig {
@@ -166,6 +168,8 @@ impl Default for WorkerConfig {
             retry_min: Dur(Duration::from_millis(250)),
             retry_max: Dur(Duration::from_secs(30)),
             shutdown_timeout: Dur(Duration::from_secs(25)),
+            reconcile_interval: Dur(Duration::from_secs(60)),
+            reconcile_hold_off: Dur(Duration::from_secs(120)),
         }
     }
 }
@@ -359,6 +363,7 @@ impl Config {
             ("worker.retry_min", self.worker.retry_min),
             ("worker.retry_max", self.worker.retry_max),
             ("worker.shutdown_timeout", self.worker.shutdown_timeout),
+            ("worker.reconcile_interval", self.worker.reconcile_interval),
         ] {
             if d.0.is_zero() {
                 return Err(rule(key, d.0, "must be longer than zero"));

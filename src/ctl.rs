@@ -81,6 +81,15 @@ enum Command {
         #[arg(long, env = "ITG_CONFIG")]
         config: std::path::PathBuf,
     },
+    /// Compare KV, the Gateways and the objects once; repair live allocations and remove orphans.
+    Reconcile {
+        /// The worker's config file.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+        /// Only print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Inspect and send back events given up on after the consumer's maximum deliveries.
     #[command(subcommand)]
     Deadletter(DeadLetterCommand),
@@ -473,6 +482,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         capacity(args.output, config).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Reconcile { config, dry_run } = &args.command {
+        let cfg = crate::config::Config::load(config)?;
+        let servers = crate::app::connect(&cfg).await?;
+        let done = crate::app::reconcile_once(&cfg, &servers, *dry_run)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&done)?),
+            Output::Table => {
+                for (rm, actions) in done {
+                    for a in actions {
+                        println!(
+                            "{rm:<12} {}{}",
+                            if *dry_run { "would " } else { "" },
+                            serde_json::to_string(&a)?
+                        );
+                    }
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = async_nats::connect(args.nats_url.as_str())
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
@@ -516,7 +547,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Allocations { rm, bucket } => {
             allocations(&js, args.output, rm.as_deref(), &bucket).await?
         }
-        Command::Capacity { .. } => {}
+        Command::Capacity { .. } | Command::Reconcile { .. } => {}
         Command::Deadletter(cmd) => dead_letters(&js, args.output, cmd).await?,
         Command::Watch { rm, all, count } => {
             let mut msgs = replies(&js, rm.as_deref(), all).await?;

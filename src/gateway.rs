@@ -475,3 +475,93 @@ pub fn owned_selector(rm: &str) -> String {
         names::rm_label_value(rm)
     )
 }
+
+/// Which kind of object the worker made in a task namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ObjectKind {
+    Service,
+    TcpRoute,
+}
+
+/// An object the worker made, as found by its labels.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnedObject {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    /// Unix seconds of its creation.
+    pub created: i64,
+}
+
+fn owned<K: kube::Resource>(kind: ObjectKind, o: &K) -> Option<OwnedObject> {
+    let m = o.meta();
+    Some(OwnedObject {
+        kind,
+        namespace: m.namespace.clone()?,
+        name: m.name.clone()?,
+        created: m.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+    })
+}
+
+impl KubeGateway {
+    /// Every Service and TCPRoute of this resource manager, by label: in each of `namespaces`, or in all
+    /// namespaces when `None` (which needs cluster-wide list rights).
+    ///
+    /// # Errors
+    /// [`KubeError`] when a list fails.
+    pub async fn owned_objects(
+        &self,
+        namespaces: Option<&[String]>,
+    ) -> Result<Vec<OwnedObject>, KubeError> {
+        let lp = kube::api::ListParams::default().labels(&owned_selector(&self.rm));
+        let scopes: Vec<Option<&str>> = match namespaces {
+            Some(list) => list.iter().map(|n| Some(n.as_str())).collect(),
+            None => vec![None],
+        };
+        let mut out = Vec::new();
+        for ns in scopes {
+            let (svcs, routes): (Api<Service>, Api<TcpRoute>) = match ns {
+                Some(ns) => (
+                    Api::namespaced(self.client.clone(), ns),
+                    Api::namespaced(self.client.clone(), ns),
+                ),
+                None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
+            };
+            let what = format!("listing Services in {}", ns.unwrap_or("all namespaces"));
+            for s in svcs.list(&lp).await.map_err(|e| classify(&what, e))? {
+                out.extend(owned(ObjectKind::Service, &s));
+            }
+            let what = format!("listing TCPRoutes in {}", ns.unwrap_or("all namespaces"));
+            for r in routes.list(&lp).await.map_err(|e| classify(&what, e))? {
+                out.extend(owned(ObjectKind::TcpRoute, &r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one object found by [`KubeGateway::owned_objects`].
+    ///
+    /// # Errors
+    /// [`KubeError`] when the delete fails (a missing object is not a failure).
+    pub async fn delete_object(&self, o: &OwnedObject) -> Result<(), KubeError> {
+        let what = format!("deleting {:?} {}/{}", o.kind, o.namespace, o.name);
+        match o.kind {
+            ObjectKind::Service => {
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
+                delete_ignoring_absent(api, &o.name, what).await
+            }
+            ObjectKind::TcpRoute => {
+                let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
+                delete_ignoring_absent(api, &o.name, what).await
+            }
+        }
+    }
+
+    /// Removes a listener the worker owns by its name.
+    ///
+    /// # Errors
+    /// [`KubeError`] when the apply fails.
+    pub async fn remove_owned_listener(&self, name: &str) -> Result<(), KubeError> {
+        self.remove_listener(name).await
+    }
+}

@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod reconciler;
 pub mod replies;
 pub mod state;
 pub mod store;

@@ -46,6 +46,15 @@ pub struct Metrics {
     pub listener_slots_free: Family<RmLabels, Gauge>,
     pub kube_calls: Family<CallLabels, Histogram>,
     pub kube_errors: Family<CallLabels, Counter>,
+    pub reconciler_actions: Family<ActionLabels, Counter>,
+}
+
+/// Labels of a reconciler action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub resource_manager: String,
+    /// `release_claim`, `remove_listener`, `delete_object` or `repair`.
+    pub action: String,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -65,6 +74,7 @@ impl Metrics {
             listener_slots_free: Family::default(),
             kube_calls: Family::new_with_constructor(seconds_histogram),
             kube_errors: Family::default(),
+            reconciler_actions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,6 +117,11 @@ impl Metrics {
             "Apiserver calls that failed",
             m.kube_errors.clone(),
         );
+        registry.register(
+            "reconciler_actions",
+            "Repairs and orphan removals by the reconciler",
+            m.reconciler_actions.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -122,6 +137,16 @@ impl Metrics {
         if !ok {
             self.kube_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// Records one reconciler action.
+    pub fn reconciler_action(&self, rm: &str, action: &str) {
+        self.reconciler_actions
+            .get_or_create(&ActionLabels {
+                resource_manager: rm.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one handled event.

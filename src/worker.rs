@@ -82,6 +82,16 @@ pub struct PortClaim {
     pub allocation: String,
     /// The proxy port name within the allocation.
     pub proxy: String,
+    /// Unix seconds of the claim, for the reconciler's hold-off.
+    #[serde(default)]
+    pub claimed_at: i64,
+}
+
+impl PortClaim {
+    /// Whether this claim is held by `allocation_key` for `proxy`.
+    pub fn held_by(&self, allocation_key: &str, proxy: &str) -> bool {
+        self.allocation == allocation_key && self.proxy == proxy
+    }
 }
 
 enum DriveError {
@@ -214,6 +224,33 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             &ev.allocation_id,
             ev.event_id,
             &f,
+        ))
+    }
+
+    /// Drives one allocation toward its record without an event: exposes what a live allocation lacks,
+    /// finishes the cleanup of an ending one. For the reconciler; nothing is replied.
+    ///
+    /// # Errors
+    /// Why the pass did not complete (it is tried again on the next reconcile).
+    pub async fn repair(&self, allocation_id: &str) -> Result<(), String> {
+        let key = names::allocation_key(&self.rm.name, allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let pass = if rec.phase.wants_exposure() {
+                self.expose(&key, rec, rev, &mut Vec::new()).await
+            } else {
+                self.cleanup(&key, &rec, rev, &mut Vec::new()).await
+            };
+            match pass {
+                Ok(Pass::Settled(_)) => return Ok(()),
+                Ok(Pass::Moved) => continue,
+                Err(e) => return Err(drive_msg(e)),
+            }
+        }
+        Err(format!(
+            "allocation {allocation_id:?}: the record kept changing"
         ))
     }
 
@@ -552,6 +589,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let claim = PortClaim {
             allocation: key.to_owned(),
             proxy: b.name.clone(),
+            claimed_at: now(),
         };
         for _ in 0..MAX_ROUNDS {
             if let Outcome::Written(_) = self.store.create(&pkey, encode(&claim)).await? {
@@ -559,9 +597,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             match self.store.get(&pkey).await? {
                 Some(e) => {
-                    return Ok(
-                        serde_json::from_slice::<PortClaim>(&e.value).ok().as_ref() == Some(&claim)
-                    );
+                    return Ok(serde_json::from_slice::<PortClaim>(&e.value)
+                        .is_ok_and(|c| c.held_by(key, &b.name)));
                 }
                 None => continue,
             }
@@ -577,7 +614,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 return Ok(());
             };
             let ours = serde_json::from_slice::<PortClaim>(&e.value)
-                .is_ok_and(|c| c.allocation == key && c.proxy == b.name);
+                .is_ok_and(|c| c.held_by(key, &b.name));
             if !ours {
                 return Ok(());
             }

@@ -124,8 +124,10 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
             for verb in ["create", "patch", "delete"] {
                 checks.push(allowed(verb, r, Some(&ns), Some("x")));
             }
-            // It never reads them back, nor replaces them with PUT.
-            for verb in ["get", "list", "watch", "update", "deletecollection"] {
+            // The reconciler lists them by label to find orphans.
+            checks.push(allowed("list", r, Some(&ns), None));
+            // It never reads one by name or watches them, nor replaces them with PUT.
+            for verb in ["get", "watch", "update", "deletecollection"] {
                 checks.push(denied(verb, r, Some(&ns), Some("x")));
             }
         }
@@ -153,6 +155,13 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
     ] {
         for r in ["secrets", "configmaps", "pods", "services"] {
             for verb in ["get", "list", "watch"] {
+                // Listing Services in a bound namespace is the reconciler's one read.
+                if r == "services"
+                    && verb == "list"
+                    && ns.is_some_and(|n| bound_task_namespaces().contains(n))
+                {
+                    continue;
+                }
                 checks.push(denied(verb, r, ns, None));
             }
         }

@@ -1,0 +1,116 @@
+//! The reconciler on the real servers: what a crash or a hand leaves behind is found by a dry run without
+//! being touched, then repaired by a real pass, and nothing the worker does not own is touched.
+
+mod common;
+
+use async_nats::jetstream;
+use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_run_changes_nothing()
+ {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "rec", (42200, 42209)).await;
+    let cfg = config(
+        &env,
+        &[&rm],
+        "  reconcile_hold_off: 0s\n  reconcile_interval: 1h\n",
+    );
+    let w = Worker::start(cfg.clone()).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let live = format!("{}.1", uuid::Uuid::new_v4());
+    master
+        .started(&live, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(30, &live, "ready").await;
+    w.stop().await;
+
+    // What a crash or a careless hand leaves: the live allocation's Service deleted, and the Service,
+    // route, listener and port claim of an allocation that no longer exists.
+    let client = env.kube().await;
+    let live_name = itg::names::object_name(&rm.name, &live, "jupyter");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &rm.task_ns);
+    svcs.delete(&live_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = "gone.1";
+    let orphan = itg::names::object_name(&rm.name, gone, "jupyter");
+    let meta = json!({ "name": orphan, "namespace": rm.task_ns, "labels": itg::names::labels(&rm.name, gone) });
+    let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": { "ports": [{ "port": 80 }] } });
+    svcs.patch(&orphan, &PatchParams::apply("by-hand"), &Patch::Apply(&svc))
+        .await
+        .unwrap();
+    let gws: Api<gateway_api::experimental::gateways::Gateway> =
+        Api::namespaced(client.clone(), &rm.gateway_ns);
+    let listener = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
+        "spec": { "listeners": [{ "name": orphan, "port": 42209, "protocol": "TCP" }] }
+    });
+    let manager = itg::names::listener_field_manager(&orphan);
+    gws.patch(
+        &rm.gateway,
+        &PatchParams::apply(&manager),
+        &Patch::Apply(&listener),
+    )
+    .await
+    .unwrap();
+    let kv = jetstream::new(env.nats().await)
+        .get_key_value("ITG_STATE")
+        .await
+        .unwrap();
+    let claim = json!({ "allocation": itg::names::allocation_key(&rm.name, gone), "proxy": "jupyter", "claimed_at": 0 });
+    let claim_key = itg::names::port_key(&rm.name, &rm.gateway_ns, &rm.gateway, 42209);
+    kv.put(&claim_key, serde_json::to_vec(&claim).unwrap().into())
+        .await
+        .unwrap();
+    // The worker's Gateway watch must see the planted listener before the pass reads it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let servers = itg::app::connect(&cfg).await.unwrap();
+    let before = observe(&env, &rm).await;
+    let planned = itg::app::reconcile_once(&cfg, &servers, true)
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&planned).unwrap();
+    for want in [
+        "release_claim",
+        "remove_listener",
+        "delete_object",
+        "repair",
+        orphan.as_str(),
+    ] {
+        assert!(text.contains(want), "dry run lacks {want}: {text}");
+    }
+    assert_eq!(
+        observe(&env, &rm).await,
+        before,
+        "a dry run changes nothing"
+    );
+
+    itg::app::reconcile_once(&cfg, &servers, false)
+        .await
+        .unwrap();
+    let after = observe(&env, &rm).await;
+    assert_eq!(
+        after.services,
+        vec![live_name.clone()],
+        "the orphan Service is gone, the live one is back"
+    );
+    assert_eq!(
+        after.listeners.keys().cloned().collect::<Vec<_>>(),
+        vec![live_name.clone()]
+    );
+    assert_eq!(
+        after.claims.len(),
+        1,
+        "only the live allocation's port is claimed: {after:?}"
+    );
+    assert_eq!(after.foreign.get("placeholder"), Some(&39999));
+    rm.teardown(&env).await;
+}
