@@ -52,9 +52,15 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Publish one event, as the master would.
+    #[command(
+        after_help = "Examples:\n  itgctl publish started --rm k8s-west --allocation-id 6f1c.1 --namespace team-a --selector app=nb --port jupyter=8888\n  itgctl publish ended --rm k8s-west --allocation-id 6f1c.1"
+    )]
     #[command(subcommand)]
     Publish(Publish),
     /// Print replies as they arrive.
+    #[command(
+        after_help = "Examples:\n  itgctl watch --rm k8s-west\n  itgctl watch --all --count 10 --output json"
+    )]
     Watch {
         /// Only this resource manager's replies.
         #[arg(long)]
@@ -67,6 +73,9 @@ enum Command {
         count: Option<usize>,
     },
     /// List allocations, their phase and ports, from the KV bucket.
+    #[command(
+        after_help = "Examples:\n  itgctl allocations --rm k8s-west\n  itgctl allocations --output json"
+    )]
     Allocations {
         /// Only this resource manager's.
         #[arg(long)]
@@ -76,12 +85,16 @@ enum Command {
         bucket: String,
     },
     /// Show, per Gateway, the ports free in the range and the listener slots free under the cap.
+    #[command(after_help = "Example:\n  itgctl capacity --config config.yaml --output json")]
     Capacity {
         /// The worker's config file: it names the Gateways and how to reach them.
         #[arg(long, env = "ITG_CONFIG")]
         config: std::path::PathBuf,
     },
     /// Compare KV, the Gateways and the objects once; repair live allocations and remove orphans.
+    #[command(
+        after_help = "Examples:\n  itgctl reconcile --config config.yaml --dry-run\n  itgctl reconcile --config config.yaml"
+    )]
     Reconcile {
         /// The worker's config file.
         #[arg(long, env = "ITG_CONFIG")]
@@ -91,9 +104,13 @@ enum Command {
         dry_run: bool,
     },
     /// Inspect and send back events given up on after the consumer's maximum deliveries.
+    #[command(
+        after_help = "Examples:\n  itgctl deadletter list --rm k8s-west\n  itgctl deadletter resend --seq 42"
+    )]
     #[command(subcommand)]
     Deadletter(DeadLetterCommand),
     /// Run a few task lifecycles end to end: started, wait for ready, ended, wait for removed.
+    #[command(after_help = "Example:\n  itgctl demo --rm local --namespace default --tasks 3")]
     Demo {
         #[arg(long)]
         rm: String,
