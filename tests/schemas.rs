@@ -415,6 +415,8 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
         ("worker/retry_min", w.retry_min),
         ("worker/retry_max", w.retry_max),
         ("worker/shutdown_timeout", w.shutdown_timeout),
+        ("worker/reconcile_interval", w.reconcile_interval),
+        ("worker/reconcile_hold_off", w.reconcile_hold_off),
     ];
     for (key, got) in durations {
         assert_eq!(got.0, documented_duration(key), "{key}");
