@@ -1,5 +1,6 @@
 //! `itgctl`: publish started/ended events, watch replies, and run a demo lifecycle. Exit codes: 0 done,
-//! 1 an error, 2 bad arguments (clap), 3 a demo reply did not arrive in time.
+//! 1 an error, 2 bad arguments (clap), 3 a demo reply did not arrive in time, 4 a replay could not serve
+//! some events.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -90,6 +91,25 @@ enum Command {
         /// The worker's config file: it names the Gateways and how to reach them.
         #[arg(long, env = "ITG_CONFIG")]
         config: std::path::PathBuf,
+    },
+    /// Serve a resource manager's events again from a sequence or a time; prints what was already right
+    /// and what was repaired. Exit code 4 when some events could not be served.
+    #[command(
+        after_help = "Examples:\n  itgctl replay --config config.yaml --rm k8s-west --from-seq 1\n  itgctl replay --config config.yaml --rm k8s-west --since 2026-11-23T08:00:00Z --output json"
+    )]
+    Replay {
+        /// The worker's config file.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+        /// The resource manager whose events to replay.
+        #[arg(long)]
+        rm: String,
+        /// The first ITG_EVENTS sequence to replay.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        from_seq: Option<u64>,
+        /// Replay events stored at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<jiff::Timestamp>,
     },
     /// Compare KV, the Gateways and the objects once; repair live allocations and remove orphans.
     #[command(
@@ -490,6 +510,66 @@ async fn dead_letters(
     Ok(())
 }
 
+async fn replay(
+    output: Output,
+    path: &std::path::Path,
+    rm: &str,
+    from_seq: Option<u64>,
+    since: Option<jiff::Timestamp>,
+) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let servers = crate::app::connect(&config).await?;
+    let c = servers
+        .rms
+        .iter()
+        .find(|c| c.config.name == rm)
+        .with_context(|| format!("resource manager {rm:?} is not in {}", path.display()))?;
+    let handler = crate::worker::Handler::new(
+        crate::worker::RmContext::new(&c.config),
+        servers.store.clone(),
+        c.gateway.clone(),
+        config.worker.clone(),
+    );
+    let replier = crate::nats::JetStreamReplier::new(servers.js.clone());
+    let from = match (from_seq, since) {
+        (Some(s), _) => crate::replay::From::Sequence(s),
+        (None, Some(t)) => crate::replay::From::Since(t),
+        (None, None) => bail!("give --from-seq or --since"),
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let summary = crate::replay::replay(
+        &servers.js,
+        &handler,
+        &servers.store,
+        &replier,
+        from,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&summary)?),
+        Output::Table => println!(
+            "events seen {}, already right {}, repaired {}, failed {}",
+            summary.seen, summary.already_right, summary.repaired, summary.failed
+        ),
+    }
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
+
 /// Runs one `itgctl` command.
 ///
 /// # Errors
@@ -498,6 +578,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Command::Capacity { config } = &args.command {
         capacity(args.output, config).await?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Replay {
+        config,
+        rm,
+        from_seq,
+        since,
+    } = &args.command
+    {
+        return replay(args.output, config, rm, *from_seq, *since).await;
     }
     if let Command::Reconcile { config, dry_run } = &args.command {
         let cfg = crate::config::Config::load(config)?;
@@ -564,7 +653,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Allocations { rm, bucket } => {
             allocations(&js, args.output, rm.as_deref(), &bucket).await?
         }
-        Command::Capacity { .. } | Command::Reconcile { .. } => {}
+        Command::Capacity { .. } | Command::Reconcile { .. } | Command::Replay { .. } => {}
         Command::Deadletter(cmd) => dead_letters(&js, args.output, cmd).await?,
         Command::Watch { rm, all, count } => {
             let mut msgs = replies(&js, rm.as_deref(), all).await?;

@@ -10,8 +10,12 @@
 //!    [`names`];
 //! 5. [`worker`] publishes the reply to `ITG_REPLIES` and acknowledges the event.
 //!
-//! [`config`] loads the YAML config; [`probe`] checks the servers at start. The deciding modules
-//! (`contract`, `validate`, `names`, `allocator`, `state`, `config`) use neither NATS nor Kubernetes.
+//! Around that path: [`config`] loads the YAML config; [`app`] wires everything and reports what it found at
+//! start; [`consumer`] runs the pull loop; [`replies`] builds the answers; [`reconciler`] repairs and removes
+//! orphans periodically; [`replay`] serves the stream again from a point; [`admin`] and [`metrics`] are the
+//! operational surface; [`cli`] and [`ctl`] hold the binaries' entry points. The deciding modules
+//! (`contract`, `validate`, `names`, `allocator`, `state`, `config`, and the reconciler's `plan`) use neither
+//! NATS nor Kubernetes.
 
 pub mod admin;
 pub mod allocator;
@@ -26,6 +30,7 @@ pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod reconciler;
+pub mod replay;
 pub mod replies;
 pub mod state;
 pub mod store;

@@ -1,0 +1,104 @@
+//! Replay on the real servers: events served again change nothing that is right, repair what is not, and
+//! never resurrect an ended allocation.
+
+mod common;
+
+use std::process::Command;
+
+use async_nats::jetstream;
+use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use itg::contract::EventKind;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::DeleteParams;
+
+#[tokio::test]
+async fn a_replay_repairs_a_deleted_service_resurrects_nothing_and_counts_what_it_saw() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "rpl", (42400, 42409)).await;
+    let js = jetstream::new(env.nats().await);
+    let from = js
+        .get_stream("ITG_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
+        + 1;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let (live, ended) = (
+        format!("{}.1", uuid::Uuid::new_v4()),
+        format!("{}.1", uuid::Uuid::new_v4()),
+    );
+    master
+        .started(&live, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    master
+        .started(&ended, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(30, &ended, "ready").await;
+    master.ended(&ended).await;
+    master
+        .publish_raw(EventKind::Started, None, b"not json".to_vec())
+        .await;
+    replies.first(30, &live, "ready").await;
+    replies.first(30, &ended, "removed").await;
+    replies
+        .wait(30, "the invalid event's answer", |r| {
+            r.iter().any(|s| s.kind == "failed")
+        })
+        .await;
+    w.stop().await;
+    let name = itg::names::object_name(&rm.name, &live, "jupyter");
+    Api::<Service>::namespaced(env.kube().await, &rm.task_ns)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let yaml = format!(
+        "nats:\n  url: {}\nresource_managers:\n{}",
+        env.nats_url,
+        rm.yaml(&env)
+    );
+    std::fs::write(file.path(), yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_itgctl"))
+        .args([
+            "replay",
+            "--config",
+            file.path().to_str().unwrap(),
+            "--rm",
+            &rm.name,
+            "--from-seq",
+            &from.to_string(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["seen"], 4, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(
+        summary["already_right"], 4,
+        "every record was right already: {summary}"
+    );
+    let o = observe(&env, &rm).await;
+    assert_eq!(
+        o.services,
+        vec![name.clone()],
+        "the deleted Service is back, the ended one is not"
+    );
+    assert_eq!(o.listeners.len(), 1);
+    assert_eq!(o.claims.len(), 1);
+    rm.teardown(&env).await;
+}
