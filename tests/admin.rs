@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Env, Master, Replies, TestRm, Worker, config};
+use common::{Env, Master, Replies, TestRm, Worker, config, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -33,14 +33,6 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -2,22 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Env, Replies, TestRm, Worker, config};
-
-fn itgctl(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_itgctl"))
-        .args(args)
-        .env("NATS_URL", &env.nats_url)
-        .output()
-        .expect("itgctl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::{Env, Replies, TestRm, Worker, config, itgctl};
 
 #[tokio::test]
 async fn itgctl_lists_allocations_and_capacity_as_json() {

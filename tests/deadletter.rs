@@ -3,24 +3,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use async_nats::jetstream;
-use common::{Env, Master, Replies, TestRm, Worker, config};
-
-fn itgctl(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_itgctl"))
-        .args(args)
-        .env("NATS_URL", &env.nats_url)
-        .output()
-        .expect("itgctl runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
+use common::{Env, Master, Replies, TestRm, Worker, config, itgctl};
 
 #[tokio::test]
 async fn a_poison_started_is_dead_lettered_answered_and_can_be_sent_back() {

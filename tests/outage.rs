@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Env, Master, Replies, TestRm, Worker, config};
+use common::{Env, Master, Replies, TestRm, Worker, config, kubeconfig_server};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback TCP proxy to `upstream` that can be cut (refusing and dropping connections) and restored.
@@ -52,12 +52,7 @@ impl Proxy {
 async fn during_an_apiserver_outage_events_wait_and_are_served_when_it_returns() {
     let env = Env::load();
     let mut rm = TestRm::new(&env, "out", (42500, 42509)).await;
-    let text = std::fs::read_to_string(&env.kubeconfig).unwrap();
-    let server = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_owned();
+    let (text, server) = kubeconfig_server(&env);
     let proxy = Proxy::start(
         server
             .trim_start_matches("https://")

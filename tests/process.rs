@@ -7,15 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, Master, Replies, TestRm};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Env, Master, Replies, TestRm, free_port};
 
 fn readyz(addr: &str) -> Option<u16> {
     use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, TestRm, config};
+use common::{Env, TestRm, config, kubeconfig_server};
 
 #[tokio::test]
 async fn the_report_names_jetstream_the_gateway_its_listeners_and_free_ports() {
@@ -66,12 +66,7 @@ async fn an_unreachable_nats_stops_start_up_naming_the_url() {
 async fn an_unreachable_apiserver_stops_start_up_naming_the_server() {
     let env = Env::load();
     let rm = TestRm::new(&env, "noapi", (41500, 41509)).await;
-    let text = std::fs::read_to_string(&env.kubeconfig).unwrap();
-    let server = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_owned();
+    let (text, server) = kubeconfig_server(&env);
     let dead = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(dead.path(), text.replace(&server, "https://127.0.0.1:1")).unwrap();
     let cfg = config(&env, &[&rm], "");

@@ -486,3 +486,38 @@ impl Scenario {
         self.rm.teardown(&self.env).await;
     }
 }
+
+/// Runs the `itgctl` binary against the test servers: (exit code, stdout, stderr).
+pub fn itgctl(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_itgctl"))
+        .args(args)
+        .env("NATS_URL", &env.nats_url)
+        .output()
+        .expect("itgctl runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The kubeconfig's text and its `server:` URL, to write a copy that points elsewhere.
+pub fn kubeconfig_server(env: &Env) -> (String, String) {
+    let text = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    (text, server)
+}
