@@ -61,8 +61,8 @@ pub struct Config {
     pub resource_managers: Vec<ResourceManagerConfig>,
 }
 
-/// How to reach NATS.
-#[derive(Debug, Clone, Deserialize)]
+/// How to reach NATS. Its `Debug` never shows a password, a token or credentials written into the URL.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// One URL or a comma-separated list.
@@ -75,6 +75,36 @@ pub struct NatsConfig {
     pub nkey_seed_file: Option<PathBuf>,
     pub creds_file: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("connection_name", &self.connection_name)
+            .field("user", &self.user)
+            .field("password", &hide(&self.password))
+            .field("token", &hide(&self.token))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("creds_file", &self.creds_file)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// The URL list with any `user:password@` replaced, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match u.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+                None => u.to_owned(),
+            },
+            None => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn default_connection_name() -> String {

@@ -35,13 +35,15 @@ fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {
 /// # Errors
 /// [`NatsError::Connect`] naming the URL.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    let url = crate::config::redacted_url(&cfg.url);
+    // The client's own message may quote the URL, credentials included.
     let fail = |message: String| NatsError::Connect {
-        url: cfg.url.clone(),
-        message,
+        message: message.replace(&cfg.url, &url),
+        url: url.clone(),
     };
     let mut opts = ConnectOptions::new()
         .name(&cfg.connection_name)
-        .retry_on_initial_connect()
+        .connection_timeout(std::time::Duration::from_secs(5))
         .max_reconnects(None);
     if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(u.clone(), p.clone());
@@ -73,20 +75,11 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, NatsError> 
             opts = opts.add_client_certificate(c.clone(), k.clone());
         }
     }
-    // retry_on_initial_connect makes connect return at once; wait a bounded time for the first connection
-    // so a wrong URL fails start-up with a clear message instead of hanging.
-    let client = opts
-        .connect(cfg.url.as_str())
+    // The first connection is tried once, so a wrong URL, credential or certificate fails start-up at once
+    // with the server's reason; once connected, the client reconnects for ever.
+    opts.connect(cfg.url.as_str())
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() > deadline {
-            return Err(fail("no server answered within 10 s".into()));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    Ok(client)
+        .map_err(|e| fail(e.to_string()))
 }
 
 fn stream_config(

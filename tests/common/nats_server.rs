@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -74,7 +74,10 @@ impl NatsServer {
                 let mut port = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                        port = rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+                        port = rest
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse::<u16>().ok());
                     }
                     let ready = line.contains("Server is ready");
                     log.lock().unwrap().push(line);
