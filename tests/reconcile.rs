@@ -14,13 +14,15 @@ use serde_json::json;
 async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_run_changes_nothing()
  {
     let env = Env::load();
-    let rm = TestRm::new(&env, "rec", (42200, 42209)).await;
+    let rm = TestRm::new(&env, "rec", (42200, 42208)).await;
+    // The worker keeps the default hold-off (its own pass at start must not race the allocation it is
+    // exposing); the passes below use none, to act on what was just planted.
+    let w = Worker::start(config(&env, &[&rm], "  reconcile_interval: 1h\n")).await;
     let cfg = config(
         &env,
         &[&rm],
         "  reconcile_hold_off: 0s\n  reconcile_interval: 1h\n",
     );
-    let w = Worker::start(cfg.clone()).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     let live = format!("{}.1", uuid::Uuid::new_v4());
@@ -30,7 +32,8 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
     replies.first(30, &live, "ready").await;
     w.stop().await;
 
-    // What a crash or a careless hand leaves: the live allocation's Service deleted, and the Service,
+    // What a crash or a careless hand leaves (on port 42209, outside the live allocation's range, so the
+    // planted listener cannot collide with the live one): the live allocation's Service deleted, and the Service,
     // route, listener and port claim of an allocation that no longer exists.
     let client = env.kube().await;
     let live_name = itg::names::object_name(&rm.name, &live, "jupyter");
