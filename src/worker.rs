@@ -154,6 +154,27 @@ fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
+/// Every binding the record knows of: the ports it holds and those its cleanup released.
+fn known_bindings(rec: &Record) -> Vec<Binding> {
+    let mut all = rec.ports.clone();
+    for r in &rec.released {
+        let container_port = rec
+            .spec
+            .as_ref()
+            .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
+            .map_or(0, |p| p.port);
+        add_touched(
+            &mut all,
+            &Binding {
+                name: r.name.clone(),
+                container_port,
+                gateway_port: r.gateway_port,
+            },
+        );
+    }
+    all
+}
+
 fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
     if !touched.contains(b) {
         touched.push(b.clone());
@@ -290,8 +311,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 (StartedStep::Expose, Some(cur)) => cur,
                 (StartedStep::Expose, None) => continue,
                 (step @ (StartedStep::RepeatFailure(_) | StartedStep::AlreadyEnded), cur) => {
-                    // This pass may have applied objects before the record moved away from exposure.
-                    self.withdraw_all(&ev.allocation_id, &touched, Some(&ev.namespace))
+                    // An earlier pass (this one, or one that gave up mid-way and whose apply the apiserver
+                    // finished late) may have applied objects after the cleanup: withdraw them all again.
+                    let mut all = cur
+                        .as_ref()
+                        .map(|(r, _)| known_bindings(r))
+                        .unwrap_or_default();
+                    for b in &touched {
+                        add_touched(&mut all, b);
+                    }
+                    self.withdraw_all(&ev.allocation_id, &all, Some(&ev.namespace))
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {
@@ -663,7 +692,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         touched: &mut Vec<Binding>,
     ) -> Result<Pass, DriveError> {
         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-        let mut all = rec.ports.clone();
+        // Released bindings too: a late apply from a pass that gave up can land after an earlier cleanup.
+        let mut all = known_bindings(rec);
         for b in touched.iter() {
             add_touched(&mut all, b);
         }
