@@ -401,6 +401,11 @@ where
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        // Where the worker may not delete it could not create either: nothing of its own is there.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(what = %what, "forbidden; treating it as absent");
+            Ok(())
+        }
         Err(err) => Err(classify(&what, err)),
     }
 }
