@@ -26,6 +26,7 @@ pub fn init_logging(format: LogFormat) {
 /// # Errors
 /// The config or a server could not be used.
 pub async fn worker_main(config_path: &Path, check_only: bool) -> anyhow::Result<()> {
+    crate::crashpoint::check()?;
     let config = Config::load(config_path)?;
     init_logging(config.log_format);
     let servers = app::connect(&config).await?;

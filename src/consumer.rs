@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::contract;
+use crate::crashpoint;
 use crate::gateway::Cluster;
 use crate::metrics;
 use crate::nats::{DeadLetter, Replier};
@@ -153,6 +154,13 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
         match handled {
             Handled::Answer { reply, msg_id } => match replier.publish(&reply, &msg_id).await {
                 Ok(()) => {
+                    match reply.kind() {
+                        contract::ReplyKind::Ready => crashpoint::reach("reply.ready_published"),
+                        contract::ReplyKind::Removed => {
+                            crashpoint::reach("reply.removed_published");
+                        }
+                        contract::ReplyKind::Failed => {}
+                    }
                     tracing::info!(reply = reply.kind().as_str(), "answered");
                     m.event(&rm, kind.as_str(), reply.kind().as_str());
                     if let (contract::ReplyKind::Ready, Ok(info)) = (reply.kind(), msg.info()) {

@@ -24,6 +24,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::config::ResourceManagerConfig;
+use crate::crashpoint;
 use crate::names;
 use crate::state::{Binding, Spec};
 
@@ -437,9 +438,14 @@ impl Cluster for KubeGateway {
         // Service first (else the route reports BackendNotFound), listener before route (else NoMatchingParent).
         self.timed("apply_service", self.apply_service(e, &name))
             .await?;
+        crashpoint::reach("expose.service_applied");
         self.timed("apply_listener", self.apply_listener(e, &name))
             .await?;
-        self.timed("apply_route", self.apply_route(e, &name)).await
+        crashpoint::reach("expose.listener_applied");
+        self.timed("apply_route", self.apply_route(e, &name))
+            .await?;
+        crashpoint::reach("expose.route_applied");
+        Ok(())
     }
 
     async fn withdraw(
@@ -455,9 +461,11 @@ impl Cluster for KubeGateway {
             let what = format!("deleting TCPRoute {ns}/{name}");
             self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
                 .await?;
+            crashpoint::reach("withdraw.route_deleted");
         }
         self.timed("remove_listener", self.remove_listener(&name))
             .await?;
+        crashpoint::reach("withdraw.listener_removed");
         if let Some(ns) = namespace {
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting Service {ns}/{name}");
@@ -466,6 +474,7 @@ impl Cluster for KubeGateway {
                 delete_ignoring_absent(services, &name, what),
             )
             .await?;
+            crashpoint::reach("withdraw.service_deleted");
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod contract;
+pub mod crashpoint;
 pub mod ctl;
 pub mod gateway;
 pub mod metrics;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocator::{self, PortView};
 use crate::config::{ResourceManagerConfig, WorkerConfig};
 use crate::contract::{self, Ended, Event, EventKind, FailureReason, GatewayRef, Reply, Started};
+use crate::crashpoint;
 use crate::gateway::{Cluster, Exposure, KubeError};
 use crate::names;
 use crate::replies;
@@ -305,7 +306,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    Outcome::Written(rev) => (*r, rev),
+                    Outcome::Written(rev) => {
+                        crashpoint::reach("started.record_created");
+                        (*r, rev)
+                    }
                     Outcome::Conflict => continue,
                 },
                 (StartedStep::Expose, Some(cur)) => cur,
@@ -431,7 +435,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    Outcome::Written(rev) => (next, rev),
+                    Outcome::Written(rev) => {
+                        crashpoint::reach("ended.ending_recorded");
+                        (next, rev)
+                    }
                     Outcome::Conflict => continue,
                 },
                 (EndedStep::Cleanup, Some(cur)) => cur,
@@ -503,6 +510,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     Outcome::Written(r) => (rec, rev) = (next, r),
                     Outcome::Conflict => return Ok(Pass::Moved),
                 }
+                crashpoint::reach("expose.ports_recorded");
             }
             let mut lost = Vec::new();
             for b in &rec.ports {
@@ -510,6 +518,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 if !self.claim(key, b).await? {
                     lost.push(b.name.clone());
                 }
+                crashpoint::reach("expose.port_claimed");
             }
             if lost.is_empty() {
                 break;
@@ -547,6 +556,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Outcome::Written(_) => rec = next,
                 Outcome::Conflict => return Ok(Pass::Moved),
             }
+            crashpoint::reach("expose.ready_recorded");
         } else if self.store.get(key).await?.map(|e| e.revision) != Some(rev) {
             return Ok(Pass::Moved);
         }
@@ -648,6 +658,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 return Ok(());
             }
             if let Outcome::Written(_) = self.store.delete(&pkey, e.revision).await? {
+                crashpoint::reach("withdraw.port_released");
                 return Ok(());
             }
         }
@@ -705,7 +716,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         }
         let next = rec.cleaned(now());
         match self.store.update(key, encode(&next), rev).await? {
-            Outcome::Written(_) => Ok(Pass::Settled(Box::new(next))),
+            Outcome::Written(_) => {
+                crashpoint::reach("cleanup.record_cleaned");
+                Ok(Pass::Settled(Box::new(next)))
+            }
             Outcome::Conflict => Ok(Pass::Moved),
         }
     }

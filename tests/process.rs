@@ -7,16 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::readyz;
 use common::{Env, Master, Replies, TestRm, free_port};
-
-fn readyz(addr: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
-}
 
 #[tokio::test]
 async fn the_worker_logs_json_with_ids_and_exits_cleanly_on_sigterm() {

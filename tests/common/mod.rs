@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -161,15 +162,21 @@ impl TestRm {
 
 /// A config for the given resource managers; `worker` is extra YAML under `worker:`.
 pub fn config(env: &Env, rms: &[&TestRm], worker: &str) -> Config {
+    Config::parse(&config_yaml(env, rms, worker, "127.0.0.1:0"), "test config")
+        .expect("test config valid")
+}
+
+/// The YAML of [`config`], with the admin endpoint at `admin`.
+pub fn config_yaml(env: &Env, rms: &[&TestRm], worker: &str, admin: &str) -> String {
     // A short ack wait so an event held by a killed worker comes back within seconds.
     let mut y = format!(
-        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\n{worker}resource_managers:\n",
+        "nats:\n  url: {}\nadmin:\n  address: {admin}\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\n{worker}resource_managers:\n",
         env.nats_url
     );
     for rm in rms {
         y.push_str(&rm.yaml(env));
     }
-    Config::parse(&y, "test config").expect("test config valid")
+    y
 }
 
 /// A worker running in this process, with its own NATS connection and apiserver clients.
