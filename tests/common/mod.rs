@@ -229,16 +229,33 @@ impl Master {
         if let Some(id) = event_id {
             headers.insert("Nats-Msg-Id", id.to_string().as_str());
         }
-        self.js
-            .publish_with_headers(
-                contract::event_subject(&self.rm, kind),
-                headers,
-                body.into(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        // As the master does: retry until stored (the chaos test restarts the server); the message id makes a
+        // retry of a stored event a duplicate the stream drops.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let body = bytes::Bytes::from(body);
+        loop {
+            let sent = self
+                .js
+                .publish_with_headers(
+                    contract::event_subject(&self.rm, kind),
+                    headers.clone(),
+                    body.clone(),
+                )
+                .await;
+            let err = match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publish to {}: {err}",
+                self.rm
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     pub async fn started_with(&self, event_id: Uuid, alloc: &str, ns: &str, ports: &[(&str, u16)]) {
@@ -332,25 +349,36 @@ impl Replies {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        let mut msgs = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: format!("_INBOX.test.{}", suffix()),
-                filter_subject: format!("itg.replies.{rm}.>"),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("reply consumer")
-            .messages()
-            .await
-            .expect("reply messages");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
+        let filter = format!("itg.replies.{rm}.>");
+        // Resubscribes after the last reply seen when the server goes away (the chaos test restarts it).
         tokio::spawn(async move {
-            while let Some(Ok(m)) = msgs.next().await {
-                let kind = m.subject.rsplit('.').next().unwrap_or("").to_owned();
-                let body: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-                sink.lock().unwrap().push(Seen { kind, body });
+            let mut next = 1;
+            loop {
+                let consumer = stream
+                    .create_consumer(consumer::push::OrderedConfig {
+                        deliver_subject: format!("_INBOX.test.{}", suffix()),
+                        filter_subject: filter.clone(),
+                        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: next,
+                        },
+                        ..Default::default()
+                    })
+                    .await;
+                if let Ok(c) = consumer
+                    && let Ok(mut msgs) = c.messages().await
+                {
+                    while let Some(Ok(m)) = msgs.next().await {
+                        if let Ok(info) = m.info() {
+                            next = info.stream_sequence + 1;
+                        }
+                        let kind = m.subject.rsplit('.').next().unwrap_or("").to_owned();
+                        let body: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                        sink.lock().unwrap().push(Seen { kind, body });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
         Replies { seen }
@@ -361,9 +389,12 @@ impl Replies {
     }
 
     pub fn for_alloc(&self, alloc: &str) -> Vec<Seen> {
-        self.all()
-            .into_iter()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
             .filter(|s| s.alloc() == Some(alloc))
+            .cloned()
             .collect()
     }
 
@@ -384,14 +415,19 @@ impl Replies {
 
     /// Waits for a reply of `kind` for `alloc` and returns it.
     pub async fn first(&self, secs: u64, alloc: &str, kind: &str) -> Seen {
-        let all = self
-            .wait(secs, &format!("{kind} for {alloc}"), |r| {
-                r.iter().any(|s| s.alloc() == Some(alloc) && s.kind == kind)
-            })
-            .await;
-        all.into_iter()
-            .find(|s| s.alloc() == Some(alloc) && s.kind == kind)
-            .unwrap()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let mine = self.for_alloc(alloc);
+            if let Some(s) = mine.iter().find(|s| s.kind == kind) {
+                return s.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs} s waiting for {kind} for {alloc}; its replies: {mine:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -1,0 +1,389 @@
+//! Chaos: 4 worker processes serve lifecycles with duplicate and out-of-order events while a random worker
+//! is SIGKILLed and restarted every few hundred milliseconds, and nats-server and kube-apiserver are each
+//! restarted once mid-run. Once it quiesces: no leaked port, listener, route or Service; no port held twice;
+//! every allocation that has not ended is ready with the addresses it first got.
+//!
+//! `ITG_CHAOS_LIFECYCLES` sets the size (120 by default; the long run is 1000) and `ITG_CHAOS_SEED` the
+//! schedule. The servers are those of `scripts/testenv up`, which this test also uses to bring them back.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::process::WorkerProcess;
+use common::{Env, Master, Observed, Replies, TestRm, config_yaml, observe};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Mutex, Semaphore};
+
+const RMS: usize = 4;
+const WORKERS: usize = 4;
+/// Allocations not yet removed, per resource manager: below the Gateway's 64 listeners at two ports each.
+const IN_FLIGHT: usize = 24;
+/// Waiting for one reply, through kills and restarts.
+const REPLY_SECS: u64 = 300;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    /// started (maybe twice), ready, ended (maybe twice), removed.
+    Normal,
+    /// ended first, then started: removed, then failed.
+    Reversed,
+    /// started and never ended: must stay ready.
+    Live,
+}
+
+struct Plan {
+    rm: usize,
+    alloc: String,
+    shape: Shape,
+    ports: Vec<(&'static str, u16)>,
+    dup_started: bool,
+    dup_ended: bool,
+    hold_ms: u64,
+}
+
+fn plans(n: usize, rng: &mut StdRng) -> Vec<Plan> {
+    (0..n)
+        .map(|i| {
+            let roll: f64 = rng.random();
+            let shape = if roll < 0.05 {
+                Shape::Live
+            } else if roll < 0.15 {
+                Shape::Reversed
+            } else {
+                Shape::Normal
+            };
+            let mut ports = vec![("jupyter", 8888)];
+            if rng.random_bool(0.5) {
+                ports.push(("tensorboard", 6006));
+            }
+            Plan {
+                rm: i % RMS,
+                alloc: format!("{}.{i}", uuid::Uuid::new_v4()),
+                shape,
+                ports,
+                dup_started: rng.random_bool(0.2),
+                dup_ended: rng.random_bool(0.1),
+                hold_ms: rng.random_range(0..400),
+            }
+        })
+        .collect()
+}
+
+/// Runs one lifecycle to its end; returns the addresses of its first ready, if it should have one.
+async fn run(p: &Plan, master: &Master, replies: &Replies, ns: &str) -> Option<Vec<String>> {
+    match p.shape {
+        Shape::Reversed => {
+            master.ended(&p.alloc).await;
+            master.started(&p.alloc, ns, &p.ports).await;
+            replies.first(REPLY_SECS, &p.alloc, "removed").await;
+            // Two workers may take the pair at once and serve the started first: then it is ready, and
+            // removed by the ended. Otherwise the late started is refused.
+            let deadline = Instant::now() + Duration::from_secs(REPLY_SECS);
+            loop {
+                let mine = replies.for_alloc(&p.alloc);
+                if let Some(f) = mine.iter().find(|s| s.kind == "failed") {
+                    assert_eq!(f.body["reason"], "invalid_event", "{:#?}", f.body);
+                    return None;
+                }
+                if let Some(r) = mine.iter().find(|s| s.kind == "ready") {
+                    return Some(r.addresses());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no answer to the late started: {mine:#?}",
+                    p.alloc
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Shape::Normal | Shape::Live => {
+            master.started(&p.alloc, ns, &p.ports).await;
+            if p.dup_started {
+                master.started(&p.alloc, ns, &p.ports).await;
+            }
+            let ready = replies.first(REPLY_SECS, &p.alloc, "ready").await;
+            if p.shape == Shape::Live {
+                return Some(ready.addresses());
+            }
+            tokio::time::sleep(Duration::from_millis(p.hold_ms)).await;
+            master.ended(&p.alloc).await;
+            if p.dup_ended {
+                master.ended(&p.alloc).await;
+            }
+            replies.first(REPLY_SECS, &p.alloc, "removed").await;
+            Some(ready.addresses())
+        }
+    }
+}
+
+/// Stops a server of `scripts/testenv` with `signal` and brings it back with `scripts/testenv up`;
+/// returns how long it was gone.
+async fn restart_server(name: &str, signal: &str) -> Duration {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let pid = std::fs::read_to_string(root.join(format!(".itg/run/{name}.pid")))
+        .unwrap_or_else(|e| panic!("{name} pid file: {e}; run `scripts/testenv up`"));
+    let pid = pid.trim().to_owned();
+    let began = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.clone()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -{signal} {name} ({pid})");
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(root.join("scripts/testenv"))
+            .arg("up")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "testenv up after killing {name}: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    began.elapsed()
+}
+
+/// What the Gateway, the task namespace and KV must hold once everything has settled: the live
+/// allocations' objects, at the ports of their first ready, and nothing else.
+fn expected(rm: &TestRm, live: &[(&Plan, Vec<String>)]) -> Observed {
+    let mut o = Observed::default();
+    for (p, addresses) in live {
+        let key = itg::names::allocation_key(&rm.name, &p.alloc);
+        for (name, _) in &p.ports {
+            let object = itg::names::object_name(&rm.name, &p.alloc, name);
+            let port: u16 = addresses
+                .iter()
+                .find_map(|a| a.strip_prefix(&format!("{name}=")))
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no address for {name} in {addresses:?}"));
+            assert!(
+                o.claims.insert(port, key.clone()).is_none(),
+                "port {port} handed to two live allocations"
+            );
+            o.listeners.insert(object.clone(), port);
+            o.services.push(object.clone());
+            o.routes.push(object);
+        }
+    }
+    o.services.sort();
+    o.routes.sort();
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
+    let n: usize = std::env::var("ITG_CHAOS_LIFECYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let seed: u64 = std::env::var("ITG_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("chaos: {n} lifecycles, seed {seed} (ITG_CHAOS_SEED={seed} repeats the schedule)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let env = Env::load();
+    let mut rms = Vec::new();
+    for i in 0..RMS {
+        let start = 44000 + 100 * u16::try_from(i).unwrap();
+        rms.push(TestRm::new(&env, "chaos", (start, start + 79)).await);
+    }
+    let rm_refs: Vec<&TestRm> = rms.iter().collect();
+    // Deadlines far beyond the outages: nothing may be answered failed because a server was away.
+    let worker_yaml = "  capacity_deadline: 10m\n  kubernetes_deadline: 10m\n  reconcile_interval: 5s\n  reconcile_hold_off: 20s\n";
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let mut w =
+            WorkerProcess::spawn(|admin| config_yaml(&env, &rm_refs, worker_yaml, admin), &[]);
+        w.ready(120).await;
+        workers.push(w);
+    }
+    let mut masters = Vec::new();
+    let mut watchers = Vec::new();
+    for rm in &rms {
+        masters.push(Arc::new(Master::new(&env, &rm.name).await));
+        watchers.push(Arc::new(Replies::watch(&env, &rm.name).await));
+    }
+    let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng));
+    let began = Instant::now();
+
+    // A random worker is killed and restarted every few hundred milliseconds until the lifecycles end.
+    let workers = Arc::new(Mutex::new(workers));
+    let done = Arc::new(AtomicUsize::new(0));
+    let storm = {
+        let workers = workers.clone();
+        let done = done.clone();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        tokio::spawn(async move {
+            let mut kills = 0usize;
+            while done.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+                let i = rng.random_range(0..WORKERS);
+                workers.lock().await[i].restart();
+                kills += 1;
+            }
+            kills
+        })
+    };
+    // The servers: nats-server a third of the way in, kube-apiserver two thirds of the way in.
+    let restarts = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut gone = Vec::new();
+            for (at, name, signal) in [(n / 3, "nats-n1", "TERM"), (2 * n / 3, "apiserver", "KILL")]
+            {
+                while done.load(Ordering::SeqCst) < at {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let d = restart_server(name, signal).await;
+                println!(
+                    "chaos: {name} stopped with SIG{signal} and back in {:.1} s",
+                    d.as_secs_f64()
+                );
+                gone.push((name, d));
+            }
+            gone
+        })
+    };
+
+    let gates: Vec<Arc<Semaphore>> = (0..RMS)
+        .map(|_| Arc::new(Semaphore::new(IN_FLIGHT)))
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (plans, done) = (plans.clone(), done.clone());
+        let p = &plans[i];
+        let (master, replies) = (masters[p.rm].clone(), watchers[p.rm].clone());
+        let gate = gates[p.rm].clone();
+        let ns = rms[p.rm].task_ns.clone();
+        let permit = gate.acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let p = &plans[i];
+            let first = run(p, &master, &replies, &ns).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            // A live allocation keeps its place: it still holds listeners.
+            if p.shape == Shape::Live {
+                permit.forget();
+            }
+            first
+        }));
+    }
+    let mut first = Vec::new();
+    for t in tasks {
+        first.push(t.await.expect("a lifecycle failed"));
+    }
+    let kills = storm.await.unwrap();
+    let outages = restarts.await.unwrap();
+    let served = began.elapsed();
+
+    // Quiesced: every worker alive, every lifecycle answered. Objects settle, orphans (if any) go after the
+    // reconciler's hold-off.
+    for w in workers.lock().await.iter_mut() {
+        w.ready(120).await;
+    }
+    let settle = Instant::now();
+    let mut wanted = Vec::new();
+    for (r, rm) in rms.iter().enumerate() {
+        let live: Vec<(&Plan, Vec<String>)> = plans
+            .iter()
+            .zip(&first)
+            .filter(|(p, _)| p.rm == r && p.shape == Shape::Live)
+            .map(|(p, f)| (p, f.clone().unwrap()))
+            .collect();
+        wanted.push(expected(rm, &live));
+    }
+    let mut seen = Vec::new();
+    loop {
+        seen.clear();
+        for rm in &rms {
+            seen.push(observe(&env, rm).await);
+        }
+        if seen.iter().zip(&wanted).all(|(s, w)| {
+            s.listeners == w.listeners
+                && s.services == w.services
+                && s.routes == w.routes
+                && s.claims == w.claims
+        }) {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "the state did not settle to the live allocations within 120 s after the run:\n{}",
+            seen.iter()
+                .zip(&wanted)
+                .map(|(s, w)| format!("seen {s:#?}\nwanted {w:#?}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // Every ready of an allocation carries its first addresses; only the reversed ones were refused.
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (p, f) in plans.iter().zip(&first) {
+        let mine = watchers[p.rm].for_alloc(&p.alloc);
+        for s in &mine {
+            *kinds.entry(s.kind.clone()).or_default() += 1;
+            if s.kind == "ready" {
+                assert_eq!(
+                    Some(s.addresses()),
+                    *f,
+                    "{}: a ready with other addresses",
+                    p.alloc
+                );
+            }
+            if s.kind == "failed" {
+                assert_eq!(
+                    p.shape,
+                    Shape::Reversed,
+                    "{}: failed {:#?}",
+                    p.alloc,
+                    s.body
+                );
+            }
+        }
+    }
+    let live = plans.iter().filter(|p| p.shape == Shape::Live).count();
+    let reversed = plans.iter().filter(|p| p.shape == Shape::Reversed).count();
+    let dups = plans.iter().filter(|p| p.dup_started).count()
+        + plans.iter().filter(|p| p.dup_ended).count();
+    let ports: BTreeSet<u16> = wanted
+        .iter()
+        .flat_map(|w| w.claims.keys().copied())
+        .collect();
+    println!(
+        "chaos: {n} lifecycles ({live} left live, {reversed} out of order, {dups} duplicate events) over {RMS} \
+         Gateways by {WORKERS} workers in {:.1} s; {kills} worker kills; outages {:?}; replies {kinds:?}; \
+         settled {:.1} s after the last reply with {} listeners and ports held by the live allocations, \
+         no leak, no port held twice",
+        served.as_secs_f64(),
+        outages
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        settle.elapsed().as_secs_f64(),
+        ports.len(),
+    );
+
+    for p in plans.iter().filter(|p| p.shape == Shape::Live) {
+        masters[p.rm].ended(&p.alloc).await;
+        watchers[p.rm].first(REPLY_SECS, &p.alloc, "removed").await;
+    }
+    drop(workers);
+    for rm in &rms {
+        rm.teardown(&env).await;
+    }
+}
