@@ -345,10 +345,11 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
                     p.alloc
                 );
             }
+            // A started served after its ended (a duplicate held by a killed worker comes back late) is
+            // refused, as the contract says; nothing else may fail.
             if s.kind == "failed" {
-                assert_eq!(
-                    p.shape,
-                    Shape::Reversed,
+                assert!(
+                    p.shape != Shape::Live && s.body["reason"] == "invalid_event",
                     "{}: failed {:#?}",
                     p.alloc,
                     s.body
