@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::contract::{self, EventKind};
+use crate::nats;
 
 /// Publishes events to, and reads replies from, the Internal Task Gateway's streams.
 #[derive(Parser)]
@@ -610,7 +611,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let client = async_nats::connect(args.nats_url.as_str())
+    let addrs = nats::server_addrs(&args.nats_url).map_err(anyhow::Error::msg)?;
+    let client = async_nats::connect(addrs)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
     let js = jetstream::new(client);

@@ -75,11 +75,25 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, NatsError> 
             opts = opts.add_client_certificate(c.clone(), k.clone());
         }
     }
+    let addrs = server_addrs(&cfg.url).map_err(fail)?;
     // The first connection is tried once, so a wrong URL, credential or certificate fails start-up at once
     // with the server's reason; once connected, the client reconnects for ever.
-    opts.connect(cfg.url.as_str())
-        .await
-        .map_err(|e| fail(e.to_string()))
+    opts.connect(addrs).await.map_err(|e| fail(e.to_string()))
+}
+
+/// The servers of a comma-separated URL list (the client's own parser takes one URL only).
+///
+/// # Errors
+/// The URL that does not parse, and why.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{}: {e}", crate::config::redacted_url(u)))
+        })
+        .collect()
 }
 
 fn stream_config(
@@ -301,5 +315,22 @@ impl Replier for JetStreamReplier {
             .await
             .map_err(|e| fail(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_addrs;
+
+    #[test]
+    fn a_url_list_names_every_server_and_a_bad_one_is_named() {
+        let addrs = server_addrs("nats://a:4222, tls://b:4223").unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[1].port(), 4223);
+        let err = server_addrs("nats://a:4222,nats://u:secret@b:notaport").unwrap_err();
+        assert!(
+            err.contains("b:notaport") && !err.contains("secret"),
+            "{err}"
+        );
     }
 }

@@ -93,6 +93,9 @@ pub struct Record {
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Unix seconds of the first move to `Ready`: the started that created the record was answered `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<i64>,
     /// Unix seconds of the record's creation: capacity and Kubernetes deadlines count from here.
     #[serde(default)]
     pub created_at: i64,
@@ -112,6 +115,9 @@ pub enum StartedStep {
     RepeatFailure(Failure),
     /// The allocation has ended: expose nothing, answer `failed`.
     AlreadyEnded,
+    /// A redelivery of the started already answered `ready`, arriving after the ended: expose nothing and
+    /// answer nothing, so the started never gets two different answers.
+    AlreadyAnswered,
 }
 
 /// Decides what a started does.
@@ -132,6 +138,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             released: Vec::new(),
             ended_event_id: None,
             failure: None,
+            ready_at: None,
             created_at: now,
             updated_at: now,
         })),
@@ -142,6 +149,11 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
                 message: "the allocation failed earlier".into(),
                 retryable: true,
             })),
+            Phase::Ending | Phase::Removed
+                if r.ready_at.is_some() && r.started_event_id == Some(ev.event_id) =>
+            {
+                StartedStep::AlreadyAnswered
+            }
             Phase::Ending | Phase::Removed => StartedStep::AlreadyEnded,
         },
     }
@@ -177,6 +189,7 @@ pub fn on_ended(
             released: Vec::new(),
             ended_event_id: Some(event_id),
             failure: None,
+            ready_at: None,
             created_at: now,
             updated_at: now,
         }),
@@ -278,6 +291,30 @@ mod tests {
         let r = created("a.1");
         assert_eq!(r.phase, Phase::Exposing);
         assert_eq!(r.unbound().len(), 2);
+    }
+
+    #[test]
+    fn a_redelivered_started_after_its_ended_is_not_answered_twice() {
+        let ev = mk_started("a.1");
+        let StartedStep::Create(mut r) = on_started(None, "rm", &ev, 1) else {
+            panic!("expected Create")
+        };
+        r.phase = Phase::Removed;
+        // Never ready: the started was not answered, so it gets `failed`.
+        assert_eq!(
+            on_started(Some(&r), "rm", &ev, 2),
+            StartedStep::AlreadyEnded
+        );
+        r.ready_at = Some(1);
+        assert_eq!(
+            on_started(Some(&r), "rm", &ev, 2),
+            StartedStep::AlreadyAnswered
+        );
+        // Another started for the ended allocation is refused, whatever came before.
+        assert_eq!(
+            on_started(Some(&r), "rm", &mk_started("a.1"), 2),
+            StartedStep::AlreadyEnded
+        );
     }
 
     #[test]

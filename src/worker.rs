@@ -314,7 +314,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 },
                 (StartedStep::Expose, Some(cur)) => cur,
                 (StartedStep::Expose, None) => continue,
-                (step @ (StartedStep::RepeatFailure(_) | StartedStep::AlreadyEnded), cur) => {
+                (
+                    step @ (StartedStep::RepeatFailure(_)
+                    | StartedStep::AlreadyEnded
+                    | StartedStep::AlreadyAnswered),
+                    cur,
+                ) => {
                     // An earlier pass (this one, or one that gave up mid-way and whose apply the apiserver
                     // finished late) may have applied objects after the cleanup: withdraw them all again.
                     let mut all = cur
@@ -329,6 +334,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .map_err(drive_msg)?;
                     let f = match step {
                         StartedStep::RepeatFailure(f) => f,
+                        StartedStep::AlreadyAnswered => return Ok(Handled::Done),
                         _ => Failure {
                             reason: FailureReason::InvalidEvent,
                             message: format!(
@@ -552,6 +558,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             let mut next = rec.clone();
             next.phase = Phase::Ready;
             next.updated_at = now();
+            next.ready_at.get_or_insert(next.updated_at);
             match self.store.update(key, encode(&next), rev).await? {
                 Outcome::Written(_) => rec = next,
                 Outcome::Conflict => return Ok(Pass::Moved),

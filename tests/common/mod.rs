@@ -68,7 +68,7 @@ impl Env {
     }
 
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(self.nats_url.as_str())
+        async_nats::connect(itg::nats::server_addrs(&self.nats_url).expect("NATS_URL"))
             .await
             .expect("NATS reachable")
     }

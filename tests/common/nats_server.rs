@@ -118,6 +118,12 @@ impl NatsServer {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// SIGKILL: the node dies at once, its directory stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// A path inside the server's directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

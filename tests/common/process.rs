@@ -134,8 +134,21 @@ fn start(
         .expect("itg-worker starts");
     let stderr = child.stderr.take().unwrap();
     let log = log.clone();
+    // ITG_TEST_WORKER_LOG: a file that collects every worker's stderr, for a long run's post-mortem.
+    let mut file = std::env::var_os("ITG_TEST_WORKER_LOG").and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let pid = child.id();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = file.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "[{pid}] {line}");
+            }
             log.lock().unwrap().push(line);
         }
     });
