@@ -121,7 +121,10 @@ fn start(
     env: &[(String, String)],
     log: &Arc<Mutex<Vec<String>>>,
 ) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_itg-worker"))
+    // ITG_TEST_WORKER_BIN: a copy of the binary, so a long run survives a rebuild meanwhile.
+    let bin = std::env::var("ITG_TEST_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_itg-worker").to_owned());
+    let mut child = Command::new(bin)
         .args(["--config", config.path().to_str().unwrap()])
         .env(
             "RUST_LOG",
