@@ -23,10 +23,6 @@ fn exposed(o: &Observed, key: &str) -> bool {
         && claimed == listened
 }
 
-fn nothing_left(o: &Observed) -> bool {
-    o.listeners.is_empty() && o.services.is_empty() && o.routes.is_empty() && o.claims.is_empty()
-}
-
 async fn crash_at(point: &'static str) {
     assert!(POINTS.contains(&point), "{point} is not a crash point");
     let in_removal = POINTS.iter().position(|p| *p == point)
@@ -102,7 +98,7 @@ async fn crash_at(point: &'static str) {
         replies.first(90, &a, "removed").await;
     }
     let end = observe(&env, &rm).await;
-    assert!(nothing_left(&end), "left behind after removal: {end:#?}");
+    assert!(end.is_empty(), "left behind after removal: {end:#?}");
     println!(
         "crash point {point}: at the crash {} listeners, {} Services, {} routes, {} port claims, {} replies; \
          recovered by the restart in {:.1} s; ready {:?}; {} listeners after the recovery; nothing left after removal",

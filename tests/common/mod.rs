@@ -444,6 +444,16 @@ pub struct Observed {
     pub claims: BTreeMap<u16, String>,
 }
 
+impl Observed {
+    /// No owned listener, Service, route or port claim: nothing left behind.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.services.is_empty()
+            && self.routes.is_empty()
+            && self.claims.is_empty()
+    }
+}
+
 pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
     let client = env.kube().await;
     let mut o = Observed::default();
