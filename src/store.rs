@@ -70,6 +70,29 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
+/// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
+/// for the port search: the create that follows is what makes a claim exclusive.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn unclaimed<S: Store>(
+    store: &S,
+    prefix: &str,
+    candidates: impl Iterator<Item = u16>,
+    n: usize,
+) -> Result<Vec<u16>, StoreError> {
+    let mut chosen = Vec::with_capacity(n);
+    for port in candidates {
+        if chosen.len() == n {
+            break;
+        }
+        if store.get(&format!("{prefix}{port}")).await?.is_none() {
+            chosen.push(port);
+        }
+    }
+    Ok(chosen)
+}
+
 /// The JetStream KV bucket.
 #[derive(Clone)]
 pub struct KvStore {
