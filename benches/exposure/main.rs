@@ -1,0 +1,451 @@
+//! What an exposure costs, against the calls it cannot avoid, on the real servers of `scripts/testenv`.
+//!
+//! `scripts/bench [--size ci|small|full] [--json]` runs it; see BENCHMARKS.md. Workers run in this process
+//! (each with its own NATS and apiserver clients), except for the memory figure, which is read from a real
+//! `itg-worker` process. Every ratio is taken within one run, because the machine is noisy.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod alloc;
+mod drive;
+mod floor;
+mod report;
+mod rss;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{Env, Master, TestRm, Worker};
+use drive::{Waiter, pcts};
+use report::{Row, at_least, at_most, bound, info, ms};
+
+/// How much of everything to do.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    /// Timed exposures per latency sample (after a warm-up of 5).
+    latency: usize,
+    /// Lifecycles per throughput figure.
+    lifecycles: usize,
+    /// Allocations (and raw creates) for the allocator figure.
+    allocations: usize,
+    /// Live allocations for the memory figure, over `rss_gateways`.
+    rss_live: usize,
+    rss_gateways: usize,
+    /// Live allocations for the "how cost grows" figure: few, then many.
+    live_few: usize,
+    live_many: usize,
+    /// Timed exposures at each of those.
+    probes: usize,
+}
+
+impl Size {
+    fn named(s: &str) -> Size {
+        match s {
+            "ci" => Size {
+                latency: 20,
+                lifecycles: 50,
+                allocations: 200,
+                rss_live: 40,
+                rss_gateways: 2,
+                live_few: 10,
+                live_many: 60,
+                probes: 10,
+            },
+            "small" => Size {
+                latency: 100,
+                lifecycles: 400,
+                allocations: 1000,
+                rss_live: 250,
+                rss_gateways: 4,
+                live_few: 10,
+                live_many: 500,
+                probes: 50,
+            },
+            "full" => Size {
+                latency: 300,
+                lifecycles: 2000,
+                allocations: 4000,
+                rss_live: 1000,
+                rss_gateways: 16,
+                live_few: 10,
+                live_many: 2000,
+                probes: 100,
+            },
+            other => panic!("unknown --size {other:?}: ci, small or full"),
+        }
+    }
+}
+
+/// Live allocations per Gateway: the range and listener cap are 64, one slot is the operator's placeholder
+/// and a few stay free for the timed exposures.
+const PER_GATEWAY: usize = 58;
+const RANGE: (u16, u16) = (40000, 40063);
+const IN_FLIGHT: usize = 32;
+
+struct Bench {
+    env: Env,
+    waiter: Waiter,
+    size: Size,
+    rms: Vec<TestRm>,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    async fn rms(&mut self, prefix: &str, n: usize) -> Vec<usize> {
+        let mut idx = Vec::new();
+        for _ in 0..n {
+            self.rms.push(TestRm::new(&self.env, prefix, RANGE).await);
+            idx.push(self.rms.len() - 1);
+        }
+        idx
+    }
+
+    async fn targets(&self, idx: &[usize]) -> Vec<(Master, String)> {
+        let mut out = Vec::new();
+        for &i in idx {
+            let rm = &self.rms[i];
+            out.push((Master::new(&self.env, &rm.name).await, rm.task_ns.clone()));
+        }
+        out
+    }
+
+    async fn workers(&self, idx: &[usize], n: usize) -> Vec<Worker> {
+        let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
+        let mut ws = Vec::new();
+        for _ in 0..n {
+            ws.push(Worker::start(common::config(&self.env, &rms, "")).await);
+        }
+        ws
+    }
+
+    /// Exposure latency with 1 and 4 workers, each interleaved with the floor on the same Gateway.
+    async fn latency(&mut self) -> usize {
+        let idx = self.rms("lat", 1).await;
+        let targets = self.targets(&idx).await;
+        let (m, ns) = &targets[0];
+        let mut fl = None;
+        for workers in [1, 4] {
+            let ws = self.workers(&idx, workers).await;
+            if fl.is_none() {
+                // After a worker has started: it creates the state bucket.
+                let rm = &self.rms[idx[0]];
+                let (nats, kube) = (self.env.nats().await, self.env.kube().await);
+                fl = Some(
+                    floor::Floor::new(nats, kube, &rm.gateway_ns, &rm.gateway, &rm.task_ns).await,
+                );
+            }
+            let Some(fl) = fl.as_ref() else { continue };
+            let (mut wk, mut fr) = (Vec::new(), Vec::new());
+            for i in 0..self.size.latency + 5 {
+                let port = 41000 + u16::try_from(i % 500).expect("port");
+                let a = drive::alloc_id("lat");
+                let fa = drive::alloc_id("floor");
+                // Alternate which goes first, so neither always follows the other's cleanup.
+                let (w, f) = if i % 2 == 0 {
+                    let w = drive::expose(m, &self.waiter, &a, ns).await.expect("ready");
+                    drive::end(m, &self.waiter, &a).await;
+                    let f = fl.expose(&fa, port).await;
+                    fl.withdraw(&fa, port).await;
+                    (w, f)
+                } else {
+                    let f = fl.expose(&fa, port).await;
+                    fl.withdraw(&fa, port).await;
+                    let w = drive::expose(m, &self.waiter, &a, ns).await.expect("ready");
+                    drive::end(m, &self.waiter, &a).await;
+                    (w, f)
+                };
+                if i >= 5 {
+                    wk.push(w);
+                    fr.push(f);
+                }
+            }
+            for w in ws {
+                w.stop().await;
+            }
+            let (w, f) = (pcts(&wk), pcts(&fr));
+            let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+            let tag = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
+            if workers == 1 {
+                self.rows.push(at_most(
+                    format!("exposure p50, {tag}"),
+                    ms(w.p50),
+                    format!("floor p50 {}", ms(f.p50)),
+                    ratio(w.p50, f.p50),
+                    1.3,
+                ));
+                self.rows.push(info(format!("exposure p95, {tag}"), ms(w.p95)));
+                self.rows.push(at_most(
+                    format!("exposure p99, {tag}"),
+                    ms(w.p99),
+                    format!("floor p99 {}", ms(f.p99)),
+                    ratio(w.p99, f.p99),
+                    2.0,
+                ));
+            } else {
+                let mut r = info(
+                    format!("exposure p50 / p95 / p99, {tag}"),
+                    format!("{} / {} / {}", ms(w.p50), ms(w.p95), ms(w.p99)),
+                );
+                r.reference = format!("floor p50 {} / p99 {}", ms(f.p50), ms(f.p99));
+                r.ratio = Some(ratio(w.p50, f.p50));
+                self.rows.push(r);
+            }
+        }
+        idx[0]
+    }
+
+    /// Lifecycles per second at 1, 2 and 4 workers, on one Gateway and over eight.
+    async fn lifecycles(&mut self) {
+        let idx = self.rms("life", 8).await;
+        let mut rates = Vec::new();
+        for gateways in [1, 8] {
+            let on = &idx[..gateways];
+            let targets = self.targets(on).await;
+            for workers in [1, 2, 4] {
+                let ws = self.workers(on, workers).await;
+                let n = self.size.lifecycles;
+                let (took, refused) = drive::lifecycles(&targets, &self.waiter, n, IN_FLIGHT).await;
+                for w in ws {
+                    w.stop().await;
+                }
+                let rate = n as f64 / took.as_secs_f64();
+                rates.push(((gateways, workers), rate));
+                let mut r = info(
+                    format!(
+                        "lifecycles/s, {workers} worker{}, {gateways} Gateway{}",
+                        if workers == 1 { "" } else { "s" },
+                        if gateways == 1 { "" } else { "s" }
+                    ),
+                    format!("{rate:.1}/s ({n} in {:.1} s)", took.as_secs_f64()),
+                );
+                if refused > 0 {
+                    r.reference = format!("{refused} refused");
+                }
+                self.rows.push(r);
+            }
+        }
+        let rate = |k| rates.iter().find(|(c, _)| *c == k).map_or(0.0, |(_, r)| *r);
+        let top = rate((8, 4));
+        self.rows.push(at_least(
+            "lifecycles/s, 4 workers over 8 Gateways / 1 worker over 8",
+            format!("{top:.1}/s"),
+            format!("{:.1}/s", rate((8, 1))),
+            top / rate((8, 1)),
+            2.5,
+        ));
+        self.rows.push(info(
+            "lifecycles/s, 4 workers over 8 Gateways / 1 worker on 1",
+            format!("{:.2}x (of {:.1}/s)", top / rate((1, 1)), rate((1, 1))),
+        ));
+    }
+
+    async fn allocator(&mut self) {
+        let js = jetstream::new(self.env.nats().await);
+        let store = itg::store::KvStore::open(&js, &Default::default())
+            .await
+            .expect("state bucket");
+        let raw = js.get_key_value("ITG_STATE").await.expect("state bucket");
+        let n = self.size.allocations;
+        let creates = alloc::raw_create(&raw, n, 8).await;
+        let (allocs, lost) = alloc::allocator(&store, &raw, n, 8).await;
+        self.rows.push(at_least(
+            "port allocations/s, 8-way (range ends half full)",
+            format!("{allocs:.0}/s ({lost} lost races)"),
+            format!("raw kv.create {creates:.0}/s"),
+            allocs / creates,
+            0.8,
+        ));
+    }
+
+    /// Replays the events of a resource manager whose allocations have all ended.
+    async fn replay(&mut self, rm: usize) {
+        let config = common::config(&self.env, &[&self.rms[rm]], "");
+        let servers = itg::app::connect(&config).await.expect("connect");
+        let c = &servers.rms[0];
+        let handler = itg::worker::Handler::new(
+            itg::worker::RmContext::new(&c.config),
+            servers.store.clone(),
+            c.gateway.clone(),
+            config.worker.clone(),
+        );
+        let replier = itg::nats::JetStreamReplier::new(servers.js.clone());
+        let t0 = Instant::now();
+        let summary = itg::replay::replay(
+            &servers.js,
+            &handler,
+            &servers.store,
+            &replier,
+            itg::replay::From::Sequence(1),
+            |_, _| {},
+        )
+        .await
+        .expect("replay");
+        let rate = summary.seen as f64 / t0.elapsed().as_secs_f64();
+        self.rows.push(bound(
+            format!(
+                "replay of done events ({} events, {} already right)",
+                summary.seen, summary.already_right
+            ),
+            rate,
+            "events/s",
+            ">= 5000".into(),
+            rate >= 5000.0,
+        ));
+    }
+
+    async fn memory(&mut self) {
+        let idx = self.rms("rss", self.size.rss_gateways).await;
+        let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
+        let (rss, hwm) = rss::worker_rss(&self.env, &self.waiter, &rms, self.size.rss_live).await;
+        self.rows.push(bound(
+            format!(
+                "itg-worker RSS, {} live allocations over {} Gateways (peak {hwm:.1} MiB)",
+                self.size.rss_live, self.size.rss_gateways
+            ),
+            rss,
+            "MiB",
+            "<= 64 MiB".into(),
+            rss <= 64.0,
+        ));
+    }
+
+    /// Exposure p50 with few live allocations, then with many, on the same worker.
+    async fn growth(&mut self) {
+        let (few, many) = (self.size.live_few, self.size.live_many);
+        let gateways = many.div_ceil(PER_GATEWAY);
+        let idx = self.rms("grow", gateways).await;
+        let targets = self.targets(&idx).await;
+        let ws = self.workers(&idx, 1).await;
+        let probe = |targets: &[(Master, String)]| {
+            let (m, ns) = (targets[0].0.clone(), targets[0].1.clone());
+            let (w, n) = (self.waiter.clone(), self.size.probes);
+            async move {
+                let mut s = Vec::new();
+                for i in 0..n + 5 {
+                    let a = drive::alloc_id("probe");
+                    let d = drive::expose(&m, &w, &a, &ns).await.expect("probe ready");
+                    drive::end(&m, &w, &a).await;
+                    if i >= 5 {
+                        s.push(d);
+                    }
+                }
+                pcts(&s).p50
+            }
+        };
+        let mut live = drive::fill(&targets[..1], &self.waiter, few, IN_FLIGHT).await;
+        let p_few = probe(&targets).await;
+        // Bring every Gateway to its share of `many` (the first one already holds `few`).
+        let mut rest = Vec::new();
+        for (t, target) in targets.iter().enumerate() {
+            let share = many / gateways + usize::from(t < many % gateways);
+            let have = if t == 0 { few } else { 0 };
+            let more = drive::fill(
+                std::slice::from_ref(target),
+                &self.waiter,
+                share.saturating_sub(have),
+                IN_FLIGHT,
+            );
+            rest.push(more.await.remove(0));
+        }
+        live[0].extend(rest.remove(0));
+        live.extend(rest);
+        let p_many = probe(&targets).await;
+        drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;
+        for w in ws {
+            w.stop().await;
+        }
+        self.rows.push(at_most(
+            format!("exposure p50 at {many} live over {gateways} Gateways / at {few} live"),
+            ms(p_many),
+            format!("{} at {few} live", ms(p_few)),
+            p_many.as_secs_f64() / p_few.as_secs_f64(),
+            1.2,
+        ));
+    }
+
+    async fn teardown(&self) {
+        let js = jetstream::new(self.env.nats().await);
+        for rm in &self.rms {
+            rm.teardown(&self.env).await;
+            if let Ok(s) = js.get_stream(itg::contract::EVENTS_STREAM).await {
+                let _ = s.delete_consumer(&format!("itg-worker-{}", rm.name)).await;
+            }
+        }
+    }
+}
+
+fn versions() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0.0, |kib| kib as f64 / 1024.0 / 1024.0);
+    format!("{cores} cores, {mem:.1} GiB memory")
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let size = value("--size");
+    // `cargo test --all-targets` runs this binary too, with no size: that run is not a benchmark.
+    if size.is_none() && !args.iter().any(|a| a == "--bench") {
+        println!("exposure bench: skipped (run it with scripts/bench)");
+        return;
+    }
+    let size_name = size.unwrap_or_else(|| "small".into());
+    let only = value("--only");
+    let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
+    let env = Env::load();
+    let waiter = Waiter::start(env.nats().await).await;
+    let mut b = Bench {
+        env,
+        waiter,
+        size: Size::named(&size_name),
+        rms: Vec::new(),
+        rows: Vec::new(),
+    };
+    let t0 = Instant::now();
+    let mut lat_rm = None;
+    if want("latency") {
+        lat_rm = Some(b.latency().await);
+    }
+    if want("lifecycles") {
+        b.lifecycles().await;
+    }
+    if want("allocator") {
+        b.allocator().await;
+    }
+    if let Some(rm) = lat_rm.filter(|_| want("replay")) {
+        b.replay(rm).await;
+    }
+    if want("memory") {
+        b.memory().await;
+    }
+    if want("growth") {
+        b.growth().await;
+    }
+    b.teardown().await;
+    let nats = b.env.nats().await.server_info().version;
+    println!(
+        "\nexposure bench, size {size_name}, {}, nats-server {nats}, took {:.0} s\n",
+        versions(),
+        t0.elapsed().as_secs_f64()
+    );
+    if args.iter().any(|a| a == "--json") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&b.rows).expect("rows serialize")
+        );
+    } else {
+        print!("{}", report::markdown(&b.rows));
+    }
+}
