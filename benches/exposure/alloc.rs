@@ -28,7 +28,8 @@ pub async fn allocator(store: &KvStore, raw: &kv::Store, n: usize, ways: usize) 
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ways {
-        let (store, prefix, left, lost) = (store.clone(), prefix.clone(), left.clone(), lost.clone());
+        let (store, prefix, left, lost) =
+            (store.clone(), prefix.clone(), left.clone(), lost.clone());
         tasks.spawn(async move {
             let view = PortView::default();
             while left

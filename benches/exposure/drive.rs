@@ -110,8 +110,13 @@ pub async fn lifecycles(
     let mut tasks = tokio::task::JoinSet::new();
     for (m, ns) in targets {
         for _ in 0..in_flight {
-            let (m, ns, w, left, refused) =
-                (m.clone(), ns.clone(), w.clone(), left.clone(), refused.clone());
+            let (m, ns, w, left, refused) = (
+                m.clone(),
+                ns.clone(),
+                w.clone(),
+                left.clone(),
+                refused.clone(),
+            );
             tasks.spawn(async move {
                 while left
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -160,7 +165,12 @@ pub async fn fill(
 }
 
 /// Ends every allocation of `fill`.
-pub async fn drain(targets: &[(Master, String)], w: &Waiter, live: &[Vec<String>], in_flight: usize) {
+pub async fn drain(
+    targets: &[(Master, String)],
+    w: &Waiter,
+    live: &[Vec<String>],
+    in_flight: usize,
+) {
     let jobs: Vec<(usize, &String)> = live
         .iter()
         .enumerate()

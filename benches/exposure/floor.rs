@@ -27,6 +27,8 @@ pub struct Floor {
     /// A resource manager token of its own, so nothing of the floor is ever taken for the worker's.
     rm: String,
     spec: Spec,
+    /// Per exposure, the time of each step: KV, Service, listener, route, reply.
+    steps: std::sync::Mutex<Vec<[Duration; 5]>>,
 }
 
 impl Floor {
@@ -59,6 +61,7 @@ impl Floor {
                 }],
                 task_id: None,
             },
+            steps: std::sync::Mutex::default(),
         }
     }
 
@@ -79,7 +82,10 @@ impl Floor {
             spec: &self.spec,
             binding: &b,
         };
-        let name = format!("floor-{}", &names::object_name(&self.rm, alloc, "jupyter")[4..]);
+        let name = format!(
+            "floor-{}",
+            &names::object_name(&self.rm, alloc, "jupyter")[4..]
+        );
         let record = serde_json::json!({
             "allocation_id": alloc, "resource_manager": self.rm, "phase": "ready",
             "spec": self.spec, "ports": [b], "released": [],
@@ -92,8 +98,12 @@ impl Floor {
         let gateways: Api<Gateway> = Api::namespaced(self.client.clone(), &self.gateway_ns);
 
         let t0 = Instant::now();
+        let mut marks = [t0; 6];
         self.kv
-            .create(names::allocation_key(&self.rm, alloc), record.to_string().into())
+            .create(
+                names::allocation_key(&self.rm, alloc),
+                record.to_string().into(),
+            )
             .await
             .expect("floor: record");
         let pkey = names::port_key(&self.rm, &self.gateway_ns, &self.gateway, port);
@@ -101,20 +111,28 @@ impl Floor {
             .create(pkey, claim.to_string().into())
             .await
             .expect("floor: port key");
+        marks[1] = Instant::now();
         services
-            .patch(&name, &pp, &Patch::Apply(&gateway::service_object(&e, &name)))
+            .patch(
+                &name,
+                &pp,
+                &Patch::Apply(&gateway::service_object(&e, &name)),
+            )
             .await
             .expect("floor: Service");
+        marks[2] = Instant::now();
         let body = gateway::listener_patch(&self.gateway_ns, &self.gateway, &e, &name);
         gateways
             .patch(&self.gateway, &lpp, &Patch::Apply(&body))
             .await
             .expect("floor: listener");
+        marks[3] = Instant::now();
         let route = gateway::route_object(&self.gateway_ns, &self.gateway, &e, &name);
         routes
             .patch(&name, &pp, &Patch::Apply(&route))
             .await
             .expect("floor: TCPRoute");
+        marks[4] = Instant::now();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("floor-{alloc}").as_str());
         let reply = serde_json::json!({
@@ -133,12 +151,36 @@ impl Floor {
             .expect("floor: publish")
             .await
             .expect("floor: stored");
+        marks[5] = Instant::now();
+        let step = |i: usize| marks[i + 1] - marks[i];
+        self.steps
+            .lock()
+            .expect("steps")
+            .push([step(0), step(1), step(2), step(3), step(4)]);
         t0.elapsed()
+    }
+
+    /// The median of each step so far, and forgets them.
+    pub fn breakdown(&self) -> String {
+        let all = std::mem::take(&mut *self.steps.lock().expect("steps"));
+        let names = ["KV creates", "Service", "listener", "TCPRoute", "reply"];
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let s: Vec<Duration> = all.iter().map(|a| a[i]).collect();
+                format!("{n} {}", crate::report::ms(crate::drive::pcts(&s).p50))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Removes what [`Floor::expose`] made (not timed).
     pub async fn withdraw(&self, alloc: &str, port: u16) {
-        let name = format!("floor-{}", &names::object_name(&self.rm, alloc, "jupyter")[4..]);
+        let name = format!(
+            "floor-{}",
+            &names::object_name(&self.rm, alloc, "jupyter")[4..]
+        );
         let dp = DeleteParams::background();
         let _ = Api::<TcpRoute>::namespaced(self.client.clone(), &self.task_ns)
             .delete(&name, &dp)
@@ -158,7 +200,12 @@ impl Floor {
         let _ = self.kv.purge(names::allocation_key(&self.rm, alloc)).await;
         let _ = self
             .kv
-            .purge(names::port_key(&self.rm, &self.gateway_ns, &self.gateway, port))
+            .purge(names::port_key(
+                &self.rm,
+                &self.gateway_ns,
+                &self.gateway,
+                port,
+            ))
             .await;
     }
 }

@@ -4,9 +4,10 @@
 //! (each with its own NATS and apiserver clients), except for the memory figure, which is read from a real
 //! `itg-worker` process. Every ratio is taken within one run, because the machine is noisy.
 
+mod alloc;
 #[path = "../../tests/common/mod.rs"]
 mod common;
-mod alloc;
+mod cpu;
 mod drive;
 mod floor;
 mod report;
@@ -42,14 +43,14 @@ impl Size {
     fn named(s: &str) -> Size {
         match s {
             "ci" => Size {
-                latency: 20,
-                lifecycles: 50,
+                latency: 10,
+                lifecycles: 24,
                 allocations: 200,
-                rss_live: 40,
+                rss_live: 20,
                 rss_gateways: 2,
                 live_few: 10,
-                live_many: 60,
-                probes: 10,
+                live_many: 40,
+                probes: 5,
             },
             "small" => Size {
                 latency: 100,
@@ -165,6 +166,10 @@ impl Bench {
             let (w, f) = (pcts(&wk), pcts(&fr));
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
             let tag = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
+            self.rows.push(info(
+                format!("floor steps p50, run with {tag}"),
+                fl.breakdown(),
+            ));
             if workers == 1 {
                 self.rows.push(at_most(
                     format!("exposure p50, {tag}"),
@@ -173,7 +178,8 @@ impl Bench {
                     ratio(w.p50, f.p50),
                     1.3,
                 ));
-                self.rows.push(info(format!("exposure p95, {tag}"), ms(w.p95)));
+                self.rows
+                    .push(info(format!("exposure p95, {tag}"), ms(w.p95)));
                 self.rows.push(at_most(
                     format!("exposure p99, {tag}"),
                     ms(w.p99),
@@ -204,7 +210,9 @@ impl Bench {
             for workers in [1, 2, 4] {
                 let ws = self.workers(on, workers).await;
                 let n = self.size.lifecycles;
+                let cpu = cpu::start();
                 let (took, refused) = drive::lifecycles(&targets, &self.waiter, n, IN_FLIGHT).await;
+                let shares = cpu.shares();
                 for w in ws {
                     w.stop().await;
                 }
@@ -218,8 +226,9 @@ impl Bench {
                     ),
                     format!("{rate:.1}/s ({n} in {:.1} s)", took.as_secs_f64()),
                 );
+                r.reference = format!("CPU of one core: {shares}");
                 if refused > 0 {
-                    r.reference = format!("{refused} refused");
+                    r.reference.push_str(&format!("; {refused} refused"));
                 }
                 self.rows.push(r);
             }
@@ -316,24 +325,34 @@ impl Bench {
         let idx = self.rms("grow", gateways).await;
         let targets = self.targets(&idx).await;
         let ws = self.workers(&idx, 1).await;
+        let rm = &self.rms[idx[0]];
+        let (nats, kube) = (self.env.nats().await, self.env.kube().await);
+        let fl = floor::Floor::new(nats, kube, &rm.gateway_ns, &rm.gateway, &rm.task_ns).await;
+        // The worker and the floor in turn on the first Gateway: the floor shows what the apiserver's own
+        // cost does as the Gateway fills.
         let probe = |targets: &[(Master, String)]| {
             let (m, ns) = (targets[0].0.clone(), targets[0].1.clone());
-            let (w, n) = (self.waiter.clone(), self.size.probes);
+            let (w, n, fl) = (self.waiter.clone(), self.size.probes, &fl);
             async move {
-                let mut s = Vec::new();
+                let (mut s, mut f) = (Vec::new(), Vec::new());
                 for i in 0..n + 5 {
                     let a = drive::alloc_id("probe");
                     let d = drive::expose(&m, &w, &a, &ns).await.expect("probe ready");
                     drive::end(&m, &w, &a).await;
+                    let fa = drive::alloc_id("floor");
+                    let fd = fl.expose(&fa, 41000).await;
+                    fl.withdraw(&fa, 41000).await;
                     if i >= 5 {
                         s.push(d);
+                        f.push(fd);
                     }
                 }
-                pcts(&s).p50
+                (pcts(&s).p50, pcts(&f).p50)
             }
         };
         let mut live = drive::fill(&targets[..1], &self.waiter, few, IN_FLIGHT).await;
         let p_few = probe(&targets).await;
+        let steps_few = fl.breakdown();
         // Bring every Gateway to its share of `many` (the first one already holds `few`).
         let mut rest = Vec::new();
         for (t, target) in targets.iter().enumerate() {
@@ -350,17 +369,30 @@ impl Bench {
         live[0].extend(rest.remove(0));
         live.extend(rest);
         let p_many = probe(&targets).await;
+        let steps_many = fl.breakdown();
         drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;
         for w in ws {
             w.stop().await;
         }
+        let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         self.rows.push(at_most(
             format!("exposure p50 at {many} live over {gateways} Gateways / at {few} live"),
-            ms(p_many),
-            format!("{} at {few} live", ms(p_few)),
-            p_many.as_secs_f64() / p_few.as_secs_f64(),
+            ms(p_many.0),
+            format!("{} at {few} live", ms(p_few.0)),
+            grow(p_many.0, p_few.0),
             1.2,
         ));
+        let mut r = info(
+            format!("floor p50 on that Gateway, at {many} live / at {few} live"),
+            ms(p_many.1),
+        );
+        r.reference = format!("{} at {few} live", ms(p_few.1));
+        r.ratio = Some(grow(p_many.1, p_few.1));
+        self.rows.push(r);
+        self.rows
+            .push(info(format!("floor steps p50 at {few} live"), steps_few));
+        self.rows
+            .push(info(format!("floor steps p50 at {many} live"), steps_many));
     }
 
     async fn teardown(&self) {
