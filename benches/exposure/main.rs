@@ -5,6 +5,7 @@
 //! `itg-worker` process. Every ratio is taken within one run, because the machine is noisy.
 
 mod alloc;
+mod calls;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod cpu;
@@ -136,6 +137,7 @@ impl Bench {
                 );
             }
             let Some(fl) = fl.as_ref() else { continue };
+            let calls = calls::snapshot();
             let (mut wk, mut fr) = (Vec::new(), Vec::new());
             for i in 0..self.size.latency + 5 {
                 let port = 41000 + u16::try_from(i % 500).expect("port");
@@ -169,6 +171,10 @@ impl Bench {
             self.rows.push(info(
                 format!("floor steps p50, run with {tag}"),
                 fl.breakdown(),
+            ));
+            self.rows.push(info(
+                format!("worker's apiserver calls (count x mean), run with {tag}"),
+                calls.since(),
             ));
             if workers == 1 {
                 self.rows.push(at_most(
@@ -211,6 +217,7 @@ impl Bench {
                 let ws = self.workers(on, workers).await;
                 let n = self.size.lifecycles;
                 let cpu = cpu::start();
+                let calls = calls::snapshot();
                 let (took, refused) = drive::lifecycles(&targets, &self.waiter, n, IN_FLIGHT).await;
                 let shares = cpu.shares();
                 for w in ws {
@@ -231,8 +238,33 @@ impl Bench {
                     r.reference.push_str(&format!("; {refused} refused"));
                 }
                 self.rows.push(r);
+                if workers != 2 {
+                    self.rows.push(info(
+                        format!(
+                            "  worker's apiserver calls, {workers} worker(s), {gateways} Gateway(s)"
+                        ),
+                        calls.since(),
+                    ));
+                }
             }
         }
+        let rm = &self.rms[idx[0]];
+        let gw = kube::Api::<gateway_api::experimental::gateways::Gateway>::namespaced(
+            self.env.kube().await,
+            &rm.gateway_ns,
+        )
+        .get(&rm.gateway)
+        .await
+        .expect("gateway");
+        let entries = gw.metadata.managed_fields.as_ref().map_or(0, Vec::len);
+        let bytes = serde_json::to_vec(&gw).map_or(0, |b| b.len());
+        self.rows.push(info(
+            "first Gateway after all its lifecycles",
+            format!(
+                "{entries} managedFields entries, {:.1} KiB",
+                bytes as f64 / 1024.0
+            ),
+        ));
         let rate = |k| rates.iter().find(|(c, _)| *c == k).map_or(0.0, |(_, r)| *r);
         let top = rate((8, 4));
         self.rows.push(at_least(
@@ -278,6 +310,7 @@ impl Bench {
             config.worker.clone(),
         );
         let replier = itg::nats::JetStreamReplier::new(servers.js.clone());
+        let calls = calls::snapshot();
         let t0 = Instant::now();
         let summary = itg::replay::replay(
             &servers.js,
@@ -299,6 +332,10 @@ impl Bench {
             "events/s",
             ">= 5000".into(),
             rate >= 5000.0,
+        ));
+        self.rows.push(info(
+            "  worker's apiserver calls during the replay",
+            calls.since(),
         ));
     }
 
@@ -351,8 +388,10 @@ impl Bench {
             }
         };
         let mut live = drive::fill(&targets[..1], &self.waiter, few, IN_FLIGHT).await;
+        let calls_few = calls::snapshot();
         let p_few = probe(&targets).await;
         let steps_few = fl.breakdown();
+        let calls_few = calls_few.since();
         // Bring every Gateway to its share of `many` (the first one already holds `few`).
         let mut rest = Vec::new();
         for (t, target) in targets.iter().enumerate() {
@@ -368,8 +407,10 @@ impl Bench {
         }
         live[0].extend(rest.remove(0));
         live.extend(rest);
+        let calls_many = calls::snapshot();
         let p_many = probe(&targets).await;
         let steps_many = fl.breakdown();
+        let calls_many = calls_many.since();
         drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;
         for w in ws {
             w.stop().await;
@@ -393,6 +434,14 @@ impl Bench {
             .push(info(format!("floor steps p50 at {few} live"), steps_few));
         self.rows
             .push(info(format!("floor steps p50 at {many} live"), steps_many));
+        self.rows.push(info(
+            format!("  worker's apiserver calls at {few} live"),
+            calls_few,
+        ));
+        self.rows.push(info(
+            format!("  worker's apiserver calls at {many} live"),
+            calls_many,
+        ));
     }
 
     async fn teardown(&self) {
@@ -448,21 +497,27 @@ async fn main() {
     let t0 = Instant::now();
     let mut lat_rm = None;
     if want("latency") {
+        eprintln!("[bench] latency ({:.0} s)", t0.elapsed().as_secs_f64());
         lat_rm = Some(b.latency().await);
     }
     if want("lifecycles") {
+        eprintln!("[bench] lifecycles ({:.0} s)", t0.elapsed().as_secs_f64());
         b.lifecycles().await;
     }
     if want("allocator") {
+        eprintln!("[bench] allocator ({:.0} s)", t0.elapsed().as_secs_f64());
         b.allocator().await;
     }
     if let Some(rm) = lat_rm.filter(|_| want("replay")) {
+        eprintln!("[bench] replay ({:.0} s)", t0.elapsed().as_secs_f64());
         b.replay(rm).await;
     }
     if want("memory") {
+        eprintln!("[bench] memory ({:.0} s)", t0.elapsed().as_secs_f64());
         b.memory().await;
     }
     if want("growth") {
+        eprintln!("[bench] growth ({:.0} s)", t0.elapsed().as_secs_f64());
         b.growth().await;
     }
     b.teardown().await;
