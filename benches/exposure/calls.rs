@@ -47,7 +47,8 @@ impl Snapshot {
     /// Per apiserver call since the snapshot: `apply_listener 610 x 9.1 ms`, and event outcomes.
     pub fn since(&self) -> String {
         let now = read();
-        let delta = |k: &str| now.get(k).copied().unwrap_or(0.0) - self.0.get(k).copied().unwrap_or(0.0);
+        let delta =
+            |k: &str| now.get(k).copied().unwrap_or(0.0) - self.0.get(k).copied().unwrap_or(0.0);
         let mut parts = Vec::new();
         for k in now.keys() {
             if let Some(call) = k.strip_prefix("itg_kube_call_seconds_count/") {
