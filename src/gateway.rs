@@ -272,7 +272,7 @@ impl KubeGateway {
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
-        // Applying an empty spec under the listener's own manager drops exactly the fields it owned.
+        // Applying no spec under the listener's own manager drops exactly the fields it owned.
         let body = listener_removal(&self.gateway_namespace, &self.gateway_name);
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
         let _one_writer = self.write_lock.lock().await;
@@ -350,13 +350,14 @@ pub fn listener_patch(
     })
 }
 
-/// The empty spec that, applied under a listener's own field manager, drops exactly that listener.
+/// The body that, applied under a listener's own field manager, drops exactly that listener. It holds no
+/// `spec` at all: an empty `spec: {}` would leave the manager owning `f:spec`, and one such managedFields
+/// entry per listener ever removed made the Gateway, and every write to it, grow without end.
 pub fn listener_removal(gateway_namespace: &str, gateway_name: &str) -> serde_json::Value {
     json!({
         "apiVersion": format!("{GATEWAY_GROUP}/v1"),
         "kind": "Gateway",
-        "metadata": { "name": gateway_name, "namespace": gateway_namespace },
-        "spec": {}
+        "metadata": { "name": gateway_name, "namespace": gateway_namespace }
     })
 }
 
