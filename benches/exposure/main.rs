@@ -5,6 +5,7 @@
 //! `itg-worker` process. Every ratio is taken within one run, because the machine is noisy.
 
 mod alloc;
+mod apiserver;
 mod calls;
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -83,6 +84,8 @@ impl Size {
 const PER_GATEWAY: usize = 58;
 const RANGE: (u16, u16) = (40000, 40063);
 const IN_FLIGHT: usize = 32;
+/// Lifecycles in flight per Gateway: half the listener cap, a busy Gateway.
+const LIFE_IN_FLIGHT: usize = 16;
 
 struct Bench {
     env: Env,
@@ -209,6 +212,8 @@ impl Bench {
     /// Lifecycles per second at 1, 2 and 4 workers, on one Gateway and over eight.
     async fn lifecycles(&mut self) {
         let idx = self.rms("life", 8).await;
+        let kube = self.env.kube().await;
+        let writes = apiserver::snapshot(&kube).await;
         let mut rates = Vec::new();
         for gateways in [1, 8] {
             let on = &idx[..gateways];
@@ -218,7 +223,8 @@ impl Bench {
                 let n = self.size.lifecycles;
                 let cpu = cpu::start();
                 let calls = calls::snapshot();
-                let (took, refused) = drive::lifecycles(&targets, &self.waiter, n, IN_FLIGHT).await;
+                let (took, refused) =
+                    drive::lifecycles(&targets, &self.waiter, n, LIFE_IN_FLIGHT).await;
                 let shares = cpu.shares();
                 for w in ws {
                     w.stop().await;
@@ -248,6 +254,10 @@ impl Bench {
                 }
             }
         }
+        self.rows.push(info(
+            "  apiserver writes during all lifecycles (count x mean)",
+            writes.since(&kube).await,
+        ));
         let rm = &self.rms[idx[0]];
         let gw = kube::Api::<gateway_api::experimental::gateways::Gateway>::namespaced(
             self.env.kube().await,
@@ -483,6 +493,10 @@ async fn main() {
         return;
     }
     let size_name = size.unwrap_or_else(|| "small".into());
+    let mut size_v = Size::named(&size_name);
+    if let Some(n) = value("--lifecycles").and_then(|v| v.parse().ok()) {
+        size_v.lifecycles = n;
+    }
     let only = value("--only");
     let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
     let env = Env::load();
@@ -490,7 +504,7 @@ async fn main() {
     let mut b = Bench {
         env,
         waiter,
-        size: Size::named(&size_name),
+        size: size_v,
         rms: Vec::new(),
         rows: Vec::new(),
     };
@@ -523,7 +537,8 @@ async fn main() {
     b.teardown().await;
     let nats = b.env.nats().await.server_info().version;
     println!(
-        "\nexposure bench, size {size_name}, {}, nats-server {nats}, took {:.0} s\n",
+        "\nexposure bench, size {size_name} ({} lifecycles per figure), {}, nats-server {nats}, took {:.0} s\n",
+        b.size.lifecycles,
         versions(),
         t0.elapsed().as_secs_f64()
     );
