@@ -162,7 +162,7 @@ impl PortIndex {
             })
             .await
             .map_err(|e| e.to_string())?;
-        // What was claimed is rebuilt from scratch; until then the old set (or none) answers.
+        // What was claimed is rebuilt from scratch; until it has caught up, searches go to the bucket.
         let mut fresh = Some(BTreeSet::new());
         if consumer.cached_info().num_pending == 0 {
             self.catch_up(&mut fresh);
@@ -334,18 +334,20 @@ impl Store for KvStore {
     async fn port_index(&self, prefix: &str) -> Option<Arc<PortIndex>> {
         let index = {
             let mut map = self.indexes.lock().ok()?;
-            map.entry(prefix.to_owned())
-                .or_insert_with(|| {
-                    let index = Arc::new(PortIndex {
-                        claimed: std::sync::RwLock::default(),
-                        current: tokio::sync::watch::channel(false).0,
-                    });
-                    tokio::spawn(index.clone().follow(self.kv.clone(), prefix.to_owned()));
-                    index
-                })
-                .clone()
+            if let Some(index) = map.get(prefix) {
+                // Only the first search on a Gateway waits; while the watch restarts, searches go to the
+                // bucket at once.
+                return (*index.current.borrow()).then(|| index.clone());
+            }
+            let index = Arc::new(PortIndex {
+                claimed: std::sync::RwLock::default(),
+                current: tokio::sync::watch::channel(false).0,
+            });
+            tokio::spawn(index.clone().follow(self.kv.clone(), prefix.to_owned()));
+            map.insert(prefix.to_owned(), index.clone());
+            index
         };
-        // The first search on a Gateway waits briefly for the watch to catch up; later ones never wait.
+        // The first search on a Gateway waits briefly for the watch to catch up.
         let mut current = index.current.subscribe();
         tokio::time::timeout(Duration::from_secs(2), current.wait_for(|c| *c))
             .await
