@@ -31,7 +31,7 @@ pub fn candidates(
     range: RangeInclusive<u16>,
     view: &PortView,
     start: u32,
-) -> impl Iterator<Item = u16> + '_ {
+) -> impl Iterator<Item = u16> + Clone + '_ {
     let lo = u32::from(*range.start());
     let len = u32::from(*range.end()).saturating_sub(lo) + 1;
     let len = if range.is_empty() { 0 } else { len };

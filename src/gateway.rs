@@ -232,56 +232,17 @@ impl KubeGateway {
 
     async fn apply_service(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &e.spec.namespace);
-        let svc = Service {
-            metadata: object_meta(
-                name,
-                &e.spec.namespace,
-                e.rm,
-                e.allocation_id,
-                &e.binding.name,
-            ),
-            spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
-                selector: Some(e.spec.pod_selector.clone()),
-                ports: Some(vec![ServicePort {
-                    name: Some(e.binding.name.clone()),
-                    protocol: Some("TCP".into()),
-                    port: i32::from(e.binding.container_port),
-                    target_port: Some(IntOrString::Int(i32::from(e.binding.container_port))),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         apply_whole(
             api,
             name,
-            &svc,
+            &service_object(e, name),
             format!("applying Service {}/{name}", e.spec.namespace),
         )
         .await
     }
 
     async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
-        // Only this listener: the apiserver merges it into spec.listeners by name.
-        let body = json!({
-            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-            "kind": "Gateway",
-            "metadata": { "name": self.gateway_name, "namespace": self.gateway_namespace },
-            "spec": { "listeners": [{
-                "name": name,
-                "port": e.binding.gateway_port,
-                "protocol": "TCP",
-                "allowedRoutes": {
-                    "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
-                    "namespaces": {
-                        "from": "Selector",
-                        "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
-                    }
-                }
-            }]}
-        });
+        let body = listener_patch(&self.gateway_namespace, &self.gateway_name, e, name);
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
         let _one_writer = self.write_lock.lock().await;
         self.gateways
@@ -301,37 +262,7 @@ impl KubeGateway {
 
     async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &e.spec.namespace);
-        let route = TcpRoute {
-            metadata: object_meta(
-                name,
-                &e.spec.namespace,
-                e.rm,
-                e.allocation_id,
-                &e.binding.name,
-            ),
-            spec: TcpRouteSpec {
-                parent_refs: Some(vec![TcpRouteParentRefs {
-                    group: Some(GATEWAY_GROUP.into()),
-                    kind: Some("Gateway".into()),
-                    name: self.gateway_name.clone(),
-                    namespace: Some(self.gateway_namespace.clone()),
-                    section_name: Some(name.to_owned()),
-                    port: Some(i32::from(e.binding.gateway_port)),
-                }]),
-                rules: vec![TcpRouteRules {
-                    backend_refs: vec![TcpRouteRulesBackendRefs {
-                        group: Some(String::new()),
-                        kind: Some("Service".into()),
-                        name: name.to_owned(),
-                        port: Some(i32::from(e.binding.container_port)),
-                        ..Default::default()
-                    }],
-                    name: None,
-                }],
-                ..Default::default()
-            },
-            status: None,
-        };
+        let route = route_object(&self.gateway_namespace, &self.gateway_name, e, name);
         apply_whole(
             api,
             name,
@@ -342,13 +273,8 @@ impl KubeGateway {
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
-        // Applying an empty spec under the listener's own manager drops exactly the fields it owned.
-        let body = json!({
-            "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-            "kind": "Gateway",
-            "metadata": { "name": self.gateway_name, "namespace": self.gateway_namespace },
-            "spec": {}
-        });
+        // Applying no spec under the listener's own manager drops exactly the fields it owned.
+        let body = listener_removal(&self.gateway_namespace, &self.gateway_name);
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
         let _one_writer = self.write_lock.lock().await;
         match self
@@ -370,6 +296,109 @@ impl KubeGateway {
             }
             Err(err) => Err(classify(&format!("removing listener {name}"), err)),
         }
+    }
+}
+
+/// The Service of one proxy port, exactly as the worker applies it.
+pub fn service_object(e: &Exposure<'_>, name: &str) -> Service {
+    Service {
+        metadata: object_meta(
+            name,
+            &e.spec.namespace,
+            e.rm,
+            e.allocation_id,
+            &e.binding.name,
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(e.spec.pod_selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some(e.binding.name.clone()),
+                protocol: Some("TCP".into()),
+                port: i32::from(e.binding.container_port),
+                target_port: Some(IntOrString::Int(i32::from(e.binding.container_port))),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A partial Gateway holding only one listener: the apiserver merges it into `spec.listeners` by name.
+pub fn listener_patch(
+    gateway_namespace: &str,
+    gateway_name: &str,
+    e: &Exposure<'_>,
+    name: &str,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+        "kind": "Gateway",
+        "metadata": { "name": gateway_name, "namespace": gateway_namespace },
+        "spec": { "listeners": [{
+            "name": name,
+            "port": e.binding.gateway_port,
+            "protocol": "TCP",
+            "allowedRoutes": {
+                "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
+                "namespaces": {
+                    "from": "Selector",
+                    "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
+                }
+            }
+        }]}
+    })
+}
+
+/// The body that, applied under a listener's own field manager, drops exactly that listener. It holds no
+/// `spec` at all: an empty `spec: {}` would leave the manager owning `f:spec`, and one such managedFields
+/// entry per listener ever removed made the Gateway, and every write to it, grow without end.
+pub fn listener_removal(gateway_namespace: &str, gateway_name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+        "kind": "Gateway",
+        "metadata": { "name": gateway_name, "namespace": gateway_namespace }
+    })
+}
+
+/// The TCPRoute of one proxy port: parent is our listener, backend our Service.
+pub fn route_object(
+    gateway_namespace: &str,
+    gateway_name: &str,
+    e: &Exposure<'_>,
+    name: &str,
+) -> TcpRoute {
+    TcpRoute {
+        metadata: object_meta(
+            name,
+            &e.spec.namespace,
+            e.rm,
+            e.allocation_id,
+            &e.binding.name,
+        ),
+        spec: TcpRouteSpec {
+            parent_refs: Some(vec![TcpRouteParentRefs {
+                group: Some(GATEWAY_GROUP.into()),
+                kind: Some("Gateway".into()),
+                name: gateway_name.to_owned(),
+                namespace: Some(gateway_namespace.to_owned()),
+                section_name: Some(name.to_owned()),
+                port: Some(i32::from(e.binding.gateway_port)),
+            }]),
+            rules: vec![TcpRouteRules {
+                backend_refs: vec![TcpRouteRulesBackendRefs {
+                    group: Some(String::new()),
+                    kind: Some("Service".into()),
+                    name: name.to_owned(),
+                    port: Some(i32::from(e.binding.container_port)),
+                    ..Default::default()
+                }],
+                name: None,
+            }],
+            ..Default::default()
+        },
+        status: None,
     }
 }
 

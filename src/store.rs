@@ -5,13 +5,15 @@
 //! replicated streams, also as 10164 while another conditional write to the key is in flight; async-nats only
 //! maps the first, so both are recognised here.
 
+use std::collections::{BTreeSet, HashMap};
 use std::error::Error as StdError;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::config::JetStreamConfig;
 
@@ -68,6 +70,140 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
     /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The claimed ports under `prefix` as a watch last saw them, when this store keeps such an index and
+    /// it has caught up; `None` sends the port search to the bucket itself.
+    fn port_index(&self, prefix: &str) -> impl Future<Output = Option<Arc<PortIndex>>> + Send {
+        let _ = prefix;
+        async { None }
+    }
+}
+
+/// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
+/// for the port search: the create that follows is what makes a claim exclusive.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn unclaimed<S: Store>(
+    store: &S,
+    prefix: &str,
+    candidates: impl Iterator<Item = u16> + Clone,
+    n: usize,
+) -> Result<Vec<u16>, StoreError> {
+    if let Some(index) = store.port_index(prefix).await {
+        let hinted: Vec<u16> = candidates
+            .clone()
+            .filter(|p| !index.is_claimed(*p))
+            .take(n)
+            .collect();
+        if hinted.len() == n {
+            return Ok(hinted);
+        }
+        // Too few look free: the index may not have seen a release yet, and nobody is told to wait for
+        // capacity on a hint, so the bucket itself is asked.
+    }
+    let mut chosen = Vec::with_capacity(n);
+    for port in candidates {
+        if chosen.len() == n {
+            break;
+        }
+        if store.get(&format!("{prefix}{port}")).await?.is_none() {
+            chosen.push(port);
+        }
+    }
+    Ok(chosen)
+}
+
+/// The claimed ports of one Gateway, kept from a watch of its port keys, so the port search reads memory
+/// instead of making a KV get per candidate. A hint only: the create decides, and a search that finds too
+/// few ports here checks the bucket itself before anyone is told to wait for capacity.
+#[derive(Debug)]
+pub struct PortIndex {
+    claimed: std::sync::RwLock<BTreeSet<u16>>,
+    /// True once the watch has caught up with the bucket, false again while it restarts.
+    current: tokio::sync::watch::Sender<bool>,
+}
+
+impl PortIndex {
+    /// Whether the watch last saw `port` claimed.
+    pub fn is_claimed(&self, port: u16) -> bool {
+        self.claimed.read().map_or(true, |set| set.contains(&port))
+    }
+
+    fn set(&self, port: u16, live: bool) {
+        if let Ok(mut set) = self.claimed.write() {
+            if live {
+                set.insert(port);
+            } else {
+                set.remove(&port);
+            }
+        }
+    }
+
+    /// Follows the port keys under `prefix` for as long as the process runs, starting over (and counting
+    /// as not current meanwhile) when the watch breaks.
+    async fn follow(self: Arc<Self>, kv: kv::Store, prefix: String) {
+        let full = format!("{}{prefix}", kv.prefix);
+        loop {
+            if let Err(e) = self.follow_once(&kv, &full).await {
+                tracing::warn!(prefix = %prefix, error = %e, "port index watch broke; restarting");
+            }
+            self.current.send_replace(false);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn follow_once(&self, kv: &kv::Store, full: &str) -> Result<(), String> {
+        let consumer = kv
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{full}>"),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        // What was claimed is rebuilt from scratch; until it has caught up, searches go to the bucket.
+        let mut fresh = Some(BTreeSet::new());
+        if consumer.cached_info().num_pending == 0 {
+            self.catch_up(&mut fresh);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            let Some(port) = m
+                .subject
+                .strip_prefix(full)
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let removed = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            match fresh.as_mut() {
+                Some(set) if removed => {
+                    set.remove(&port);
+                }
+                Some(set) => {
+                    set.insert(port);
+                }
+                None => self.set(port, !removed),
+            }
+            if fresh.is_some() && m.info().is_ok_and(|i| i.pending == 0) {
+                self.catch_up(&mut fresh);
+            }
+        }
+        Err("the watch ended".into())
+    }
+
+    fn catch_up(&self, fresh: &mut Option<BTreeSet<u16>>) {
+        if let (Some(set), Ok(mut claimed)) = (fresh.take(), self.claimed.write()) {
+            *claimed = set;
+        }
+        self.current.send_replace(true);
+    }
 }
 
 /// The JetStream KV bucket.
@@ -75,6 +211,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub struct KvStore {
     kv: kv::Store,
     bucket: String,
+    /// One index per Gateway port prefix, started on the first search there.
+    indexes: Arc<Mutex<HashMap<String, Arc<PortIndex>>>>,
 }
 
 fn chain_has(err: &(dyn StdError + 'static), needles: &[&str]) -> bool {
@@ -131,7 +269,11 @@ impl KvStore {
                 .await
                 .map_err(|e| err("create bucket", &e))?,
         };
-        Ok(KvStore { kv, bucket })
+        Ok(KvStore {
+            kv,
+            bucket,
+            indexes: Arc::default(),
+        })
     }
 
     fn error(&self, op: &'static str, key: &str, e: &dyn std::fmt::Display) -> StoreError {
@@ -187,6 +329,31 @@ impl Store for KvStore {
             }
             Err(e) => Err(self.error("delete", key, &e)),
         }
+    }
+
+    async fn port_index(&self, prefix: &str) -> Option<Arc<PortIndex>> {
+        let index = {
+            let mut map = self.indexes.lock().ok()?;
+            if let Some(index) = map.get(prefix) {
+                // Only the first search on a Gateway waits; while the watch restarts, searches go to the
+                // bucket at once.
+                return (*index.current.borrow()).then(|| index.clone());
+            }
+            let index = Arc::new(PortIndex {
+                claimed: std::sync::RwLock::default(),
+                current: tokio::sync::watch::channel(false).0,
+            });
+            tokio::spawn(index.clone().follow(self.kv.clone(), prefix.to_owned()));
+            map.insert(prefix.to_owned(), index.clone());
+            index
+        };
+        // The first search on a Gateway waits briefly for the watch to catch up.
+        let mut current = index.current.subscribe();
+        tokio::time::timeout(Duration::from_secs(2), current.wait_for(|c| *c))
+            .await
+            .ok()?
+            .ok()?;
+        Some(index)
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

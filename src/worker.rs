@@ -607,15 +607,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             taken: rec.ports.iter().map(|b| b.gateway_port).collect(),
         };
         let start: u32 = rand::random();
-        let mut chosen = Vec::with_capacity(n);
-        for port in allocator::candidates(self.rm.range.clone(), &pv, start) {
-            if chosen.len() == n {
-                break;
-            }
-            if self.store.get(&self.rm.port_key(port)).await?.is_none() {
-                chosen.push(port);
-            }
-        }
+        let prefix = names::port_key_prefix(&self.rm.name, &g.namespace, &g.name);
+        let candidates = allocator::candidates(self.rm.range.clone(), &pv, start);
+        let chosen = crate::store::unclaimed(&self.store, &prefix, candidates, n).await?;
         if chosen.len() < n {
             return Err(DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",

@@ -1,0 +1,72 @@
+//! The watch-fed port index the port search reads instead of making a KV get per candidate: it follows
+//! claims and releases on the real server, and a search that finds too few free ports in it asks the bucket.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::{Env, suffix};
+use itg::store::{KvStore, Outcome, Store, unclaimed};
+
+async fn store(env: &Env) -> KvStore {
+    let js = jetstream::new(env.nats().await);
+    KvStore::open(&js, &Default::default())
+        .await
+        .expect("state bucket")
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn port_index_follows_claims_and_releases() {
+    let env = Env::load();
+    let s = store(&env).await;
+    let prefix = format!("port.idx-{}.gateway-system.gw.", suffix());
+    let claim = || Bytes::from_static(b"{\"allocation\":\"a\",\"proxy\":\"p\"}");
+    // Claimed before the index starts: seen by its catch-up.
+    assert!(matches!(
+        s.create(&format!("{prefix}40001"), claim()).await.unwrap(),
+        Outcome::Written(_)
+    ));
+    let index = s.port_index(&prefix).await.expect("index catches up");
+    assert!(index.is_claimed(40001));
+    assert!(!index.is_claimed(40002));
+    // Claimed and released afterwards: followed live.
+    let Outcome::Written(rev) = s.create(&format!("{prefix}40002"), claim()).await.unwrap() else {
+        panic!("create refused");
+    };
+    eventually("claim seen", async || index.is_claimed(40002)).await;
+    assert!(matches!(
+        s.delete(&format!("{prefix}40002"), rev).await.unwrap(),
+        Outcome::Written(_)
+    ));
+    eventually("release seen", async || !index.is_claimed(40002)).await;
+    let free = unclaimed(&s, &prefix, 40001..=40003, 2).await.unwrap();
+    assert_eq!(free, vec![40002, 40003]);
+}
+
+#[tokio::test]
+async fn a_search_that_finds_too_few_in_the_index_asks_the_bucket() {
+    let env = Env::load();
+    let s = store(&env).await;
+    let prefix = format!("port.idx-{}.gateway-system.gw.", suffix());
+    let claim = Bytes::from_static(b"{\"allocation\":\"a\",\"proxy\":\"p\"}");
+    s.create(&format!("{prefix}40001"), claim).await.unwrap();
+    let index = s.port_index(&prefix).await.expect("index catches up");
+    assert!(index.is_claimed(40001));
+    // Everything looks taken, so the answer comes from the bucket: the one port that is really free.
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40002, 2).await.unwrap(),
+        vec![40002]
+    );
+}
