@@ -3,11 +3,13 @@
 //! already right and repairs what is not; the summary tells which was which by whether the allocation's
 //! record changed.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::contract::{self, EventKind, FailureReason, Reply};
 use crate::gateway::Cluster;
@@ -66,7 +68,7 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     store: &S,
     replier: &R,
     from: From,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<Summary, ReplayError> {
     let rm = handler.rm().name.clone();
     let mut stream = js.get_stream(contract::EVENTS_STREAM).await.map_err(err)?;
@@ -89,63 +91,129 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
         .map_err(err)?;
     let total = ordered.info().await.map_err(err)?.num_pending;
     let mut messages = ordered.messages().await.map_err(err)?;
-    let mut summary = Summary::default();
-    while summary.seen < total {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await
-        else {
-            break;
-        };
-        let msg = msg.map_err(err)?;
-        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        summary.seen += 1;
-        let kind = contract::parse_event_subject(&msg.subject).map(|(_, k)| k);
-        let key = contract::decode_event(kind.unwrap_or(EventKind::Started), &msg.payload)
-            .ok()
-            .map(|ev| names::allocation_key(&rm, ev.allocation_id()));
-        let before = match &key {
-            Some(k) => store.get(k).await.map_err(err)?.map(|e| e.revision),
-            None => None,
-        };
-        let handled = match kind {
-            Some(kind) => handler.handle(kind, &msg.payload).await,
-            None => Handled::Retry {
-                why: "not an event subject".into(),
-            },
-        };
-        match handled {
-            Handled::Answer { reply, msg_id } => {
-                if let Err(e) = replier.publish(&reply, &msg_id).await {
-                    tracing::warn!(sequence, error = %e, "replayed reply not stored");
-                }
-                let after = match &key {
-                    Some(k) => store.get(k).await.map_err(err)?.map(|e| e.revision),
-                    None => None,
-                };
-                match reply {
-                    // The same answer the event got the first time: nothing to repair.
-                    Reply::Failed(f)
-                        if matches!(
-                            f.reason,
-                            FailureReason::InvalidEvent | FailureReason::NamespaceNotAllowed
-                        ) =>
-                    {
-                        summary.already_right += 1;
-                    }
-                    Reply::Failed(_) => summary.failed += 1,
-                    _ if before.is_some() && before == after => summary.already_right += 1,
-                    _ => summary.repaired += 1,
-                }
+    // Events of one allocation stay in order on one lane; lanes run at once, so a replay waits on many
+    // round trips together instead of one after the other.
+    let summary = RefCell::new(Summary::default());
+    let progress = RefCell::new(progress);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES)
+        .map(|_| mpsc::channel::<jetstream::Message>(LANE_DEPTH))
+        .unzip();
+    let read = async move {
+        let mut read = 0u64;
+        while read < total {
+            let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+            else {
+                break;
+            };
+            let msg = msg.map_err(err)?;
+            read += 1;
+            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if senders[lane(&msg)].send(msg).await.is_err() {
+                break;
             }
-            Handled::Done => summary.already_right += 1,
-            Handled::Retry { why } => {
-                tracing::warn!(sequence, why = %why, "replayed event not served");
-                summary.failed += 1;
+            if sequence >= last {
+                break;
             }
         }
-        progress(summary.seen, total);
-        if sequence >= last {
-            break;
+        Ok::<(), ReplayError>(())
+    };
+    let lanes = futures::future::join_all(receivers.into_iter().map(|mut rx| {
+        let (rm, summary, progress) = (&rm, &summary, &progress);
+        async move {
+            while let Some(msg) = rx.recv().await {
+                let outcome = serve(handler, store, replier, rm, &msg).await?;
+                let mut s = summary.borrow_mut();
+                s.seen += 1;
+                match outcome {
+                    Outcome::AlreadyRight => s.already_right += 1,
+                    Outcome::Repaired => s.repaired += 1,
+                    Outcome::Failed => s.failed += 1,
+                }
+                (progress.borrow_mut())(s.seen, total);
+            }
+            Ok::<(), ReplayError>(())
         }
-    }
-    Ok(summary)
+    }));
+    let (read, lanes) = tokio::join!(read, lanes);
+    read?;
+    lanes.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(summary.into_inner())
+}
+
+/// How many lanes serve a replay at once, and how many events each may have waiting.
+const LANES: usize = 32;
+const LANE_DEPTH: usize = 64;
+
+/// The lane of an event: by its allocation, so one allocation's events are served in stream order.
+fn lane(msg: &jetstream::Message) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let kind = contract::parse_event_subject(&msg.subject).map_or(EventKind::Started, |(_, k)| k);
+    contract::decode_event(kind, &msg.payload)
+        .map(|ev| ev.allocation_id().to_owned())
+        .unwrap_or_default()
+        .hash(&mut h);
+    usize::try_from(h.finish() % LANES as u64).unwrap_or(0)
+}
+
+enum Outcome {
+    AlreadyRight,
+    Repaired,
+    Failed,
+}
+
+/// Serves one event again and says whether it found things right.
+async fn serve<S: Store, C: Cluster, R: Replier>(
+    handler: &Handler<S, C>,
+    store: &S,
+    replier: &R,
+    rm: &str,
+    msg: &jetstream::Message,
+) -> Result<Outcome, ReplayError> {
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let kind = contract::parse_event_subject(&msg.subject).map(|(_, k)| k);
+    let key = contract::decode_event(kind.unwrap_or(EventKind::Started), &msg.payload)
+        .ok()
+        .map(|ev| names::allocation_key(rm, ev.allocation_id()));
+    let before = match &key {
+        Some(k) => store.get(k).await.map_err(err)?.map(|e| e.revision),
+        None => None,
+    };
+    let handled = match kind {
+        Some(kind) => handler.handle(kind, &msg.payload).await,
+        None => Handled::Retry {
+            why: "not an event subject".into(),
+        },
+    };
+    Ok(match handled {
+        Handled::Answer { reply, msg_id } => {
+            if let Err(e) = replier.publish(&reply, &msg_id).await {
+                tracing::warn!(sequence, error = %e, "replayed reply not stored");
+            }
+            let after = match &key {
+                Some(k) => store.get(k).await.map_err(err)?.map(|e| e.revision),
+                None => None,
+            };
+            match reply {
+                // The same answer the event got the first time: nothing to repair.
+                Reply::Failed(f)
+                    if matches!(
+                        f.reason,
+                        FailureReason::InvalidEvent | FailureReason::NamespaceNotAllowed
+                    ) =>
+                {
+                    Outcome::AlreadyRight
+                }
+                Reply::Failed(_) => Outcome::Failed,
+                _ if before.is_some() && before == after => Outcome::AlreadyRight,
+                _ => Outcome::Repaired,
+            }
+        }
+        Handled::Done => Outcome::AlreadyRight,
+        Handled::Retry { why } => {
+            tracing::warn!(sequence, why = %why, "replayed event not served");
+            Outcome::Failed
+        }
+    })
 }

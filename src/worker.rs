@@ -324,7 +324,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     // finished late) may have applied objects after the cleanup: withdraw them all again.
                     let mut all = cur
                         .as_ref()
-                        .map(|(r, _)| known_bindings(r))
+                        .map(|(r, _)| self.to_withdraw(r))
                         .unwrap_or_default();
                     for b in &touched {
                         add_touched(&mut all, b);
@@ -695,6 +695,20 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         Ok(())
     }
 
+    /// What a pass withdraws: the ports the record holds, and those its cleanup released while a late apply
+    /// from a pass that gave up can still land (within the reconciler's hold-off). Past that, stray objects
+    /// are the reconciler's, and a duplicate or replayed event about a long-finished allocation costs no
+    /// apiserver call.
+    fn to_withdraw(&self, rec: &Record) -> Vec<Binding> {
+        let hold_off =
+            i64::try_from(self.timing.reconcile_hold_off.0.as_secs()).unwrap_or(i64::MAX);
+        if now().saturating_sub(rec.updated_at) < hold_off {
+            known_bindings(rec)
+        } else {
+            rec.ports.clone()
+        }
+    }
+
     /// Removes everything of the allocation, in the order route, listener, Service, then frees its ports.
     async fn cleanup(
         &self,
@@ -704,8 +718,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         touched: &mut Vec<Binding>,
     ) -> Result<Pass, DriveError> {
         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-        // Released bindings too: a late apply from a pass that gave up can land after an earlier cleanup.
-        let mut all = known_bindings(rec);
+        let mut all = self.to_withdraw(rec);
         for b in touched.iter() {
             add_touched(&mut all, b);
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::WorkerProcess;
+use common::process::{WorkerProcess, readyz};
 use common::{Env, Master, Observed, Replies, TestRm, config_yaml, observe};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -221,7 +221,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng));
     let began = Instant::now();
 
-    // A random worker is killed and restarted every few hundred milliseconds until the lifecycles end.
+    // A random serving worker is killed and restarted every few hundred milliseconds until the lifecycles end.
     let workers = Arc::new(Mutex::new(workers));
     let done = Arc::new(AtomicUsize::new(0));
     let storm = {
@@ -233,7 +233,13 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             while done.load(Ordering::SeqCst) < n {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
                 let i = rng.random_range(0..WORKERS);
-                workers.lock().await[i].restart();
+                let mut ws = workers.lock().await;
+                // Only a worker that got as far as serving: on a loaded machine one still starting would be
+                // killed again and again and nothing would progress.
+                if readyz(&ws[i].admin) != Some(200) {
+                    continue;
+                }
+                ws[i].restart();
                 kills += 1;
             }
             kills
