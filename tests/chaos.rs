@@ -209,7 +209,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     for _ in 0..WORKERS {
         let mut w =
             WorkerProcess::spawn(|admin| config_yaml(&env, &rm_refs, worker_yaml, admin), &[]);
-        w.ready(120).await;
+        w.keep_ready(120).await;
         workers.push(w);
     }
     let mut masters = Vec::new();
@@ -232,10 +232,16 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             let mut kills = 0usize;
             while done.load(Ordering::SeqCst) < n {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
-                let i = rng.random_range(0..WORKERS);
                 let mut ws = workers.lock().await;
-                // Only a worker that got as far as serving: on a loaded machine one still starting would be
-                // killed again and again and nothing would progress.
+                // A worker whose start failed (a server away) is started again, as a supervisor would.
+                for w in ws.iter_mut() {
+                    if w.has_exited() {
+                        w.restart();
+                    }
+                }
+                // The victim is a random worker, if it got as far as serving: on a loaded machine one still
+                // starting would be killed again and again and nothing would progress.
+                let i = rng.random_range(0..WORKERS);
                 if readyz(&ws[i].admin) != Some(200) {
                     continue;
                 }
@@ -299,7 +305,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     // Quiesced: every worker alive, every lifecycle answered. Objects settle, orphans (if any) go after the
     // reconciler's hold-off.
     for w in workers.lock().await.iter_mut() {
-        w.ready(120).await;
+        w.keep_ready(120).await;
     }
     let settle = Instant::now();
     let mut wanted = Vec::new();

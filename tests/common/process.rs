@@ -67,6 +67,28 @@ impl WorkerProcess {
         }
     }
 
+    /// Whether the process has exited by itself (a failed start, say).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// Waits until `/readyz` answers 200, starting the worker again whenever it exits, as a supervisor
+    /// (Kubernetes, systemd) would after a failed start.
+    pub async fn keep_ready(&mut self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while readyz(&self.admin) != Some(200) {
+            if self.has_exited() {
+                self.restart();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker was not ready within {secs} s:\n{}",
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
