@@ -115,9 +115,6 @@ pub enum StartedStep {
     RepeatFailure(Failure),
     /// The allocation has ended: expose nothing, answer `failed`.
     AlreadyEnded,
-    /// A redelivery of the started already answered `ready`, arriving after the ended: expose nothing and
-    /// answer nothing, so the started never gets two different answers.
-    AlreadyAnswered,
 }
 
 /// Decides what a started does.
@@ -149,11 +146,6 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
                 message: "the allocation failed earlier".into(),
                 retryable: true,
             })),
-            Phase::Ending | Phase::Removed
-                if r.ready_at.is_some() && r.started_event_id == Some(ev.event_id) =>
-            {
-                StartedStep::AlreadyAnswered
-            }
             Phase::Ending | Phase::Removed => StartedStep::AlreadyEnded,
         },
     }
@@ -291,30 +283,6 @@ mod tests {
         let r = created("a.1");
         assert_eq!(r.phase, Phase::Exposing);
         assert_eq!(r.unbound().len(), 2);
-    }
-
-    #[test]
-    fn a_redelivered_started_after_its_ended_is_not_answered_twice() {
-        let ev = mk_started("a.1");
-        let StartedStep::Create(mut r) = on_started(None, "rm", &ev, 1) else {
-            panic!("expected Create")
-        };
-        r.phase = Phase::Removed;
-        // Never ready: the started was not answered, so it gets `failed`.
-        assert_eq!(
-            on_started(Some(&r), "rm", &ev, 2),
-            StartedStep::AlreadyEnded
-        );
-        r.ready_at = Some(1);
-        assert_eq!(
-            on_started(Some(&r), "rm", &ev, 2),
-            StartedStep::AlreadyAnswered
-        );
-        // Another started for the ended allocation is refused, whatever came before.
-        assert_eq!(
-            on_started(Some(&r), "rm", &mk_started("a.1"), 2),
-            StartedStep::AlreadyEnded
-        );
     }
 
     #[test]

@@ -314,12 +314,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 },
                 (StartedStep::Expose, Some(cur)) => cur,
                 (StartedStep::Expose, None) => continue,
-                (
-                    step @ (StartedStep::RepeatFailure(_)
-                    | StartedStep::AlreadyEnded
-                    | StartedStep::AlreadyAnswered),
-                    cur,
-                ) => {
+                (step @ (StartedStep::RepeatFailure(_) | StartedStep::AlreadyEnded), cur) => {
                     // An earlier pass (this one, or one that gave up mid-way and whose apply the apiserver
                     // finished late) may have applied objects after the cleanup: withdraw them all again.
                     let mut all = cur
@@ -334,7 +329,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .map_err(drive_msg)?;
                     let f = match step {
                         StartedStep::RepeatFailure(f) => f,
-                        StartedStep::AlreadyAnswered => return Ok(Handled::Done),
                         _ => Failure {
                             reason: FailureReason::InvalidEvent,
                             message: format!(
