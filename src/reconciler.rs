@@ -298,7 +298,6 @@ mod tests {
             released: vec![],
             ended_event_id: None,
             failure: None,
-            ready_at: None,
             created_at: updated_at,
             updated_at,
         }

@@ -93,9 +93,6 @@ pub struct Record {
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
-    /// Unix seconds of the first move to `Ready`: the started that created the record was answered `ready`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_at: Option<i64>,
     /// Unix seconds of the record's creation: capacity and Kubernetes deadlines count from here.
     #[serde(default)]
     pub created_at: i64,
@@ -135,7 +132,6 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             released: Vec::new(),
             ended_event_id: None,
             failure: None,
-            ready_at: None,
             created_at: now,
             updated_at: now,
         })),
@@ -181,7 +177,6 @@ pub fn on_ended(
             released: Vec::new(),
             ended_event_id: Some(event_id),
             failure: None,
-            ready_at: None,
             created_at: now,
             updated_at: now,
         }),

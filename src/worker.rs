@@ -552,7 +552,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             let mut next = rec.clone();
             next.phase = Phase::Ready;
             next.updated_at = now();
-            next.ready_at.get_or_insert(next.updated_at);
             match self.store.update(key, encode(&next), rev).await? {
                 Outcome::Written(_) => rec = next,
                 Outcome::Conflict => return Ok(Pass::Moved),
