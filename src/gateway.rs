@@ -302,13 +302,7 @@ impl KubeGateway {
 /// The Service of one proxy port, exactly as the worker applies it.
 pub fn service_object(e: &Exposure<'_>, name: &str) -> Service {
     Service {
-        metadata: object_meta(
-            name,
-            &e.spec.namespace,
-            e.rm,
-            e.allocation_id,
-            &e.binding.name,
-        ),
+        metadata: exposure_meta(e, name),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(e.spec.pod_selector.clone()),
@@ -370,13 +364,7 @@ pub fn route_object(
     name: &str,
 ) -> TcpRoute {
     TcpRoute {
-        metadata: object_meta(
-            name,
-            &e.spec.namespace,
-            e.rm,
-            e.allocation_id,
-            &e.binding.name,
-        ),
+        metadata: exposure_meta(e, name),
         spec: TcpRouteSpec {
             parent_refs: Some(vec![TcpRouteParentRefs {
                 group: Some(GATEWAY_GROUP.into()),
@@ -400,6 +388,17 @@ pub fn route_object(
         },
         status: None,
     }
+}
+
+/// The metadata of one proxy port's Service or route.
+fn exposure_meta(e: &Exposure<'_>, name: &str) -> ObjectMeta {
+    object_meta(
+        name,
+        &e.spec.namespace,
+        e.rm,
+        e.allocation_id,
+        &e.binding.name,
+    )
 }
 
 fn object_meta(name: &str, ns: &str, rm: &str, alloc: &str, port_name: &str) -> ObjectMeta {

@@ -37,14 +37,14 @@ pub fn at_most(
     ratio: f64,
     max: f64,
 ) -> Row {
-    Row {
-        figure: figure.into(),
-        value: value.into(),
-        reference: reference.into(),
-        ratio: Some(ratio),
-        target: format!("<= {max}"),
-        met: Some(ratio <= max),
-    }
+    compared(
+        figure,
+        value,
+        reference,
+        ratio,
+        format!("<= {max}"),
+        ratio <= max,
+    )
 }
 
 /// A row whose ratio must reach at least `min`.
@@ -55,13 +55,31 @@ pub fn at_least(
     ratio: f64,
     min: f64,
 ) -> Row {
+    compared(
+        figure,
+        value,
+        reference,
+        ratio,
+        format!(">= {min}"),
+        ratio >= min,
+    )
+}
+
+fn compared(
+    figure: impl Into<String>,
+    value: impl Into<String>,
+    reference: impl Into<String>,
+    ratio: f64,
+    target: String,
+    met: bool,
+) -> Row {
     Row {
         figure: figure.into(),
         value: value.into(),
         reference: reference.into(),
         ratio: Some(ratio),
-        target: format!(">= {min}"),
-        met: Some(ratio >= min),
+        target,
+        met: Some(met),
     }
 }
 
