@@ -176,6 +176,20 @@ pub async fn reconcile_once(
     servers: &Servers,
     dry_run: bool,
 ) -> Result<Vec<(String, Vec<crate::reconciler::Action>)>, String> {
+    reconcile_once_with(config, servers, dry_run, config.worker.reconcile_hold_off.0).await
+}
+
+/// [`reconcile_once`] with another hold-off: one shorter than the config accepts acts on what was just
+/// left behind, and is safe only while no worker serves these resource managers.
+///
+/// # Errors
+/// A server could not be read.
+pub async fn reconcile_once_with(
+    config: &Config,
+    servers: &Servers,
+    dry_run: bool,
+    hold_off: std::time::Duration,
+) -> Result<Vec<(String, Vec<crate::reconciler::Action>)>, String> {
     let mut out = Vec::new();
     for c in &servers.rms {
         let handler = Handler::new(
@@ -184,12 +198,7 @@ pub async fn reconcile_once(
             c.gateway.clone(),
             config.worker.clone(),
         );
-        let mut r = Reconciler::new(
-            handler,
-            servers.store.clone(),
-            c.gateway.clone(),
-            config.worker.reconcile_hold_off.0,
-        );
+        let mut r = Reconciler::new(handler, servers.store.clone(), c.gateway.clone(), hold_off);
         out.push((c.config.name.clone(), r.pass(dry_run).await?));
     }
     Ok(out)

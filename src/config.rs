@@ -175,6 +175,9 @@ impl Default for JetStreamConfig {
     }
 }
 
+/// The shortest `worker.reconcile_hold_off` a worker accepts.
+pub const MIN_RECONCILE_HOLD_OFF: Duration = Duration::from_secs(5);
+
 /// How each worker paces itself.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,6 +416,15 @@ impl Config {
             }
         }
         let w = &self.worker;
+        if w.reconcile_hold_off.0 < MIN_RECONCILE_HOLD_OFF {
+            return Err(rule(
+                "worker.reconcile_hold_off",
+                w.reconcile_hold_off.0,
+                format!(
+                    "must be at least {MIN_RECONCILE_HOLD_OFF:?}: the reconciler sees the Gateway through a watch and the objects through lists, both a moment behind, and an apply sent by a pass that gave up can still land; anything younger than the hold-off may be in flight, not orphaned (`itgctl reconcile --hold-off` runs a one-off pass with a shorter one, with the workers stopped)"
+                ),
+            ));
+        }
         if !(1..=1024).contains(&w.concurrency) {
             return Err(rule(
                 "worker.concurrency",
@@ -466,6 +478,42 @@ impl Config {
                     &rm.name,
                     "names must be unique",
                 ));
+            }
+        }
+        self.validate_shared_gateways()
+    }
+
+    /// Resource managers may share a Gateway, but not its ports: overlapping ranges would hand one port to
+    /// two claims kept under different keys.
+    fn validate_shared_gateways(&self) -> Result<(), ConfigError> {
+        for (i, a) in self.resource_managers.iter().enumerate() {
+            for (j, b) in self.resource_managers.iter().enumerate().skip(i + 1) {
+                let (ga, gb) = (&a.internal_task_gateway, &b.internal_task_gateway);
+                let same_gateway = ga.gateway_namespace == gb.gateway_namespace
+                    && ga.gateway_name == gb.gateway_name
+                    && a.kubeconfig == b.kubeconfig
+                    && a.kube_context == b.kube_context;
+                let (ra, rb) = (a.port_range(), b.port_range());
+                if same_gateway && ra.start() <= rb.end() && rb.start() <= ra.end() {
+                    return Err(rule(
+                        format!(
+                            "resource_managers[{j}].internal_task_gateway.gateway_port_range_start"
+                        ),
+                        format!("{}-{}", rb.start(), rb.end()),
+                        format!(
+                            "resource managers {} and {} share Gateway {}/{} and their port ranges overlap ({}-{} and {}-{}); give each its own range",
+                            a.name,
+                            b.name,
+                            ga.gateway_namespace,
+                            ga.gateway_name,
+                            ra.start(),
+                            ra.end(),
+                            rb.start(),
+                            rb.end()
+                        ),
+                    ));
+                }
+                let _ = i;
             }
         }
         Ok(())

@@ -123,6 +123,11 @@ enum Command {
         /// Only print what would be done.
         #[arg(long)]
         dry_run: bool,
+        /// Leave alone what was touched more recently than this (default: the config's
+        /// worker.reconcile_hold_off). Shorter than the config allows acts on what was just left behind:
+        /// only with every worker of these resource managers stopped.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold_off: Option<std::time::Duration>,
     },
     /// Inspect and send back events given up on after the consumer's maximum deliveries.
     #[command(
@@ -589,10 +594,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return replay(args.output, config, rm, *from_seq, *since).await;
     }
-    if let Command::Reconcile { config, dry_run } = &args.command {
+    if let Command::Reconcile {
+        config,
+        dry_run,
+        hold_off,
+    } = &args.command
+    {
         let cfg = crate::config::Config::load(config)?;
         let servers = crate::app::connect(&cfg).await?;
-        let done = crate::app::reconcile_once(&cfg, &servers, *dry_run)
+        let hold_off = hold_off.unwrap_or(cfg.worker.reconcile_hold_off.0);
+        let done = crate::app::reconcile_once_with(&cfg, &servers, *dry_run, hold_off)
             .await
             .map_err(anyhow::Error::msg)?;
         match args.output {

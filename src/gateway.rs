@@ -44,6 +44,13 @@ pub enum KubeError {
     Permanent(String),
 }
 
+impl KubeError {
+    /// Whether the apiserver refused the call as forbidden (RBAC), as [`classify`] words it.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, KubeError::Permanent(m) if m.contains("(403 "))
+    }
+}
+
 /// What the worker needs to know of its Gateway to choose ports and count listener slots.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayView {
@@ -55,6 +62,9 @@ pub struct GatewayView {
     pub listeners: BTreeSet<String>,
     /// Ports of the listeners the worker owns.
     pub owned_ports: BTreeSet<u16>,
+    /// Names of the listeners this resource manager provably owns ([`names::owns_listener`]): the only
+    /// ones its reconciler may remove.
+    pub owned: BTreeSet<String>,
 }
 
 /// One proxy port of one allocation, as Kubernetes sees it.
@@ -86,6 +96,8 @@ pub trait Cluster: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KubeGateway {
     rm: String,
+    /// The resource manager's port range: a legacy listener is taken as its own only inside it.
+    range: std::ops::RangeInclusive<u16>,
     client: Client,
     gateway_namespace: String,
     gateway_name: String,
@@ -198,6 +210,7 @@ impl KubeGateway {
         .map_err(|e| KubeError::Transient(format!("watching Gateway: {e}")))?;
         Ok(KubeGateway {
             rm: rm.name.clone(),
+            range: rm.port_range(),
             client,
             gateway_namespace: g.gateway_namespace.clone(),
             gateway_name: g.gateway_name.clone(),
@@ -243,7 +256,7 @@ impl KubeGateway {
 
     async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let body = listener_patch(&self.gateway_namespace, &self.gateway_name, e, name);
-        let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        let pp = PatchParams::apply(&names::listener_field_manager(&self.rm, name)).force();
         let _one_writer = self.write_lock.lock().await;
         self.gateways
             .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
@@ -273,21 +286,45 @@ impl KubeGateway {
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
-        // Applying no spec under the listener's own manager drops exactly the fields it owned.
+        let mine = names::listener_field_manager(&self.rm, name);
+        match self.remove_listener_as(name, &mine).await? {
+            // A listener written before field managers named the resource manager is still held by the
+            // legacy manager: drop that hold too, or the listener outlives its allocation.
+            Some(gw)
+                if listener_managers(&gw).get(name).is_some_and(|ms| {
+                    ms.iter()
+                        .any(|m| *m == names::legacy_listener_field_manager(name))
+                }) =>
+            {
+                self.remove_listener_as(name, &names::legacy_listener_field_manager(name))
+                    .await
+                    .map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies no spec under `manager`, which drops exactly the fields it owned. Returns the Gateway as the
+    /// apiserver left it, or `None` when there is no Gateway.
+    async fn remove_listener_as(
+        &self,
+        name: &str,
+        manager: &str,
+    ) -> Result<Option<Gateway>, KubeError> {
         let body = listener_removal(&self.gateway_namespace, &self.gateway_name);
-        let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        let pp = PatchParams::apply(manager).force();
         let _one_writer = self.write_lock.lock().await;
         match self
             .gateways
             .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(gw) => Ok(Some(gw)),
             // Applying onto a Gateway that is gone is refused as invalid (it lacks its required fields),
             // not as missing: either way, no Gateway means no listener to remove.
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {
                 match self.gateways.get_opt(&self.gateway_name).await {
-                    Ok(None) => Ok(()),
+                    Ok(None) => Ok(None),
                     _ => Err(classify(
                         &format!("removing listener {name}"),
                         kube::Error::Api(s),
@@ -448,11 +485,17 @@ impl Cluster for KubeGateway {
             present: true,
             ..Default::default()
         };
+        let managers = listener_managers(&gw);
         for l in &gw.spec.listeners {
             v.listeners.insert(l.name.clone());
             if let Ok(p) = u16::try_from(l.port) {
-                if names::is_owned_listener_name(&l.name) {
+                let held_by: Vec<&str> = managers
+                    .get(&l.name)
+                    .map(|ms| ms.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                if names::owns_listener(&self.rm, &l.name, p, &held_by, &self.range) {
                     v.owned_ports.insert(p);
+                    v.owned.insert(l.name.clone());
                 } else {
                     v.foreign_ports.insert(p);
                 }
@@ -506,6 +549,35 @@ impl Cluster for KubeGateway {
         }
         Ok(())
     }
+}
+
+/// Listener name -> the field managers that own fields of it, read from the Gateway's managedFields
+/// (`f:spec` / `f:listeners` / `k:{"name":…}`).
+pub fn listener_managers(gw: &Gateway) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for entry in gw.metadata.managed_fields.iter().flatten() {
+        let (Some(manager), Some(fields)) = (&entry.manager, &entry.fields_v1) else {
+            continue;
+        };
+        let Some(listeners) = fields
+            .0
+            .get("f:spec")
+            .and_then(|s| s.get("f:listeners"))
+            .and_then(|l| l.as_object())
+        else {
+            continue;
+        };
+        for key in listeners.keys() {
+            let name = key
+                .strip_prefix("k:")
+                .and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok())
+                .and_then(|k| k.get("name").and_then(|n| n.as_str()).map(str::to_owned));
+            if let Some(name) = name {
+                out.entry(name).or_default().push(manager.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Labels selecting every object the worker made for one resource manager.

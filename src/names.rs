@@ -58,9 +58,36 @@ pub fn is_owned_listener_name(name: &str) -> bool {
 }
 
 /// The server-side-apply field manager that owns one listener, so listeners merge instead of replacing
-/// each other.
-pub fn listener_field_manager(listener_name: &str) -> String {
+/// each other. It names the resource manager too: several resource managers (or installations) may share a
+/// Gateway, and a listener's manager is how each proves which listeners are its own.
+pub fn listener_field_manager(rm: &str, listener_name: &str) -> String {
+    format!("{MANAGER}/{}/{listener_name}", rm_label_value(rm))
+}
+
+/// The field manager listeners had before it named the resource manager. Still read, so an upgrade neither
+/// removes a live listener nor leaves an old one behind.
+pub fn legacy_listener_field_manager(listener_name: &str) -> String {
     format!("{MANAGER}/{listener_name}")
+}
+
+/// Whether a listener on the Gateway provably belongs to resource manager `rm`, from its name, its port and
+/// the field managers that own it. Its own manager proves it; a listener under the legacy manager, which
+/// names no resource manager, is taken as this one's only within its own range (ranges of resource managers
+/// sharing a Gateway must not overlap). Anything else is foreign: never touched, its port never handed out.
+pub fn owns_listener(
+    rm: &str,
+    name: &str,
+    port: u16,
+    managers: &[&str],
+    range: &std::ops::RangeInclusive<u16>,
+) -> bool {
+    if !is_owned_listener_name(name) {
+        return false;
+    }
+    let mine = listener_field_manager(rm, name);
+    let legacy = legacy_listener_field_manager(name);
+    managers.iter().any(|m| *m == mine)
+        || (range.contains(&port) && managers.iter().any(|m| *m == legacy))
 }
 
 /// Field manager for the Services and TCPRoutes, which each worker applies whole.
@@ -171,6 +198,69 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!(a, object_name("k8s-west", "6f1c.1", "jupyter"));
         assert!(is_owned_listener_name(&a));
+    }
+
+    #[test]
+    fn a_listener_is_owned_only_by_the_resource_manager_its_manager_names() {
+        let name = object_name("west", "a.1", "jupyter");
+        let range = 40000..=40009;
+        let west = listener_field_manager("west", &name);
+        let east = listener_field_manager("east", &name);
+        assert!(owns_listener("west", &name, 40001, &[&west], &range));
+        assert!(!owns_listener("east", &name, 40001, &[&west], &range));
+        assert!(owns_listener(
+            "east",
+            &name,
+            40001,
+            &[&east, "kubectl"],
+            &range
+        ));
+        // Co-owned by someone else as well (a re-applied Gateway): still ours.
+        assert!(owns_listener(
+            "west",
+            &name,
+            40001,
+            &["kubectl", &west],
+            &range
+        ));
+        assert!(!owns_listener(
+            "west",
+            "placeholder",
+            40001,
+            &[&west],
+            &range
+        ));
+        assert!(!owns_listener("west", &name, 40001, &["kubectl"], &range));
+    }
+
+    #[test]
+    fn a_legacy_listener_is_owned_only_inside_the_range() {
+        let name = object_name("west", "a.1", "jupyter");
+        let legacy = legacy_listener_field_manager(&name);
+        assert!(owns_listener(
+            "west",
+            &name,
+            40005,
+            &[&legacy],
+            &(40000..=40009)
+        ));
+        assert!(!owns_listener(
+            "west",
+            &name,
+            40010,
+            &[&legacy],
+            &(40000..=40009)
+        ));
+    }
+
+    #[test]
+    fn listener_field_managers_fit_the_apiservers_limit() {
+        let name = object_name(&"x".repeat(64), "a", "b");
+        assert!(listener_field_manager(&"x".repeat(64), &name).len() <= 128);
+        assert_ne!(
+            listener_field_manager("a", &name),
+            listener_field_manager("b", &name)
+        );
     }
 
     #[test]

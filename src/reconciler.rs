@@ -62,6 +62,9 @@ pub struct Inputs {
     pub objects: Vec<OwnedObject>,
     /// Listener name -> unix seconds it was first seen orphaned (kept across passes).
     pub suspects: BTreeMap<String, i64>,
+    /// Task namespaces named by a record whose objects were not listed in this pass (objects are listed per
+    /// namespace where a cluster-wide list is forbidden): a record there is not judged to lack anything.
+    pub unlisted_namespaces: Option<BTreeSet<String>>,
 }
 
 /// Decides what to do. Returns the actions and the listeners now suspected (to pass to the next plan).
@@ -123,7 +126,12 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
         if recent(r.updated_at) {
             continue;
         }
-        let lacking = r.phase == crate::state::Phase::Ready
+        let unlisted = match (&i.unlisted_namespaces, &r.spec) {
+            (Some(unlisted), Some(spec)) => unlisted.contains(&spec.namespace),
+            _ => false,
+        };
+        let lacking = !unlisted
+            && r.phase == crate::state::Phase::Ready
             && r.ports.iter().any(|b| {
                 let n = names::object_name(rm, id, &b.name);
                 let has = |kind| i.objects.iter().any(|o| o.name == n && o.kind == kind);
@@ -151,6 +159,11 @@ pub struct Reconciler<S> {
     namespaces: Option<Vec<String>>,
     hold_off: Duration,
     suspects: BTreeMap<String, i64>,
+    /// Set once a cluster-wide list was forbidden (the shipped RBAC grants lists per task namespace only):
+    /// from then on objects are listed in each namespace the records name.
+    per_namespace: bool,
+    /// Task namespaces named by the records of earlier passes.
+    known_namespaces: BTreeSet<String>,
 }
 
 fn now() -> i64 {
@@ -175,30 +188,20 @@ impl<S: Store> Reconciler<S> {
             namespaces,
             hold_off,
             suspects: BTreeMap::new(),
+            per_namespace: false,
+            known_namespaces: BTreeSet::new(),
         }
     }
 
-    async fn inputs(&self) -> Result<Inputs, String> {
+    /// Reads what the plan needs. What is derived (claims, listeners, objects) is read BEFORE what it derives
+    /// from (the records): a record lists its ports before they are claimed and exists before its objects, so
+    /// anything seen here is still listed by the records read after it, unless its allocation really let it
+    /// go. Read the other way round, a port recorded and claimed in between looked orphaned.
+    async fn inputs(&mut self) -> Result<Inputs, String> {
         let mut i = Inputs {
             suspects: self.suspects.clone(),
             ..Inputs::default()
         };
-        for key in self
-            .store
-            .keys(&names::allocation_key_prefix(&self.rm))
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let (Some((_, id)), Some(e)) = (
-                names::parse_allocation_key(&key),
-                self.store.get(&key).await.map_err(|e| e.to_string())?,
-            ) else {
-                continue;
-            };
-            if let Ok(r) = serde_json::from_slice::<Record>(&e.value) {
-                i.records.insert(id, r);
-            }
-        }
         let g = &self.handler.rm().gateway;
         let prefix = names::port_key_prefix(&self.rm, &g.namespace, &g.name);
         for key in self.store.keys(&prefix).await.map_err(|e| e.to_string())? {
@@ -208,22 +211,119 @@ impl<S: Store> Reconciler<S> {
             ) else {
                 continue;
             };
+            // A claim that cannot be read is never released: skipping it is the safe side.
             if let Ok(c) = serde_json::from_slice::<PortClaim>(&e.value) {
                 i.claims.insert(port, (c, e.revision));
             }
         }
-        let view = self.gateway.view();
-        i.listeners = view
-            .listeners
-            .into_iter()
-            .filter(|l| names::is_owned_listener_name(l))
-            .collect();
-        i.objects = self
-            .gateway
-            .owned_objects(self.namespaces.as_deref())
+        // Only listeners this resource manager provably owns: others on a shared Gateway are not ours.
+        i.listeners = self.gateway.view().owned;
+        let listed = self.objects(&mut i).await?;
+        for key in self
+            .store
+            .keys(&names::allocation_key_prefix(&self.rm))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+        {
+            let Some(e) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            // A record that cannot be read would make its ports and objects look orphaned: stop the pass
+            // rather than release what a live allocation may hold.
+            let (Some((_, id)), Ok(r)) = (
+                names::parse_allocation_key(&key),
+                serde_json::from_slice::<Record>(&e.value),
+            ) else {
+                return Err(format!(
+                    "allocation record {key} cannot be decoded; the pass stops without acting. Inspect it \
+                     (itgctl allocations, or the KV bucket) and fix or delete it by hand"
+                ));
+            };
+            i.records.insert(id, r);
+        }
+        for r in i.records.values() {
+            if let Some(spec) = &r.spec {
+                self.known_namespaces.insert(spec.namespace.clone());
+            }
+        }
+        i.unlisted_namespaces = listed.map(|listed| {
+            self.known_namespaces
+                .iter()
+                .filter(|n| !listed.contains(*n))
+                .cloned()
+                .collect()
+        });
         Ok(i)
+    }
+
+    /// The Services and routes found by label: in the configured namespaces, else cluster-wide, else (once
+    /// a cluster-wide list is forbidden) in each task namespace the records name. Returns the namespaces
+    /// listed when that is not all of them.
+    async fn objects(&mut self, i: &mut Inputs) -> Result<Option<BTreeSet<String>>, String> {
+        if let Some(list) = &self.namespaces {
+            i.objects = self
+                .gateway
+                .owned_objects(Some(list))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        if !self.per_namespace {
+            match self.gateway.owned_objects(None).await {
+                Ok(objects) => {
+                    i.objects = objects;
+                    return Ok(None);
+                }
+                Err(e) if e.is_forbidden() => {
+                    tracing::info!(resource_manager = %self.rm, error = %e, "listing Services and TCPRoutes cluster-wide is forbidden; listing them in each task namespace instead");
+                    self.per_namespace = true;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if self.known_namespaces.is_empty() {
+            // The first pass of this reconciler (a one-off pass has no other): learn the task namespaces from
+            // the records before listing, so it finds what is there.
+            self.known_namespaces = self.record_namespaces().await?;
+        }
+        let mut listed = BTreeSet::new();
+        for ns in &self.known_namespaces {
+            match self
+                .gateway
+                .owned_objects(Some(std::slice::from_ref(ns)))
+                .await
+            {
+                Ok(objects) => {
+                    i.objects.extend(objects);
+                    listed.insert(ns.clone());
+                }
+                // A namespace without the worker's RoleBinding holds nothing the worker could have made.
+                Err(e) if e.is_forbidden() => {
+                    tracing::debug!(resource_manager = %self.rm, namespace = %ns, "not allowed to list here; skipped");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(Some(listed))
+    }
+
+    /// The task namespaces that the records of this resource manager name.
+    async fn record_namespaces(&self) -> Result<BTreeSet<String>, String> {
+        let mut out = BTreeSet::new();
+        for key in self
+            .store
+            .keys(&names::allocation_key_prefix(&self.rm))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Some(e) = self.store.get(&key).await.map_err(|e| e.to_string())?
+                && let Ok(r) = serde_json::from_slice::<Record>(&e.value)
+                && let Some(spec) = r.spec
+            {
+                out.insert(spec.namespace);
+            }
+        }
+        Ok(out)
     }
 
     /// One pass: plans and, unless `dry_run`, acts. Returns what it did (or would do).

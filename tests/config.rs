@@ -206,6 +206,9 @@ fn config_refuses_duplicate_resource_manager_names() {
         "rust",
     );
     doc["resource_managers"][1]["name"] = json!("k8s-east");
+    // On the same Gateway, so it needs a range of its own.
+    doc["resource_managers"][1]["internal_task_gateway"]["gateway_port_range_start"] = json!(40064);
+    doc["resource_managers"][1]["internal_task_gateway"]["gateway_port_range_end"] = json!(40127);
     assert!(SCHEMA.is_valid(&doc));
     assert_eq!(parse(&doc).unwrap().resource_managers.len(), 2);
     refusals(
@@ -473,4 +476,44 @@ fn namespace_allowed_with_a_list_allows_exactly_the_list() {
         r#"
         rm.allowed_namespaces = ["ok", "Not_OK"] | rm.allowed_namespaces[1] | Not_OK | DNS-1123 label | both"#,
     );
+}
+
+#[test]
+fn config_refuses_overlapping_ranges_on_one_gateway_naming_both_resource_managers() {
+    let mut doc = base();
+    let mut east = doc["resource_managers"][0].clone();
+    east["name"] = json!("k8s-east");
+    east["internal_task_gateway"]["gateway_port_range_start"] = json!(40063);
+    east["internal_task_gateway"]["gateway_port_range_end"] = json!(40100);
+    doc["resource_managers"].as_array_mut().unwrap().push(east);
+    let text = parse(&doc).unwrap_err().to_string();
+    for want in [
+        "k8s-west",
+        "k8s-east",
+        "40000-40063",
+        "40063-40100",
+        "gateway-system/itg",
+    ] {
+        assert!(text.contains(want), "{want} missing from: {text}");
+    }
+    refused(
+        &doc,
+        "resource_managers[1].internal_task_gateway.gateway_port_range_start",
+        "40063-40100",
+        "overlap",
+        "rust",
+    );
+    // The same range on another Gateway is fine.
+    doc["resource_managers"][1]["internal_task_gateway"]["gateway_name"] = json!("other");
+    assert_eq!(parse(&doc).unwrap().resource_managers.len(), 2);
+}
+
+#[test]
+fn config_refuses_a_reconcile_hold_off_below_the_safe_minimum_and_says_why() {
+    refusals(
+        r#"
+        worker = {"reconcile_hold_off": "0s"} | worker.reconcile_hold_off | 0ns | at least 5s | rust
+        worker = {"reconcile_hold_off": "4s"} | worker.reconcile_hold_off | 4s | in flight | rust"#,
+    );
+    accepted(r#"worker = {"reconcile_hold_off": "5s"}"#);
 }

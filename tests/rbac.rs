@@ -352,7 +352,7 @@ async fn a_worker_running_as_its_service_account_serves_a_task_and_is_refused_el
         kubeconfig.path().display()
     );
     let config = Config::parse(&yaml, "test config").expect("config");
-    let worker = Worker::start(config).await;
+    let worker = Worker::start(config.clone()).await;
     let master = Master::new(&env, &rm).await;
     let replies = Replies::watch(&env, &rm).await;
 
@@ -429,6 +429,35 @@ async fn a_worker_running_as_its_service_account_serves_a_task_and_is_refused_el
         .await
         .unwrap();
     assert!(made.items.is_empty(), "nothing made in {unbound}");
+
+    // The reconciler under the same account: it may not list cluster-wide, so it lists per task namespace
+    // (one it may not list in, like the unbound one, is skipped) and still removes an orphan.
+    let orphan = itg::names::object_name(&rm, "gone.1", "jupyter");
+    let svc = json!({ "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": orphan, "namespace": "team-a", "labels": itg::names::labels(&rm, "gone.1") },
+        "spec": { "ports": [{ "port": 80 }] } });
+    Api::<Service>::namespaced(admin.clone(), "team-a")
+        .patch(&orphan, &PatchParams::apply("by-hand"), &Patch::Apply(&svc))
+        .await
+        .expect("orphan Service");
+    let servers = itg::app::connect(&config)
+        .await
+        .expect("connects as the worker");
+    let done = itg::app::reconcile_once_with(&config, &servers, false, Duration::ZERO).await;
+    println!("a reconcile pass as the worker's account: {done:?}");
+    let done = done.expect("a pass under the shipped RBAC completes");
+    assert!(
+        serde_json::to_string(&done).unwrap().contains(&orphan),
+        "the orphan was found: {done:?}"
+    );
+    assert!(
+        Api::<Service>::namespaced(admin.clone(), "team-a")
+            .get_opt(&orphan)
+            .await
+            .unwrap()
+            .is_none(),
+        "the orphan Service is gone"
+    );
 
     worker.stop().await;
     delete_namespace(&admin, &unbound).await;

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_run_changes_nothing()
@@ -18,11 +19,7 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
     // The worker keeps the default hold-off (its own pass at start must not race the allocation it is
     // exposing); the passes below use none, to act on what was just planted.
     let w = Worker::start(config(&env, &[&rm], "  reconcile_interval: 1h\n")).await;
-    let cfg = config(
-        &env,
-        &[&rm],
-        "  reconcile_hold_off: 0s\n  reconcile_interval: 1h\n",
-    );
+    let cfg = config(&env, &[&rm], "  reconcile_interval: 1h\n");
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     let live = format!("{}.1", uuid::Uuid::new_v4());
@@ -55,7 +52,7 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
         "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
         "spec": { "listeners": [{ "name": orphan, "port": 42209, "protocol": "TCP" }] }
     });
-    let manager = itg::names::listener_field_manager(&orphan);
+    let manager = itg::names::listener_field_manager(&rm.name, &orphan);
     gws.patch(
         &rm.gateway,
         &PatchParams::apply(&manager),
@@ -77,7 +74,7 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
 
     let servers = itg::app::connect(&cfg).await.unwrap();
     let before = observe(&env, &rm).await;
-    let planned = itg::app::reconcile_once(&cfg, &servers, true)
+    let planned = itg::app::reconcile_once_with(&cfg, &servers, true, Duration::ZERO)
         .await
         .unwrap();
     let text = serde_json::to_string(&planned).unwrap();
@@ -96,7 +93,7 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
         "a dry run changes nothing"
     );
 
-    itg::app::reconcile_once(&cfg, &servers, false)
+    itg::app::reconcile_once_with(&cfg, &servers, false, Duration::ZERO)
         .await
         .unwrap();
     let after = observe(&env, &rm).await;
@@ -115,5 +112,39 @@ async fn a_pass_removes_orphans_restores_what_a_live_allocation_lacks_and_a_dry_
         "only the live allocation's port is claimed: {after:?}"
     );
     assert_eq!(after.foreign.get("placeholder"), Some(&39999));
+    rm.teardown(&env).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_record_stops_the_pass_and_its_claims_stay() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "recbad", (43800, 43803)).await;
+    let cfg = config(&env, &[&rm], "  reconcile_interval: 1h\n");
+    let kv = jetstream::new(env.nats().await)
+        .get_key_value("ITG_STATE")
+        .await
+        .unwrap();
+    // A record written by a newer or broken worker, and the port claim it holds.
+    let key = itg::names::allocation_key(&rm.name, "odd.1");
+    kv.put(&key, "{\"phase\": \"from-the-future\"".into())
+        .await
+        .unwrap();
+    let claim = json!({ "allocation": key, "proxy": "jupyter", "claimed_at": 0 });
+    let claim_key = itg::names::port_key(&rm.name, &rm.gateway_ns, &rm.gateway, 43801);
+    kv.put(&claim_key, serde_json::to_vec(&claim).unwrap().into())
+        .await
+        .unwrap();
+
+    let servers = itg::app::connect(&cfg).await.unwrap();
+    let done = itg::app::reconcile_once_with(&cfg, &servers, false, Duration::ZERO).await;
+    println!("a pass over an undecodable record: {done:?}");
+    let err = done.expect_err("the pass stops");
+    assert!(err.contains(&key), "the error names the record: {err}");
+    assert!(
+        kv.get(&claim_key).await.unwrap().is_some(),
+        "the claim of the record that could not be read is kept"
+    );
+    kv.purge(&key).await.unwrap();
+    kv.purge(&claim_key).await.unwrap();
     rm.teardown(&env).await;
 }

@@ -92,7 +92,7 @@ impl Floor {
         });
         let claim = serde_json::json!({ "allocation": alloc, "proxy": "jupyter", "claimed_at": 0 });
         let pp = PatchParams::apply(names::OBJECT_FIELD_MANAGER).force();
-        let lpp = PatchParams::apply(&names::listener_field_manager(&name)).force();
+        let lpp = PatchParams::apply(&names::listener_field_manager(&self.rm, &name)).force();
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.task_ns);
         let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), &self.task_ns);
         let gateways: Api<Gateway> = Api::namespaced(self.client.clone(), &self.gateway_ns);
@@ -185,7 +185,7 @@ impl Floor {
         let _ = Api::<TcpRoute>::namespaced(self.client.clone(), &self.task_ns)
             .delete(&name, &dp)
             .await;
-        let lpp = PatchParams::apply(&names::listener_field_manager(&name)).force();
+        let lpp = PatchParams::apply(&names::listener_field_manager(&self.rm, &name)).force();
         Api::<Gateway>::namespaced(self.client.clone(), &self.gateway_ns)
             .patch(
                 &self.gateway,

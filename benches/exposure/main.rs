@@ -310,16 +310,16 @@ impl Bench {
 
     /// Replays the events of a resource manager whose allocations have all ended: first at once, while the
     /// handler still withdraws what their cleanups released (a late apply can land within the reconciler's
-    /// hold-off), then once the hold-off (2 s here) has passed, as a recovery replay of older events finds them.
+    /// hold-off), then once the hold-off (5 s here, the shortest allowed) has passed, as a recovery replay of older events finds them.
     async fn replay(&mut self, rm: usize) {
         for (when, hold_off) in [
             ("just ended", "120s"),
-            ("ended over the hold-off ago", "2s"),
+            ("ended over the hold-off ago", "5s"),
         ] {
             let extra = format!("  reconcile_hold_off: {hold_off}\n");
             let config = common::config(&self.env, &[&self.rms[rm]], &extra);
-            if hold_off == "2s" {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+            if hold_off == "5s" {
+                tokio::time::sleep(Duration::from_secs(6)).await;
             }
             let servers = itg::app::connect(&config).await.expect("connect");
             let c = &servers.rms[0];
