@@ -66,7 +66,10 @@ fn kinds(objects: &[Value]) -> BTreeMap<String, Vec<String>> {
         let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
         out.entry(o["kind"].as_str().expect("kind").to_owned())
             .or_default()
-            .push(format!("{ns}/{}", o["metadata"]["name"].as_str().expect("name")));
+            .push(format!(
+                "{ns}/{}",
+                o["metadata"]["name"].as_str().expect("name")
+            ));
     }
     out.values_mut().for_each(|v| v.sort());
     out
@@ -76,7 +79,8 @@ fn kinds(objects: &[Value]) -> BTreeMap<String, Vec<String>> {
 fn chart_config(objects: &[Value], name: &str) -> (Value, Config) {
     let cm = find(objects, "ConfigMap", name);
     let text = cm["data"]["config.yaml"].as_str().expect("config.yaml");
-    let config = Config::parse(text, "the chart's ConfigMap").expect("the rendered config is valid");
+    let config =
+        Config::parse(text, "the chart's ConfigMap").expect("the rendered config is valid");
     (serde_norway::from_str(text).expect("YAML"), config)
 }
 
@@ -120,14 +124,20 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
         ("Role", vec!["gateway-system/itg-worker-gateway"]),
         (
             "RoleBinding",
-            vec!["gateway-system/itg-worker-gateway", "team-a/itg-worker-tasks"],
+            vec![
+                "gateway-system/itg-worker-gateway",
+                "team-a/itg-worker-tasks",
+            ],
         ),
         ("ServiceAccount", vec!["itg-system/itg-worker"]),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.into_iter().map(String::from).collect()))
     .collect();
-    assert_eq!(got, want, "the objects of deploy/base and deploy/task-namespaces");
+    assert_eq!(
+        got, want,
+        "the objects of deploy/base and deploy/task-namespaces"
+    );
 
     // The same config as the base's ConfigMap, key for key.
     let base_objects = base();
@@ -141,7 +151,10 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
     let d = find(&objects, "Deployment", "itg-worker");
     let b = find(&base_objects, "Deployment", "itg-worker");
     assert_eq!(d["spec"]["replicas"], b["spec"]["replicas"]);
-    let (pod, base_pod) = (&d["spec"]["template"]["spec"], &b["spec"]["template"]["spec"]);
+    let (pod, base_pod) = (
+        &d["spec"]["template"]["spec"],
+        &b["spec"]["template"]["spec"],
+    );
     for key in [
         "containers",
         "securityContext",
@@ -164,7 +177,11 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
             .as_object()
             .map(|l| {
                 l.iter()
-                    .filter(|(k, _)| d["spec"]["selector"]["matchLabels"].get(k.as_str()).is_some())
+                    .filter(|(k, _)| {
+                        d["spec"]["selector"]["matchLabels"]
+                            .get(k.as_str())
+                            .is_some()
+                    })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect::<serde_json::Map<_, _>>()
             })
@@ -185,14 +202,20 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
     assert_eq!(d["spec"]["replicas"], 3);
     let pod = &d["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], "registry.example.internal/internal-task-gateway:0.2.0");
+    assert_eq!(
+        c["image"],
+        "registry.example.internal/internal-task-gateway:0.2.0"
+    );
     assert_eq!(c["imagePullPolicy"], "Always");
     assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
     assert_eq!(c["ports"][0]["containerPort"], 9500);
     assert_eq!(pod["imagePullSecrets"][0]["name"], "registry-credentials");
     assert_eq!(pod["tolerations"][0]["key"], "dedicated");
     assert!(pod["affinity"]["nodeAffinity"].is_object());
-    assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["team"], "platform");
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"]["team"],
+        "platform"
+    );
     let nats_volume = pod["volumes"]
         .as_array()
         .unwrap()
@@ -206,22 +229,41 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
             .unwrap()
             .contains(&json!({ "name": "nats", "mountPath": "/etc/itg/nats", "readOnly": true }))
     );
-    assert_eq!(find(&objects, "PodDisruptionBudget", "itg-full")["spec"]["minAvailable"], 2);
+    assert_eq!(
+        find(&objects, "PodDisruptionBudget", "itg-full")["spec"]["minAvailable"],
+        2
+    );
 
     // The config the worker reads names the mounted files and every resource manager.
     let (_, config) = chart_config(&objects, "itg-full-config");
     let creds = config.nats.creds_file.clone().expect("creds_file");
     assert_eq!(creds, Path::new("/etc/itg/nats/worker.creds"));
     let tls = config.nats.tls.clone().expect("tls");
-    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/itg/nats/ca.pem")));
+    assert_eq!(
+        tls.ca_file.as_deref(),
+        Some(Path::new("/etc/itg/nats/ca.pem"))
+    );
     assert_eq!(config.admin.address, "0.0.0.0:9500");
     let allowed: BTreeMap<&str, Vec<String>> = config
         .resource_managers
         .iter()
-        .map(|rm| (rm.name.as_str(), rm.allowed_namespaces.clone().unwrap_or_default()))
+        .map(|rm| {
+            (
+                rm.name.as_str(),
+                rm.allowed_namespaces.clone().unwrap_or_default(),
+            )
+        })
         .collect();
-    assert_eq!(allowed["k8s-west"], ["team-vision", "team-nlp"], "taskNamespaces by default");
-    assert_eq!(allowed["k8s-west-gpu"], ["team-vision"], "a resource manager's own list wins");
+    assert_eq!(
+        allowed["k8s-west"],
+        ["team-vision", "team-nlp"],
+        "taskNamespaces by default"
+    );
+    assert_eq!(
+        allowed["k8s-west-gpu"],
+        ["team-vision"],
+        "a resource manager's own list wins"
+    );
 
     // RBAC: a Role per Gateway namespace naming its Gateways, a RoleBinding per task namespace.
     let roles: BTreeMap<&str, Vec<&str>> = objects
@@ -253,17 +295,28 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
     let svc = find(&objects, "Service", "itg-full-metrics");
-    assert_eq!(svc["spec"]["selector"], d["spec"]["selector"]["matchLabels"]);
-    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]
-        .as_object()
-        .map(|l| {
-            l.iter()
-                .filter(|(k, _)| sm["spec"]["selector"]["matchLabels"].get(k.as_str()).is_some())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<serde_json::Map<_, _>>()
-        })
-        .map(Value::Object)
-        .unwrap(), "the ServiceMonitor selects the metrics Service");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"],
+        svc["metadata"]["labels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .filter(|(k, _)| {
+                        sm["spec"]["selector"]["matchLabels"]
+                            .get(k.as_str())
+                            .is_some()
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .map(Value::Object)
+            .unwrap(),
+        "the ServiceMonitor selects the metrics Service"
+    );
     dry_run(&objects).await;
 }
 
@@ -276,18 +329,28 @@ async fn install_servicemonitor_crd() {
         .current_dir(std::env::temp_dir())
         .output()
         .expect("go is installed (scripts/testenv needs it too)");
-    assert!(out.status.success(), "go mod download {PROMETHEUS_OPERATOR}: {}",
-        String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "go mod download {PROMETHEUS_OPERATOR}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: Value = serde_json::from_slice(&out.stdout).expect("go mod download -json");
     let dir = PathBuf::from(info["Dir"].as_str().expect("Dir"));
-    let crd = documents(&dir.join("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"))
-        .remove(0);
+    let crd = documents(
+        &dir.join("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"),
+    )
+    .remove(0);
     let admin = Env::load().kube().await;
-    apply(&admin, &crd, false).await.expect("apply the ServiceMonitor CRD");
+    apply(&admin, &crd, false)
+        .await
+        .expect("apply the ServiceMonitor CRD");
     let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while kube::discovery::pinned_kind(&admin, &gvk).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the ServiceMonitor CRD was not served in 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ServiceMonitor CRD was not served in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -353,13 +416,17 @@ fn the_default_render_grants_exactly_the_rbac_of_the_kustomize_manifests() {
     let chart = rbac(render(None));
     // deploy/base, and deploy/task-namespaces for the task namespaces the base's config allows.
     let kustomize = rbac(
-        base()
-            .into_iter()
-            .chain(kustomize(&root().join("deploy/task-namespaces")).into_iter().map(|(_, v)| v)),
+        base().into_iter().chain(
+            kustomize(&root().join("deploy/task-namespaces"))
+                .into_iter()
+                .map(|(_, v)| v),
+        ),
     );
     let keys: BTreeSet<&String> = chart.keys().chain(kustomize.keys()).collect();
     let mut differ = 0;
-    println!("RBAC, object by object (chart default render vs deploy/base + deploy/task-namespaces):");
+    println!(
+        "RBAC, object by object (chart default render vs deploy/base + deploy/task-namespaces):"
+    );
     for k in keys {
         let verdict = match (chart.get(k), kustomize.get(k)) {
             (Some(a), Some(b)) if a == b => "same",
@@ -378,5 +445,8 @@ fn the_default_render_grants_exactly_the_rbac_of_the_kustomize_manifests() {
         }
     }
     assert!(!chart.is_empty(), "the chart renders RBAC");
-    assert_eq!(differ, 0, "the chart grants what the Kustomize manifests grant, and nothing else");
+    assert_eq!(
+        differ, 0,
+        "the chart grants what the Kustomize manifests grant, and nothing else"
+    );
 }

@@ -33,6 +33,7 @@ func workerConfig(natsURL, kubeconfig, rm, gateway string) string {
   url: %s
 jetstream:
   ack_wait: 3s
+  max_deliver: -1
 worker:
   retry_min: 50ms
   retry_max: 500ms
@@ -201,4 +202,3 @@ spec:
 	os.Setenv("ITG_TASK_NAMESPACE", taskNS)
 	return stop, nil
 }
-
