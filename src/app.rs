@@ -26,6 +26,8 @@ pub enum StartError {
     Nats(#[from] nats::NatsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Bucket(#[from] crate::store::OpenError),
     /// The admin endpoint could not listen.
     #[error("admin.address {address}: {message}; choose a free address")]
     Admin { address: String, message: String },
@@ -198,7 +200,8 @@ pub async fn reconcile_once_with(
             c.gateway.clone(),
             config.worker.clone(),
         );
-        let mut r = Reconciler::new(handler, servers.store.clone(), c.gateway.clone(), hold_off);
+        let mut r = Reconciler::new(handler, servers.store.clone(), c.gateway.clone(), hold_off)
+            .purging_tombstones_after(config.jetstream.events_max_age.0);
         out.push((c.config.name.clone(), r.pass(dry_run).await?));
     }
     Ok(out)
@@ -303,7 +306,8 @@ pub async fn run(
             servers.store.clone(),
             c.gateway,
             config.worker.reconcile_hold_off.0,
-        );
+        )
+        .purging_tombstones_after(config.jetstream.events_max_age.0);
         let (every, mut stop) = (config.worker.reconcile_interval.0, shutdown.clone());
         side_tasks.push(tokio::spawn(tracing::Instrument::instrument(
             async move {

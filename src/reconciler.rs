@@ -36,6 +36,11 @@ pub enum Action {
     DeleteObject { object: OwnedObject },
     /// A live allocation lacks an object, or an ending one was left half-cleaned: drive it again.
     Repair { allocation_id: String },
+    /// A finished allocation's record, older than any event that could still be replayed about it.
+    PurgeTombstone {
+        allocation_id: String,
+        revision: u64,
+    },
 }
 
 impl Action {
@@ -45,6 +50,7 @@ impl Action {
             Action::RemoveListener { .. } => "remove_listener",
             Action::DeleteObject { .. } => "delete_object",
             Action::Repair { .. } => "repair",
+            Action::PurgeTombstone { .. } => "purge_tombstone",
         }
     }
 }
@@ -54,6 +60,11 @@ impl Action {
 pub struct Inputs {
     /// Allocation id -> its record.
     pub records: BTreeMap<String, Record>,
+    /// Allocation id -> its record's revision.
+    pub revisions: BTreeMap<String, u64>,
+    /// Seconds after which a finished allocation's record is purged: the events stream's max age, past
+    /// which no event about it can be served again. `None` keeps every record.
+    pub tombstone_max_age: Option<i64>,
     /// Port -> (claim, revision).
     pub claims: BTreeMap<u16, (PortClaim, u64)>,
     /// Names of the Gateway's listeners of the worker's shape.
@@ -145,6 +156,16 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
             actions.push(Action::Repair {
                 allocation_id: id.clone(),
             });
+        } else if let (Some(max_age), Some(revision)) = (i.tombstone_max_age, i.revisions.get(id))
+            && !r.phase.wants_exposure()
+            && r.phase != crate::state::Phase::Ending
+            && r.ports.is_empty()
+            && now.saturating_sub(r.updated_at) > max_age
+        {
+            actions.push(Action::PurgeTombstone {
+                allocation_id: id.clone(),
+                revision: *revision,
+            });
         }
     }
     (actions, suspects)
@@ -164,6 +185,7 @@ pub struct Reconciler<S> {
     per_namespace: bool,
     /// Task namespaces named by the records of earlier passes.
     known_namespaces: BTreeSet<String>,
+    tombstone_max_age: Option<Duration>,
 }
 
 fn now() -> i64 {
@@ -190,7 +212,16 @@ impl<S: Store> Reconciler<S> {
             suspects: BTreeMap::new(),
             per_namespace: false,
             known_namespaces: BTreeSet::new(),
+            tombstone_max_age: None,
         }
+    }
+
+    /// Purges finished allocations' records once they are older than `max_age`, the events stream's max
+    /// age: no event about them can be served again, and without this the bucket, and every pass, grows
+    /// with every allocation ever seen.
+    pub fn purging_tombstones_after(mut self, max_age: Duration) -> Self {
+        self.tombstone_max_age = Some(max_age);
+        self
     }
 
     /// Reads what the plan needs. What is derived (claims, listeners, objects) is read BEFORE what it derives
@@ -239,8 +270,12 @@ impl<S: Store> Reconciler<S> {
                      (itgctl allocations, or the KV bucket) and fix or delete it by hand"
                 ));
             };
+            i.revisions.insert(id.clone(), e.revision);
             i.records.insert(id, r);
         }
+        i.tombstone_max_age = self
+            .tombstone_max_age
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         for r in i.records.values() {
             if let Some(spec) = &r.spec {
                 self.known_namespaces.insert(spec.namespace.clone());
@@ -360,6 +395,15 @@ impl<S: Store> Reconciler<S> {
                     .await
                     .map_err(|e| e.to_string()),
                 Action::Repair { allocation_id } => self.handler.repair(allocation_id).await,
+                Action::PurgeTombstone {
+                    allocation_id,
+                    revision,
+                } => self
+                    .store
+                    .purge(&names::allocation_key(&self.rm, allocation_id), *revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
             };
             match result {
                 Ok(()) => {
@@ -495,6 +539,39 @@ mod tests {
             vec![Action::DeleteObject {
                 object: mk_object("b.1", ObjectKind::Service, 900)
             }]
+        );
+    }
+
+    #[test]
+    fn a_finished_record_is_purged_only_past_the_events_max_age() {
+        let mut i = mk_healthy();
+        let mut done = mk_record("d.1", Phase::Removed, 40003, 100);
+        done.ports.clear();
+        i.records.insert("d.1".into(), done);
+        i.revisions.insert("d.1".into(), 42);
+        i.records
+            .insert("e.1".into(), mk_record("e.1", Phase::Ending, 40004, 100));
+        assert_eq!(plan(RM, &i, 1000, 60).0.len(), 1, "kept without a max age");
+        i.tombstone_max_age = Some(3600);
+        assert!(
+            !plan(RM, &i, 1000, 60)
+                .0
+                .iter()
+                .any(|a| matches!(a, Action::PurgeTombstone { .. })),
+            "younger than the max age"
+        );
+        let purges: Vec<Action> = plan(RM, &i, 100 + 3601, 60)
+            .0
+            .into_iter()
+            .filter(|a| matches!(a, Action::PurgeTombstone { .. }))
+            .collect();
+        assert_eq!(
+            purges,
+            vec![Action::PurgeTombstone {
+                allocation_id: "d.1".into(),
+                revision: 42
+            }],
+            "the live and the ending records stay"
         );
     }
 

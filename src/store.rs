@@ -29,6 +29,16 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// Why the bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bucket exists with a setting that would lose records or claims.
+    #[error("KV bucket {bucket}: {problem}")]
+    Settings { bucket: String, problem: String },
+}
+
 /// The result of a conditional write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -68,6 +78,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         key: &str,
         revision: u64,
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+    /// Removes `key` and its history for good, only if it is at `revision` (a later write survives). For
+    /// tombstones past any replay: unlike a delete, it leaves no marker behind, so the bucket stops growing.
+    fn purge(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
+        self.delete(key, revision)
+    }
     /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// The claimed ports under `prefix` as a watch last saw them, when this store keeps such an index and
@@ -244,11 +263,11 @@ impl KvStore {
     /// outlive the events stream, so they are never expired by the bucket.
     ///
     /// # Errors
-    /// [`StoreError`] when JetStream refuses or cannot be reached.
+    /// [`OpenError`] when JetStream refuses or cannot be reached, or the bucket's settings would lose data.
     pub async fn open(
         js: &jetstream::Context,
         cfg: &JetStreamConfig,
-    ) -> Result<KvStore, StoreError> {
+    ) -> Result<KvStore, OpenError> {
         let bucket = cfg.state_bucket.clone();
         let err = |op: &'static str, e: &dyn std::fmt::Display| StoreError {
             bucket: bucket.clone(),
@@ -257,7 +276,13 @@ impl KvStore {
             message: e.to_string(),
         };
         let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                check_settings(&kv).map_err(|problem| OpenError::Settings {
+                    bucket: bucket.clone(),
+                    problem,
+                })?;
+                kv
+            }
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: bucket.clone(),
@@ -276,6 +301,11 @@ impl KvStore {
         })
     }
 
+    /// The stream subject that holds `key`.
+    fn subject(&self, key: &str) -> String {
+        format!("{}{key}", self.kv.prefix)
+    }
+
     fn error(&self, op: &'static str, key: &str, e: &dyn std::fmt::Display) -> StoreError {
         StoreError {
             bucket: self.bucket.clone(),
@@ -284,6 +314,28 @@ impl KvStore {
             message: e.to_string(),
         }
     }
+}
+
+/// Refuses a bucket whose settings would lose what the worker keeps there: a TTL expires live claims and
+/// the tombstones that stop a resurrection; a size limit that discards old entries drops them silently.
+fn check_settings(kv: &kv::Store) -> Result<(), String> {
+    let c = &kv.stream.cached_info().config;
+    let fix = "recreate it without that setting (the worker creates it right when absent), or point \
+               jetstream.state_bucket at a new bucket";
+    if !c.max_age.is_zero() {
+        return Err(format!(
+            "its max_age (TTL) is {}: live port claims and tombstones would expire; {fix}",
+            humantime::format_duration(c.max_age)
+        ));
+    }
+    let limited = c.max_bytes > 0 || c.max_messages > 0;
+    if limited && c.discard == jetstream::stream::DiscardPolicy::Old {
+        return Err(format!(
+            "it discards old entries at its limit (max_bytes {}, max_messages {}, discard old): claims would vanish; {fix}",
+            c.max_bytes, c.max_messages
+        ));
+    }
+    Ok(())
 }
 
 impl Store for KvStore {
@@ -328,6 +380,23 @@ impl Store for KvStore {
                 Ok(Outcome::Conflict)
             }
             Err(e) => Err(self.error("delete", key, &e)),
+        }
+    }
+
+    async fn purge(&self, key: &str, revision: u64) -> Result<Outcome, StoreError> {
+        // A purge of the key's subject below revision + 1: the value read goes with its history, leaving no
+        // marker, and a write made since (a higher sequence) survives.
+        match self
+            .kv
+            .stream
+            .purge()
+            .filter(self.subject(key))
+            .sequence(revision + 1)
+            .await
+        {
+            Ok(p) if p.purged > 0 => Ok(Outcome::Written(revision)),
+            Ok(_) => Ok(Outcome::Conflict),
+            Err(e) => Err(self.error("purge", key, &e)),
         }
     }
 
