@@ -173,20 +173,10 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
     );
     assert_eq!(
         d["spec"]["selector"]["matchLabels"],
-        d["spec"]["template"]["metadata"]["labels"]
-            .as_object()
-            .map(|l| {
-                l.iter()
-                    .filter(|(k, _)| {
-                        d["spec"]["selector"]["matchLabels"]
-                            .get(k.as_str())
-                            .is_some()
-                    })
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<serde_json::Map<_, _>>()
-            })
-            .map(Value::Object)
-            .unwrap(),
+        only_keys_of(
+            &d["spec"]["template"]["metadata"]["labels"],
+            &d["spec"]["selector"]["matchLabels"]
+        ),
         "the pods carry the selector's labels"
     );
     dry_run(&objects).await;
@@ -301,20 +291,10 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
     );
     assert_eq!(
         sm["spec"]["selector"]["matchLabels"],
-        svc["metadata"]["labels"]
-            .as_object()
-            .map(|l| {
-                l.iter()
-                    .filter(|(k, _)| {
-                        sm["spec"]["selector"]["matchLabels"]
-                            .get(k.as_str())
-                            .is_some()
-                    })
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<serde_json::Map<_, _>>()
-            })
-            .map(Value::Object)
-            .unwrap(),
+        only_keys_of(
+            &svc["metadata"]["labels"],
+            &sm["spec"]["selector"]["matchLabels"]
+        ),
         "the ServiceMonitor selects the metrics Service"
     );
     dry_run(&objects).await;
@@ -449,4 +429,16 @@ fn the_default_render_grants_exactly_the_rbac_of_the_kustomize_manifests() {
         differ, 0,
         "the chart grants what the Kustomize manifests grant, and nothing else"
     );
+}
+
+/// The labels of `labels` whose keys `selector` names: what a selector sees of them.
+fn only_keys_of(labels: &Value, selector: &Value) -> Value {
+    let picked = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| selector.get(k.as_str()).is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<serde_json::Map<_, _>>();
+    Value::Object(picked)
 }
