@@ -427,15 +427,25 @@ async fn delete_ignoring_absent<K>(api: Api<K>, name: &str, what: String) -> Res
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
+    deleted(
+        api.delete(name, &DeleteParams::background())
+            .await
+            .map(drop),
+        &what,
+    )
+}
+
+/// What the answer to a delete means: done when the object is gone or was never there.
+fn deleted(answer: Result<(), kube::Error>, what: &str) -> Result<(), KubeError> {
+    match answer {
+        Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         // Where the worker may not delete it could not create either: nothing of its own is there.
         Err(kube::Error::Api(s)) if s.code == 403 => {
             tracing::warn!(what = %what, "forbidden; treating it as absent");
             Ok(())
         }
-        Err(err) => Err(classify(&what, err)),
+        Err(err) => Err(classify(what, err)),
     }
 }
 
@@ -605,5 +615,32 @@ impl KubeGateway {
     /// [`KubeError`] when the apply fails.
     pub async fn remove_owned_listener(&self, name: &str) -> Result<(), KubeError> {
         self.remove_listener(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("{reason} for the test"), reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_forbidden_delete_is_an_error_and_only_a_missing_object_counts_as_gone() {
+        assert!(deleted(Err(api_error(404, "NotFound")), "deleting Service a/b").is_ok());
+        match deleted(Err(api_error(403, "Forbidden")), "deleting Service a/b") {
+            Err(KubeError::Permanent(m)) => {
+                assert!(
+                    m.contains("deleting Service a/b") && m.contains("403"),
+                    "{m}"
+                );
+            }
+            other => panic!("a 403 on delete was taken as {other:?}"),
+        }
     }
 }
