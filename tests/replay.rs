@@ -176,8 +176,9 @@ async fn a_replay_after_the_state_is_lost_answers_no_ended_allocation_ready() {
         .output()
         .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    // Exit code 4: some event could not be served now, which the assertions below tell apart.
     assert!(
-        out.status.success(),
+        matches!(out.status.code(), Some(0 | 4)),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
