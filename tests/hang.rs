@@ -26,13 +26,13 @@ struct SilentProxy {
 async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, silent: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        // A silent path forwards nothing, not even a close: neither peer learns of the other's end.
         if silent.load(Ordering::SeqCst) {
-            // Neither forwarded nor closed: the peer waits for an answer that never comes.
             std::future::pending::<()>().await;
+        }
+        if n == 0 {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
@@ -159,9 +159,11 @@ async fn a_silent_apiserver_path_loses_nothing_turns_unready_and_every_event_is_
 
     proxy.set_silent(false);
     let healed = Instant::now();
-    replies.first(120, &first, "removed").await;
+    // A request sent while silent is never answered: it must be abandoned and retried, not wait for the
+    // client's pool to give up on its connection. 40 s covers the default call timeout (15 s) and a retry.
+    replies.first(40, &first, "removed").await;
     for a in &allocs {
-        replies.first(120, a, "ready").await;
+        replies.first(40, a, "ready").await;
     }
     eprintln!(
         "every event served {:?} after the path healed",
