@@ -57,11 +57,12 @@ pub struct Servers {
 pub async fn connect(config: &Config) -> Result<Servers, StartError> {
     let client = nats::connect(&config.nats).await?;
     let js = jetstream::new(client.clone());
+    let url = crate::config::redacted_url(&config.nats.url);
     js.query_account()
         .await
         .map_err(|e| nats::NatsError::JetStream {
-            what: format!("account info at {}", config.nats.url),
-            message: e.to_string(),
+            what: format!("account info at {url}"),
+            message: e.to_string().replace(&config.nats.url, &url),
         })?;
     nats::ensure_streams(&js, &config.jetstream).await?;
     let store = KvStore::open(&js, &config.jetstream).await?;
@@ -205,7 +206,9 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
     let _ = writeln!(
         out,
         "NATS {} at {}: JetStream available (server {})",
-        info.version, config.nats.url, info.server_name
+        info.version,
+        crate::config::redacted_url(&config.nats.url),
+        info.server_name
     );
     for c in capacity(servers).await? {
         let _ = writeln!(
