@@ -107,6 +107,20 @@ pub fn redacted_url(url: &str) -> String {
         .join(",")
 }
 
+/// The shortest time `max_deliver` deliveries can span: the waits between them double from `retry_min` up
+/// to `retry_max`, as the consumer's backoff does (its jitter only lengthens them).
+fn redelivery_span(w: &WorkerConfig, max_deliver: i64) -> Duration {
+    let max = w.retry_max.0;
+    let mut waits = max_deliver.saturating_sub(1).max(0);
+    let (mut span, mut wait) = (Duration::ZERO, w.retry_min.0.min(max));
+    while waits > 0 && wait < max {
+        span = span.saturating_add(wait);
+        wait = wait.saturating_mul(2).min(max);
+        waits -= 1;
+    }
+    span.saturating_add(max.saturating_mul(u32::try_from(waits).unwrap_or(u32::MAX)))
+}
+
 fn default_connection_name() -> String {
     "itg-worker".into()
 }
@@ -421,17 +435,14 @@ impl Config {
             ));
         }
         let longest = w.capacity_deadline.0.max(w.kubernetes_deadline.0);
-        let budget = w
-            .retry_max
-            .0
-            .saturating_mul(u32::try_from(js.max_deliver).unwrap_or(u32::MAX));
+        let budget = redelivery_span(w, js.max_deliver);
         if js.max_deliver != -1 && budget < longest {
             return Err(rule(
                 "jetstream.max_deliver",
                 js.max_deliver,
                 format!(
-                    "with worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
-                    w.retry_max.0, budget, longest
+                    "with worker.retry_min {:?} doubling up to worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
+                    w.retry_min.0, w.retry_max.0, budget, longest
                 ),
             ));
         }
