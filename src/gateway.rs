@@ -135,6 +135,11 @@ pub async fn client_for(rm: &ResourceManagerConfig) -> Result<(Client, String), 
     Ok((client, where_))
 }
 
+/// Whether the apiserver refused the call as forbidden (403): the worker's rights do not reach there.
+pub fn is_forbidden(e: &KubeError) -> bool {
+    matches!(e, KubeError::Permanent(m) if m.contains("(403 "))
+}
+
 /// Sorts a kube error into retry, capacity or give-up.
 pub fn classify(what: &str, err: kube::Error) -> KubeError {
     match err {
@@ -440,11 +445,8 @@ fn deleted(answer: Result<(), kube::Error>, what: &str) -> Result<(), KubeError>
     match answer {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        // Where the worker may not delete it could not create either: nothing of its own is there.
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            tracing::warn!(what = %what, "forbidden; treating it as absent");
-            Ok(())
-        }
+        // Forbidden says nothing of whether the object is there: the worker may have created it before its
+        // rights were cut. Releasing its port now could hand the port out twice.
         Err(err) => Err(classify(what, err)),
     }
 }
@@ -494,11 +496,23 @@ impl Cluster for KubeGateway {
         binding: &Binding,
     ) -> Result<(), KubeError> {
         let name = names::object_name(rm, allocation_id, &binding.name);
+        // A delete the namespace forbids does not stop the rest: the listener still goes, then the refusal
+        // is reported.
+        let mut forbidden = None;
+        let mut keep_forbidden = |r: Result<(), KubeError>| match r {
+            Err(e) if is_forbidden(&e) => {
+                forbidden = Some(e);
+                Ok(())
+            }
+            other => other,
+        };
         if let Some(ns) = namespace {
             let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting TCPRoute {ns}/{name}");
-            self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
-                .await?;
+            keep_forbidden(
+                self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
+                    .await,
+            )?;
             crashpoint::reach("withdraw.route_deleted");
         }
         self.timed("remove_listener", self.remove_listener(&name))
@@ -507,14 +521,16 @@ impl Cluster for KubeGateway {
         if let Some(ns) = namespace {
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting Service {ns}/{name}");
-            self.timed(
-                "delete_service",
-                delete_ignoring_absent(services, &name, what),
-            )
-            .await?;
+            keep_forbidden(
+                self.timed(
+                    "delete_service",
+                    delete_ignoring_absent(services, &name, what),
+                )
+                .await,
+            )?;
             crashpoint::reach("withdraw.service_deleted");
         }
-        Ok(())
+        forbidden.map_or(Ok(()), Err)
     }
 }
 

@@ -324,7 +324,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     for b in &touched {
                         add_touched(&mut all, b);
                     }
-                    self.withdraw_all(&ev.allocation_id, &all, Some(&ev.namespace))
+                    let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
+                    self.withdraw_all(&ev.allocation_id, &all, Some(&ev.namespace), refused)
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {
@@ -484,7 +485,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
                     {
                         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref())
+                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref(), false)
                             .await?;
                         let mut next = rec.clone();
                         next.ports.clear();
@@ -665,21 +666,29 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// Withdraws the objects of `bindings` and frees their ports where this allocation still holds them.
+    /// With `refused_ns`, the task namespace refused the allocation's applies, so nothing of it is there
+    /// and a forbidden delete there is not a leak; anywhere else a 403 is an error, retried.
     async fn withdraw_all(
         &self,
         allocation_id: &str,
         bindings: &[Binding],
         ns: Option<&str>,
+        refused_ns: bool,
     ) -> Result<(), DriveError> {
         for b in bindings {
-            self.cluster
+            match self
+                .cluster
                 .withdraw(&self.rm.name, allocation_id, ns, b)
                 .await
-                .map_err(|e| match e {
-                    KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m) => {
-                        DriveError::Kube(m)
-                    }
-                })?;
+            {
+                Ok(()) => {}
+                Err(e) if refused_ns && crate::gateway::is_forbidden(&e) => {
+                    tracing::debug!(error = %e, "the task namespace refused the allocation; nothing of it is there");
+                }
+                Err(KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m)) => {
+                    return Err(DriveError::Kube(m));
+                }
+            }
         }
         let key = names::allocation_key(&self.rm.name, allocation_id);
         for b in bindings {
@@ -715,7 +724,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         for b in touched.iter() {
             add_touched(&mut all, b);
         }
-        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref())
+        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref(), refused_ns(rec))
             .await?;
         touched.clear();
         if rec.is_clean() && rec.phase != Phase::Ending {
@@ -746,6 +755,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         };
         self.cleanup(key, &next, rev, touched).await
     }
+}
+
+/// Whether the allocation failed because its task namespace refused it (403): then nothing of it is there.
+fn refused_ns(rec: &Record) -> bool {
+    rec.phase == Phase::Failed
+        && rec
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.message.contains("(403 "))
 }
 
 fn drive_msg(e: DriveError) -> String {
