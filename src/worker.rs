@@ -324,8 +324,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     for b in &touched {
                         add_touched(&mut all, b);
                     }
+                    // Where the objects were applied: the record's namespace, not what this event says.
+                    let ns = cur
+                        .as_ref()
+                        .and_then(|(r, _)| r.spec.as_ref())
+                        .map_or(ev.namespace.as_str(), |s| s.namespace.as_str());
                     let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
-                    self.withdraw_all(&ev.allocation_id, &all, Some(&ev.namespace), refused)
+                    self.withdraw_all(&ev.allocation_id, &all, Some(ns), refused)
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {
