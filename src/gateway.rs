@@ -287,7 +287,18 @@ impl KubeGateway {
             .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
             .await
         {
-            Ok(_) => Ok(()),
+            // The apply only drops what this manager owned: a listener another manager co-owns (say after
+            // `kubectl get -o yaml | kubectl apply`) stays, and its port must not be released.
+            Ok(gw) => match gw.spec.listeners.iter().find(|l| l.name == name) {
+                None => Ok(()),
+                Some(l) => Err(KubeError::Transient(format!(
+                    "listener {name} (port {}) is still on Gateway {}/{}: other field managers own it too ({}); remove it from the Gateway, or have them stop managing it",
+                    l.port,
+                    self.gateway_namespace,
+                    self.gateway_name,
+                    co_owners(&gw, name).join(", ")
+                ))),
+            },
             // Applying onto a Gateway that is gone is refused as invalid (it lacks its required fields),
             // not as missing: either way, no Gateway means no listener to remove.
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {
@@ -302,6 +313,26 @@ impl KubeGateway {
             Err(err) => Err(classify(&format!("removing listener {name}"), err)),
         }
     }
+}
+
+/// The field managers, other than the listener's own, that own fields of that listener.
+fn co_owners(gw: &Gateway, listener: &str) -> Vec<String> {
+    let own = names::listener_field_manager(listener);
+    // Server-side apply keys a listener's entry `k:{"name":"<listener>"}`.
+    let quoted = format!("\"{listener}\"");
+    gw.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec")?.get("f:listeners")?.as_object())
+                .is_some_and(|o| o.keys().any(|k| k.contains(&quoted)))
+        })
+        .filter_map(|m| m.manager.clone())
+        .filter(|m| *m != own)
+        .collect()
 }
 
 /// The Service of one proxy port, exactly as the worker applies it.
