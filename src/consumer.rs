@@ -267,7 +267,7 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     tracing::error!(why = %why, sequence, "giving up after the maximum deliveries; stored as a dead letter");
     if kind == contract::EventKind::Started
         && let Some(Handled::Answer { reply, msg_id }) =
-            handler.given_up(&msg.payload, why, sequence)
+            handler.given_up(&msg.payload, why, sequence).await
         && let Err(e) = replier.publish(&reply, &msg_id).await
     {
         tracing::error!(error = %e, "could not answer the given-up event");

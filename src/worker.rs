@@ -228,8 +228,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// The `failed` answer for a started given up on after the maximum deliveries; `None` when the payload
-    /// is not a readable started (it was answered as invalid on its first delivery).
-    pub fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
+    /// is not a readable started (it was answered as invalid on its first delivery). Answered `failed`, the
+    /// allocation keeps nothing: its objects are withdrawn, its ports released and its record removed, so a
+    /// resend starts afresh. What cannot be withdrawn now stays recorded as failed, for the reconciler.
+    pub async fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
         let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
             return None;
         };
@@ -241,11 +243,46 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             ),
             retryable: true,
         };
+        if let Err(e) = self.abandon(&ev.allocation_id, &f).await {
+            tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+        }
         Some(replies::failed(
             &self.rm,
             &ev.allocation_id,
             ev.event_id,
             &f,
+        ))
+    }
+
+    async fn abandon(&self, allocation_id: &str, f: &Failure) -> Result<(), String> {
+        let key = names::allocation_key(&self.rm.name, allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if !rec.phase.wants_exposure() && rec.phase != Phase::Failed {
+                // Ending or removed: the ended's own cleanup owns the record.
+                return Ok(());
+            }
+            let pass = if rec.phase == Phase::Failed {
+                self.cleanup(&key, &rec, rev, &mut Vec::new()).await
+            } else {
+                self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await
+            };
+            match pass.map_err(drive_msg)? {
+                Pass::Moved => continue,
+                Pass::Settled(_) => {}
+            }
+            let Some(entry) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let deleted = self.store.delete(&key, entry.revision).await;
+            if let Outcome::Written(_) = deleted.map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "allocation {allocation_id:?}: the record kept changing"
         ))
     }
 
