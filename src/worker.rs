@@ -286,6 +286,25 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         ))
     }
 
+    /// Leaves the tombstone an `ended` leaves when the allocation has no record, and nothing else; `true`
+    /// when it wrote one. For a replay, before it serves any started.
+    ///
+    /// # Errors
+    /// The KV bucket could not be read or written.
+    pub async fn tombstone(&self, ev: &Ended) -> Result<bool, StoreError> {
+        let key = names::allocation_key(&self.rm.name, &ev.allocation_id);
+        if self.store.get(&key).await?.is_some() {
+            return Ok(false);
+        }
+        match state::on_ended(None, &self.rm.name, &ev.allocation_id, ev.event_id, now()) {
+            EndedStep::Tombstone(t) => Ok(matches!(
+                self.store.create(&key, encode(&t)).await?,
+                Outcome::Written(_)
+            )),
+            _ => Ok(false),
+        }
+    }
+
     /// Drives one allocation toward its record without an event: exposes what a live allocation lacks,
     /// finishes the cleanup of an ending one. For the reconciler; nothing is replied.
     ///
