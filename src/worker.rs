@@ -141,6 +141,38 @@ pub struct Handler<S, C> {
     store: S,
     cluster: C,
     timing: WorkerConfig,
+    refused: Refused,
+}
+
+/// Ports the Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
+/// the port search skips them, shared by every clone of a handler.
+#[derive(Clone, Default)]
+struct Refused(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, std::time::Instant>>>,
+);
+
+impl Refused {
+    fn note(&self, port: u16, for_: Duration) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(port, std::time::Instant::now() + for_);
+        }
+    }
+
+    fn current(&self) -> Vec<u16> {
+        let now = std::time::Instant::now();
+        self.0.lock().map_or_else(
+            |_| Vec::new(),
+            |mut m| {
+                m.retain(|_, until| *until > now);
+                m.keys().copied().collect()
+            },
+        )
+    }
+}
+
+/// Whether a capacity refusal says the port is taken on the Gateway, rather than that no slot is left.
+fn port_taken(message: &str) -> bool {
+    message.contains("port, protocol") || message.contains("unique")
 }
 
 fn now() -> i64 {
@@ -190,6 +222,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             store,
             cluster,
             timing,
+            refused: Refused::default(),
         }
     }
 
@@ -606,7 +639,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 spec: &spec,
                 binding: b,
             };
-            self.cluster.expose(&e).await?;
+            match self.cluster.expose(&e).await {
+                Ok(()) => {}
+                // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
+                // still exposing gives back everything it holds, as when no port is free, so two of them
+                // never wait on each other's slots; a port found taken is not chosen again for a while.
+                Err(KubeError::Capacity(m)) if rec.phase == Phase::Exposing => {
+                    if port_taken(&m) {
+                        self.refused
+                            .note(b.gateway_port, self.timing.capacity_deadline.0);
+                    }
+                    self.withdraw_all(&rec.allocation_id, &rec.ports, Some(&spec.namespace), false)
+                        .await?;
+                    let mut next = rec.clone();
+                    next.ports.clear();
+                    next.updated_at = now();
+                    if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
+                        return Ok(Pass::Moved);
+                    }
+                    return Err(DriveError::Capacity(m));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // The record must not have moved while the objects were applied: if an ended slipped in, its
         // cleanup may have run before these applies, and the next pass must undo them.
@@ -656,10 +710,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 self.rm.listener_limit
             )));
         }
+        let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
+        taken.extend(self.refused.current());
         let pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports,
-            taken: rec.ports.iter().map(|b| b.gateway_port).collect(),
+            taken,
         };
         let start: u32 = rand::random();
         let prefix = names::port_key_prefix(&self.rm.name, &g.namespace, &g.name);
