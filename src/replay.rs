@@ -82,7 +82,7 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
         },
     };
     // A started is served before its ended: if the state was lost, it would expose the allocation again.
-    tombstone_ended(&stream, handler, &rm, deliver_policy.clone(), last).await?;
+    tombstone_ended(&stream, handler, &rm, deliver_policy, last).await?;
     let mut ordered = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: format!("itg.events.{rm}.>"),
