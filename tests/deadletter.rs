@@ -2,7 +2,6 @@
 //! error, a started is answered `failed`, and an operator can send it back once the cause is fixed.
 
 mod common;
-#[allow(dead_code)]
 #[path = "common/nats_server.rs"]
 mod nats_server;
 

@@ -3,7 +3,6 @@
 //! that wants that password, and greps stdout and stderr.
 
 mod common;
-#[allow(dead_code)]
 #[path = "common/nats_server.rs"]
 mod nats_server;
 
