@@ -73,14 +73,23 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             message,
         };
         let (client, server) = gateway::client_for(rm).await.map_err(kerr)?;
-        client
-            .apiserver_version()
+        let limit = config.worker.kubernetes_call_timeout.0;
+        let silent = || {
+            kerr(format!(
+                "apiserver from {server} gave no answer in {limit:?}"
+            ))
+        };
+        tokio::time::timeout(limit, client.apiserver_version())
             .await
+            .map_err(|_| silent())?
             .map_err(|e| kerr(format!("apiserver from {server} does not answer: {e}")))?;
         let g = &rm.internal_task_gateway;
         let api: Api<gateway_api::experimental::gateways::Gateway> =
             Api::namespaced(client.clone(), &g.gateway_namespace);
-        match api.get_opt(&g.gateway_name).await {
+        let found = tokio::time::timeout(limit, api.get_opt(&g.gateway_name))
+            .await
+            .map_err(|_| silent())?;
+        match found {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(kerr(format!(
@@ -97,7 +106,8 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         }
         let gateway = KubeGateway::start(client, rm)
             .await
-            .map_err(|e| kerr(e.to_string()))?;
+            .map_err(|e| kerr(e.to_string()))?
+            .with_call_timeout(limit);
         rms.push(Connected {
             config: rm.clone(),
             gateway,

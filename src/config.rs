@@ -196,6 +196,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub capacity_deadline: Dur,
     pub kubernetes_deadline: Dur,
+    /// The longest one apiserver request may take before it is abandoned as a transient error.
+    pub kubernetes_call_timeout: Dur,
     pub retry_min: Dur,
     pub retry_max: Dur,
     pub shutdown_timeout: Dur,
@@ -209,6 +211,7 @@ impl Default for WorkerConfig {
             concurrency: 32,
             capacity_deadline: Dur(Duration::from_secs(600)),
             kubernetes_deadline: Dur(Duration::from_secs(300)),
+            kubernetes_call_timeout: Dur(Duration::from_secs(15)),
             retry_min: Dur(Duration::from_millis(250)),
             retry_max: Dur(Duration::from_secs(30)),
             shutdown_timeout: Dur(Duration::from_secs(25)),
@@ -404,6 +407,10 @@ impl Config {
                 "worker.kubernetes_deadline",
                 self.worker.kubernetes_deadline,
             ),
+            (
+                "worker.kubernetes_call_timeout",
+                self.worker.kubernetes_call_timeout,
+            ),
             ("worker.retry_min", self.worker.retry_min),
             ("worker.retry_max", self.worker.retry_max),
             ("worker.shutdown_timeout", self.worker.shutdown_timeout),
@@ -444,6 +451,13 @@ impl Config {
                     "with worker.retry_min {:?} doubling up to worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
                     w.retry_min.0, w.retry_max.0, budget, longest
                 ),
+            ));
+        }
+        if w.kubernetes_call_timeout.0 > w.kubernetes_deadline.0 {
+            return Err(rule(
+                "worker.kubernetes_call_timeout",
+                w.kubernetes_call_timeout.0,
+                "must not exceed worker.kubernetes_deadline",
             ));
         }
         if w.retry_min.0 > w.retry_max.0 {

@@ -143,9 +143,24 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
         tokio::pin!(handled);
         let mut beat = tokio::time::interval(ack_wait / 3);
         beat.tick().await;
+        // Progress is claimed for at most worker.kubernetes_deadline: a handler stuck longer is given up on
+        // for this delivery, and the event comes back.
+        let give_back = tokio::time::sleep(timing.kubernetes_deadline.0);
+        tokio::pin!(give_back);
         let handled = loop {
             tokio::select! {
                 h = &mut handled => break h,
+                () = &mut give_back => {
+                    let why = format!("not served within worker.kubernetes_deadline ({:?})", timing.kubernetes_deadline.0);
+                    if pacing.last_delivery(delivered) {
+                        give_up(handler, replier, &msg, kind, &why).await;
+                    } else {
+                        tracing::warn!(why = %why, "giving the event back");
+                        metrics::get().event(&rm, kind.as_str(), "retry");
+                        ack(&msg, AckKind::Nak(Some(redelivery_delay(timing, delivered)))).await;
+                    }
+                    return;
+                }
                 _ = beat.tick() => ack(&msg, AckKind::Progress).await,
                 () = async { let _ = abort.wait_for(|a| *a).await; } => {
                     tracing::warn!("shutdown grace period over; giving the event back");

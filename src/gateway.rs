@@ -95,6 +95,8 @@ pub struct KubeGateway {
     /// apiserver retry each against the others, re-running the listener validation every time; measured,
     /// removals went from ~0.2 s to ~30 s with 32 in flight.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The longest one apiserver request may take: a half-open connection answers nothing, never.
+    call_timeout: std::time::Duration,
 }
 
 /// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
@@ -209,7 +211,31 @@ impl KubeGateway {
             gateways,
             reflector: reader,
             write_lock: Arc::default(),
+            call_timeout: std::time::Duration::from_secs(15),
         })
+    }
+
+    /// Bounds every apiserver request to `call_timeout` (`worker.kubernetes_call_timeout`).
+    #[must_use]
+    pub fn with_call_timeout(mut self, call_timeout: std::time::Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// `f`, or a transient error once it has taken longer than one request may.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, KubeError>>,
+    ) -> Result<T, KubeError> {
+        tokio::time::timeout(self.call_timeout, f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(KubeError::Transient(format!(
+                    "{what}: no answer from the apiserver in {:?} (worker.kubernetes_call_timeout); retrying. Check the network path to the apiserver",
+                    self.call_timeout
+                )))
+            })
     }
 
     async fn timed(
@@ -218,7 +244,7 @@ impl KubeGateway {
         f: impl Future<Output = Result<(), KubeError>>,
     ) -> Result<(), KubeError> {
         let start = std::time::Instant::now();
-        let result = f.await;
+        let result = self.bounded(call, f).await;
         crate::metrics::get().kube_call(&self.rm, call, start.elapsed(), result.is_ok());
         result
     }
@@ -627,11 +653,21 @@ impl KubeGateway {
                 None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
             };
             let what = format!("listing Services in {}", ns.unwrap_or("all namespaces"));
-            for s in svcs.list(&lp).await.map_err(|e| classify(&what, e))? {
+            let found = self
+                .bounded(&what, async {
+                    svcs.list(&lp).await.map_err(|e| classify(&what, e))
+                })
+                .await?;
+            for s in found {
                 out.extend(owned(ObjectKind::Service, &s));
             }
             let what = format!("listing TCPRoutes in {}", ns.unwrap_or("all namespaces"));
-            for r in routes.list(&lp).await.map_err(|e| classify(&what, e))? {
+            let found = self
+                .bounded(&what, async {
+                    routes.list(&lp).await.map_err(|e| classify(&what, e))
+                })
+                .await?;
+            for r in found {
                 out.extend(owned(ObjectKind::TcpRoute, &r));
             }
         }
@@ -644,16 +680,20 @@ impl KubeGateway {
     /// [`KubeError`] when the delete fails (a missing object is not a failure).
     pub async fn delete_object(&self, o: &OwnedObject) -> Result<(), KubeError> {
         let what = format!("deleting {:?} {}/{}", o.kind, o.namespace, o.name);
-        match o.kind {
-            ObjectKind::Service => {
-                let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
-                delete_ignoring_absent(api, &o.name, what).await
+        let call = what.clone();
+        self.bounded(&call, async {
+            match o.kind {
+                ObjectKind::Service => {
+                    let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
+                    delete_ignoring_absent(api, &o.name, what).await
+                }
+                ObjectKind::TcpRoute => {
+                    let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
+                    delete_ignoring_absent(api, &o.name, what).await
+                }
             }
-            ObjectKind::TcpRoute => {
-                let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
-                delete_ignoring_absent(api, &o.name, what).await
-            }
-        }
+        })
+        .await
     }
 
     /// Removes a listener the worker owns by its name.
@@ -661,7 +701,11 @@ impl KubeGateway {
     /// # Errors
     /// [`KubeError`] when the apply fails.
     pub async fn remove_owned_listener(&self, name: &str) -> Result<(), KubeError> {
-        self.remove_listener(name).await
+        self.bounded(
+            &format!("removing listener {name}"),
+            self.remove_listener(name),
+        )
+        .await
     }
 }
 
