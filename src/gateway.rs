@@ -244,7 +244,7 @@ impl KubeGateway {
         f: impl Future<Output = Result<(), KubeError>>,
     ) -> Result<(), KubeError> {
         let start = std::time::Instant::now();
-        let result = self.bounded(call, f).await;
+        let result = f.await;
         crate::metrics::get().kube_call(&self.rm, call, start.elapsed(), result.is_ok());
         result
     }
@@ -263,11 +263,10 @@ impl KubeGateway {
 
     async fn apply_service(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &e.spec.namespace);
-        apply_whole(
-            api,
-            name,
-            &service_object(e, name),
-            format!("applying Service {}/{name}", e.spec.namespace),
+        let what = format!("applying Service {}/{name}", e.spec.namespace);
+        self.bounded(
+            &what,
+            apply_whole(api, name, &service_object(e, name), what.clone()),
         )
         .await
     }
@@ -275,32 +274,28 @@ impl KubeGateway {
     async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let body = listener_patch(&self.gateway_namespace, &self.gateway_name, e, name);
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
+        let what = format!(
+            "applying listener {name} (port {}) to Gateway {}/{}",
+            e.binding.gateway_port, self.gateway_namespace, self.gateway_name
+        );
+        // The deadline is the request's, not the wait for the lock: a queue of writers is not a hang.
         let _one_writer = self.write_lock.lock().await;
-        self.gateways
-            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
-            .await
-            .map(drop)
-            .map_err(|err| {
-                classify(
-                    &format!(
-                        "applying listener {name} (port {}) to Gateway {}/{}",
-                        e.binding.gateway_port, self.gateway_namespace, self.gateway_name
-                    ),
-                    err,
-                )
-            })
+        self.bounded(&what, async {
+            self.gateways
+                .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+                .await
+                .map(drop)
+                .map_err(|err| classify(&what, err))
+        })
+        .await
     }
 
     async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &e.spec.namespace);
         let route = route_object(&self.gateway_namespace, &self.gateway_name, e, name);
-        apply_whole(
-            api,
-            name,
-            &route,
-            format!("applying TCPRoute {}/{name}", e.spec.namespace),
-        )
-        .await
+        let what = format!("applying TCPRoute {}/{name}", e.spec.namespace);
+        self.bounded(&what, apply_whole(api, name, &route, what.clone()))
+            .await
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
@@ -308,9 +303,20 @@ impl KubeGateway {
         let body = listener_removal(&self.gateway_namespace, &self.gateway_name);
         let pp = PatchParams::apply(&names::listener_field_manager(name)).force();
         let _one_writer = self.write_lock.lock().await;
+        let what = format!("removing listener {name}");
+        self.bounded(&what, self.removal_answer(name, &pp, &body))
+            .await
+    }
+
+    async fn removal_answer(
+        &self,
+        name: &str,
+        pp: &PatchParams,
+        body: &serde_json::Value,
+    ) -> Result<(), KubeError> {
         match self
             .gateways
-            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+            .patch(&self.gateway_name, pp, &Patch::Apply(body))
             .await
         {
             // The apply only drops what this manager owned: a listener another manager co-owns (say after
@@ -566,10 +572,8 @@ impl Cluster for KubeGateway {
         if let Some(ns) = namespace {
             let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting TCPRoute {ns}/{name}");
-            keep_forbidden(
-                self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
-                    .await,
-            )?;
+            let delete = self.bounded(&what, delete_ignoring_absent(routes, &name, what.clone()));
+            keep_forbidden(self.timed("delete_route", delete).await)?;
             crashpoint::reach("withdraw.route_deleted");
         }
         self.timed("remove_listener", self.remove_listener(&name))
@@ -578,13 +582,8 @@ impl Cluster for KubeGateway {
         if let Some(ns) = namespace {
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting Service {ns}/{name}");
-            keep_forbidden(
-                self.timed(
-                    "delete_service",
-                    delete_ignoring_absent(services, &name, what),
-                )
-                .await,
-            )?;
+            let delete = self.bounded(&what, delete_ignoring_absent(services, &name, what.clone()));
+            keep_forbidden(self.timed("delete_service", delete).await)?;
             crashpoint::reach("withdraw.service_deleted");
         }
         forbidden.map_or(Ok(()), Err)
@@ -701,11 +700,7 @@ impl KubeGateway {
     /// # Errors
     /// [`KubeError`] when the apply fails.
     pub async fn remove_owned_listener(&self, name: &str) -> Result<(), KubeError> {
-        self.bounded(
-            &format!("removing listener {name}"),
-            self.remove_listener(name),
-        )
-        .await
+        self.remove_listener(name).await
     }
 }
 
