@@ -59,11 +59,12 @@ pub struct Servers {
 pub async fn connect(config: &Config) -> Result<Servers, StartError> {
     let client = nats::connect(&config.nats).await?;
     let js = jetstream::new(client.clone());
+    let url = crate::config::redacted_url(&config.nats.url);
     js.query_account()
         .await
         .map_err(|e| nats::NatsError::JetStream {
-            what: format!("account info at {}", config.nats.url),
-            message: e.to_string(),
+            what: format!("account info at {url}"),
+            message: e.to_string().replace(&config.nats.url, &url),
         })?;
     nats::ensure_streams(&js, &config.jetstream).await?;
     let store = KvStore::open(&js, &config.jetstream).await?;
@@ -74,14 +75,23 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             message,
         };
         let (client, server) = gateway::client_for(rm).await.map_err(kerr)?;
-        client
-            .apiserver_version()
+        let limit = config.worker.kubernetes_call_timeout.0;
+        let silent = || {
+            kerr(format!(
+                "apiserver from {server} gave no answer in {limit:?}"
+            ))
+        };
+        tokio::time::timeout(limit, client.apiserver_version())
             .await
+            .map_err(|_| silent())?
             .map_err(|e| kerr(format!("apiserver from {server} does not answer: {e}")))?;
         let g = &rm.internal_task_gateway;
         let api: Api<gateway_api::experimental::gateways::Gateway> =
             Api::namespaced(client.clone(), &g.gateway_namespace);
-        match api.get_opt(&g.gateway_name).await {
+        let found = tokio::time::timeout(limit, api.get_opt(&g.gateway_name))
+            .await
+            .map_err(|_| silent())?;
+        match found {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(kerr(format!(
@@ -98,7 +108,8 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         }
         let gateway = KubeGateway::start(client, rm)
             .await
-            .map_err(|e| kerr(e.to_string()))?;
+            .map_err(|e| kerr(e.to_string()))?
+            .with_call_timeout(limit);
         rms.push(Connected {
             config: rm.clone(),
             gateway,
@@ -217,7 +228,9 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
     let _ = writeln!(
         out,
         "NATS {} at {}: JetStream available (server {})",
-        info.version, config.nats.url, info.server_name
+        info.version,
+        crate::config::redacted_url(&config.nats.url),
+        info.server_name
     );
     for c in capacity(servers).await? {
         let _ = writeln!(

@@ -107,6 +107,20 @@ pub fn redacted_url(url: &str) -> String {
         .join(",")
 }
 
+/// The shortest time `max_deliver` deliveries can span: the waits between them double from `retry_min` up
+/// to `retry_max`, as the consumer's backoff does (its jitter only lengthens them).
+fn redelivery_span(w: &WorkerConfig, max_deliver: i64) -> Duration {
+    let max = w.retry_max.0;
+    let mut waits = max_deliver.saturating_sub(1).max(0);
+    let (mut span, mut wait) = (Duration::ZERO, w.retry_min.0.min(max));
+    while waits > 0 && wait < max {
+        span = span.saturating_add(wait);
+        wait = wait.saturating_mul(2).min(max);
+        waits -= 1;
+    }
+    span.saturating_add(max.saturating_mul(u32::try_from(waits).unwrap_or(u32::MAX)))
+}
+
 fn default_connection_name() -> String {
     "itg-worker".into()
 }
@@ -185,6 +199,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub capacity_deadline: Dur,
     pub kubernetes_deadline: Dur,
+    /// The longest one apiserver request may take before it is abandoned as a transient error.
+    pub kubernetes_call_timeout: Dur,
     pub retry_min: Dur,
     pub retry_max: Dur,
     pub shutdown_timeout: Dur,
@@ -198,6 +214,7 @@ impl Default for WorkerConfig {
             concurrency: 32,
             capacity_deadline: Dur(Duration::from_secs(600)),
             kubernetes_deadline: Dur(Duration::from_secs(300)),
+            kubernetes_call_timeout: Dur(Duration::from_secs(15)),
             retry_min: Dur(Duration::from_millis(250)),
             retry_max: Dur(Duration::from_secs(30)),
             shutdown_timeout: Dur(Duration::from_secs(25)),
@@ -393,6 +410,10 @@ impl Config {
                 "worker.kubernetes_deadline",
                 self.worker.kubernetes_deadline,
             ),
+            (
+                "worker.kubernetes_call_timeout",
+                self.worker.kubernetes_call_timeout,
+            ),
             ("worker.retry_min", self.worker.retry_min),
             ("worker.retry_max", self.worker.retry_max),
             ("worker.shutdown_timeout", self.worker.shutdown_timeout),
@@ -433,18 +454,22 @@ impl Config {
             ));
         }
         let longest = w.capacity_deadline.0.max(w.kubernetes_deadline.0);
-        let budget = w
-            .retry_max
-            .0
-            .saturating_mul(u32::try_from(js.max_deliver).unwrap_or(u32::MAX));
+        let budget = redelivery_span(w, js.max_deliver);
         if js.max_deliver != -1 && budget < longest {
             return Err(rule(
                 "jetstream.max_deliver",
                 js.max_deliver,
                 format!(
-                    "with worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
-                    w.retry_max.0, budget, longest
+                    "with worker.retry_min {:?} doubling up to worker.retry_max {:?} it allows {:?} of redeliveries, less than the longest deadline ({:?}): a waiting event would stop being delivered before it is answered; raise it or set -1",
+                    w.retry_min.0, w.retry_max.0, budget, longest
                 ),
+            ));
+        }
+        if w.kubernetes_call_timeout.0 > w.kubernetes_deadline.0 {
+            return Err(rule(
+                "worker.kubernetes_call_timeout",
+                w.kubernetes_call_timeout.0,
+                "must not exceed worker.kubernetes_deadline",
             ));
         }
         if w.retry_min.0 > w.retry_max.0 {

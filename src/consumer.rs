@@ -44,6 +44,13 @@ pub struct Pacing {
     pub max_deliver: i64,
 }
 
+impl Pacing {
+    /// Whether JetStream will not deliver an event again after this delivery.
+    pub fn last_delivery(&self, delivered: i64) -> bool {
+        self.max_deliver > 0 && delivered >= self.max_deliver
+    }
+}
+
 /// Serves events until `shutdown` turns true; then stops pulling and lets the events in flight finish.
 pub async fn run<S: Store, C: Cluster, R: Replier>(
     handler: Handler<S, C>,
@@ -136,9 +143,24 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
         tokio::pin!(handled);
         let mut beat = tokio::time::interval(ack_wait / 3);
         beat.tick().await;
+        // Progress is claimed for at most worker.kubernetes_deadline: a handler stuck longer is given up on
+        // for this delivery, and the event comes back.
+        let give_back = tokio::time::sleep(timing.kubernetes_deadline.0);
+        tokio::pin!(give_back);
         let handled = loop {
             tokio::select! {
                 h = &mut handled => break h,
+                () = &mut give_back => {
+                    let why = format!("not served within worker.kubernetes_deadline ({:?})", timing.kubernetes_deadline.0);
+                    if pacing.last_delivery(delivered) {
+                        give_up(handler, replier, &msg, kind, &why).await;
+                    } else {
+                        tracing::warn!(why = %why, "giving the event back");
+                        metrics::get().event(&rm, kind.as_str(), "retry");
+                        ack(&msg, AckKind::Nak(Some(redelivery_delay(timing, delivered)))).await;
+                    }
+                    return;
+                }
                 _ = beat.tick() => ack(&msg, AckKind::Progress).await,
                 () = async { let _ = abort.wait_for(|a| *a).await; } => {
                     tracing::warn!("shutdown grace period over; giving the event back");
@@ -174,6 +196,11 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                     }
                     ack(&msg, AckKind::Ack).await;
                 }
+                Err(e) if pacing.last_delivery(delivered) => {
+                    m.event(&rm, kind.as_str(), "reply_error");
+                    let why = format!("the reply could not be stored: {e}");
+                    give_up(handler, replier, &msg, kind, &why).await;
+                }
                 Err(e) => {
                     m.event(&rm, kind.as_str(), "reply_error");
                     tracing::warn!(error = %e, "reply not stored; the event will be redelivered");
@@ -185,8 +212,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 }
             },
             Handled::Done => ack(&msg, AckKind::Ack).await,
-            Handled::Retry { why } if pacing.max_deliver > 0 && delivered >= pacing.max_deliver => {
-                m.event(&rm, kind.as_str(), "dead_letter");
+            Handled::Retry { why } if pacing.last_delivery(delivered) => {
                 give_up(handler, replier, &msg, kind, &why).await;
             }
             Handled::Retry { why } => {
@@ -201,8 +227,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     .await;
 }
 
-/// The last allowed delivery failed: keep the event in the dead-letter stream, answer a started with
-/// `failed`, and terminate it. If either publish fails the event is naked; JetStream will not deliver it
+/// The last allowed delivery failed. An `ended` never gives up, since giving up would leave the allocation
+/// exposed: it is queued again as a new message, whose deliveries start afresh. Any other event is kept in
+/// the dead-letter stream, a started is answered `failed` and what it holds is withdrawn, and the event is
+/// terminated. If the dead letter cannot be stored the event is naked; JetStream will not deliver it
 /// again, but the `ended` or a resend repairs what it left.
 async fn give_up<S: Store, C: Cluster, R: Replier>(
     handler: &Handler<S, C>,
@@ -213,6 +241,31 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
 ) {
     let rm = &handler.rm().name;
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let m = metrics::get();
+    if kind == contract::EventKind::Ended {
+        m.event(rm, kind.as_str(), "requeued");
+        let mut tries = 0u32;
+        loop {
+            match replier.requeue(&msg.subject, &msg.payload, sequence).await {
+                Ok(()) => {
+                    tracing::warn!(why = %why, sequence, "ended not served after the maximum deliveries; queued again");
+                    ack(msg, AckKind::Term).await;
+                    return;
+                }
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "could not queue the ended again; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, sequence, "could not queue the ended again; the reconciler or a resend must finish it");
+                    ack(msg, AckKind::Nak(None)).await;
+                    return;
+                }
+            }
+        }
+    }
+    m.event(rm, kind.as_str(), "dead_letter");
     let letter = DeadLetter {
         resource_manager: rm,
         kind,
@@ -229,7 +282,7 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     tracing::error!(why = %why, sequence, "giving up after the maximum deliveries; stored as a dead letter");
     if kind == contract::EventKind::Started
         && let Some(Handled::Answer { reply, msg_id }) =
-            handler.given_up(&msg.payload, why, sequence)
+            handler.given_up(&msg.payload, why, sequence).await
         && let Err(e) = replier.publish(&reply, &msg_id).await
     {
         tracing::error!(error = %e, "could not answer the given-up event");

@@ -107,6 +107,8 @@ pub struct KubeGateway {
     /// apiserver retry each against the others, re-running the listener validation every time; measured,
     /// removals went from ~0.2 s to ~30 s with 32 in flight.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The longest one apiserver request may take: a half-open connection answers nothing, never.
+    call_timeout: std::time::Duration,
 }
 
 /// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
@@ -145,6 +147,11 @@ pub async fn client_for(rm: &ResourceManagerConfig) -> Result<(Client, String), 
     let client =
         Client::try_from(config).map_err(|e| format!("Kubernetes client for {where_}: {e}"))?;
     Ok((client, where_))
+}
+
+/// Whether the apiserver refused the call as forbidden (403): the worker's rights do not reach there.
+pub fn is_forbidden(e: &KubeError) -> bool {
+    matches!(e, KubeError::Permanent(m) if m.contains("(403 "))
 }
 
 /// Sorts a kube error into retry, capacity or give-up.
@@ -217,7 +224,31 @@ impl KubeGateway {
             gateways,
             reflector: reader,
             write_lock: Arc::default(),
+            call_timeout: std::time::Duration::from_secs(15),
         })
+    }
+
+    /// Bounds every apiserver request to `call_timeout` (`worker.kubernetes_call_timeout`).
+    #[must_use]
+    pub fn with_call_timeout(mut self, call_timeout: std::time::Duration) -> Self {
+        self.call_timeout = call_timeout;
+        self
+    }
+
+    /// `f`, or a transient error once it has taken longer than one request may.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, KubeError>>,
+    ) -> Result<T, KubeError> {
+        tokio::time::timeout(self.call_timeout, f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(KubeError::Transient(format!(
+                    "{what}: no answer from the apiserver in {:?} (worker.kubernetes_call_timeout); retrying. Check the network path to the apiserver",
+                    self.call_timeout
+                )))
+            })
     }
 
     async fn timed(
@@ -245,11 +276,10 @@ impl KubeGateway {
 
     async fn apply_service(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &e.spec.namespace);
-        apply_whole(
-            api,
-            name,
-            &service_object(e, name),
-            format!("applying Service {}/{name}", e.spec.namespace),
+        let what = format!("applying Service {}/{name}", e.spec.namespace);
+        self.bounded(
+            &what,
+            apply_whole(api, name, &service_object(e, name), what.clone()),
         )
         .await
     }
@@ -257,50 +287,59 @@ impl KubeGateway {
     async fn apply_listener(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let body = listener_patch(&self.gateway_namespace, &self.gateway_name, e, name);
         let pp = PatchParams::apply(&names::listener_field_manager(&self.rm, name)).force();
+        let what = format!(
+            "applying listener {name} (port {}) to Gateway {}/{}",
+            e.binding.gateway_port, self.gateway_namespace, self.gateway_name
+        );
+        // The deadline is the request's, not the wait for the lock: a queue of writers is not a hang.
         let _one_writer = self.write_lock.lock().await;
-        self.gateways
-            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
-            .await
-            .map(drop)
-            .map_err(|err| {
-                classify(
-                    &format!(
-                        "applying listener {name} (port {}) to Gateway {}/{}",
-                        e.binding.gateway_port, self.gateway_namespace, self.gateway_name
-                    ),
-                    err,
-                )
-            })
+        self.bounded(&what, async {
+            self.gateways
+                .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+                .await
+                .map(drop)
+                .map_err(|err| classify(&what, err))
+        })
+        .await
     }
 
     async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
         let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &e.spec.namespace);
         let route = route_object(&self.gateway_namespace, &self.gateway_name, e, name);
-        apply_whole(
-            api,
-            name,
-            &route,
-            format!("applying TCPRoute {}/{name}", e.spec.namespace),
-        )
-        .await
+        let what = format!("applying TCPRoute {}/{name}", e.spec.namespace);
+        self.bounded(&what, apply_whole(api, name, &route, what.clone()))
+            .await
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
-        let mine = names::listener_field_manager(&self.rm, name);
-        match self.remove_listener_as(name, &mine).await? {
-            // A listener written before field managers named the resource manager is still held by the
-            // legacy manager: drop that hold too, or the listener outlives its allocation.
-            Some(gw)
-                if listener_managers(&gw).get(name).is_some_and(|ms| {
-                    ms.iter()
-                        .any(|m| *m == names::legacy_listener_field_manager(name))
-                }) =>
-            {
-                self.remove_listener_as(name, &names::legacy_listener_field_manager(name))
-                    .await
-                    .map(drop)
-            }
-            _ => Ok(()),
+        let legacy = names::legacy_listener_field_manager(name);
+        let mut gw = self
+            .remove_listener_as(name, &names::listener_field_manager(&self.rm, name))
+            .await?;
+        // A listener written before field managers named the resource manager is still held by the legacy
+        // manager: drop that hold too, or the listener outlives its allocation.
+        if let Some(g) = &gw
+            && listener_managers(g)
+                .get(name)
+                .is_some_and(|ms| ms.contains(&legacy))
+        {
+            gw = self.remove_listener_as(name, &legacy).await?;
+        }
+        // The apply only drops what our managers owned: a listener another manager co-owns (say after
+        // `kubectl get -o yaml | kubectl apply`) stays, and its port must not be released.
+        let Some(gw) = gw else { return Ok(()) };
+        match gw.spec.listeners.iter().find(|l| l.name == name) {
+            None => Ok(()),
+            Some(l) => Err(KubeError::Transient(format!(
+                "listener {name} (port {}) is still on Gateway {}/{}: other field managers own it too ({}); remove it from the Gateway, or have them stop managing it",
+                l.port,
+                self.gateway_namespace,
+                self.gateway_name,
+                listener_managers(&gw)
+                    .remove(name)
+                    .unwrap_or_default()
+                    .join(", ")
+            ))),
         }
     }
 
@@ -314,9 +353,20 @@ impl KubeGateway {
         let body = listener_removal(&self.gateway_namespace, &self.gateway_name);
         let pp = PatchParams::apply(manager).force();
         let _one_writer = self.write_lock.lock().await;
+        let what = format!("removing listener {name}");
+        self.bounded(&what, self.removal_answer(name, &pp, &body))
+            .await
+    }
+
+    async fn removal_answer(
+        &self,
+        name: &str,
+        pp: &PatchParams,
+        body: &serde_json::Value,
+    ) -> Result<Option<Gateway>, KubeError> {
         match self
             .gateways
-            .patch(&self.gateway_name, &pp, &Patch::Apply(&body))
+            .patch(&self.gateway_name, pp, &Patch::Apply(body))
             .await
         {
             Ok(gw) => Ok(Some(gw)),
@@ -464,15 +514,22 @@ async fn delete_ignoring_absent<K>(api: Api<K>, name: &str, what: String) -> Res
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
+    deleted(
+        api.delete(name, &DeleteParams::background())
+            .await
+            .map(drop),
+        &what,
+    )
+}
+
+/// What the answer to a delete means: done when the object is gone or was never there.
+fn deleted(answer: Result<(), kube::Error>, what: &str) -> Result<(), KubeError> {
+    match answer {
+        Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        // Where the worker may not delete it could not create either: nothing of its own is there.
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            tracing::warn!(what = %what, "forbidden; treating it as absent");
-            Ok(())
-        }
-        Err(err) => Err(classify(&what, err)),
+        // Forbidden says nothing of whether the object is there: the worker may have created it before its
+        // rights were cut. Releasing its port now could hand the port out twice.
+        Err(err) => Err(classify(what, err)),
     }
 }
 
@@ -527,11 +584,21 @@ impl Cluster for KubeGateway {
         binding: &Binding,
     ) -> Result<(), KubeError> {
         let name = names::object_name(rm, allocation_id, &binding.name);
+        // A delete the namespace forbids does not stop the rest: the listener still goes, then the refusal
+        // is reported.
+        let mut forbidden = None;
+        let mut keep_forbidden = |r: Result<(), KubeError>| match r {
+            Err(e) if is_forbidden(&e) => {
+                forbidden = Some(e);
+                Ok(())
+            }
+            other => other,
+        };
         if let Some(ns) = namespace {
             let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting TCPRoute {ns}/{name}");
-            self.timed("delete_route", delete_ignoring_absent(routes, &name, what))
-                .await?;
+            let delete = self.bounded(&what, delete_ignoring_absent(routes, &name, what.clone()));
+            keep_forbidden(self.timed("delete_route", delete).await)?;
             crashpoint::reach("withdraw.route_deleted");
         }
         self.timed("remove_listener", self.remove_listener(&name))
@@ -540,14 +607,11 @@ impl Cluster for KubeGateway {
         if let Some(ns) = namespace {
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting Service {ns}/{name}");
-            self.timed(
-                "delete_service",
-                delete_ignoring_absent(services, &name, what),
-            )
-            .await?;
+            let delete = self.bounded(&what, delete_ignoring_absent(services, &name, what.clone()));
+            keep_forbidden(self.timed("delete_service", delete).await)?;
             crashpoint::reach("withdraw.service_deleted");
         }
-        Ok(())
+        forbidden.map_or(Ok(()), Err)
     }
 }
 
@@ -642,11 +706,21 @@ impl KubeGateway {
                 None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
             };
             let what = format!("listing Services in {}", ns.unwrap_or("all namespaces"));
-            for s in svcs.list(&lp).await.map_err(|e| classify(&what, e))? {
+            let found = self
+                .bounded(&what, async {
+                    svcs.list(&lp).await.map_err(|e| classify(&what, e))
+                })
+                .await?;
+            for s in found {
                 out.extend(owned(ObjectKind::Service, &s));
             }
             let what = format!("listing TCPRoutes in {}", ns.unwrap_or("all namespaces"));
-            for r in routes.list(&lp).await.map_err(|e| classify(&what, e))? {
+            let found = self
+                .bounded(&what, async {
+                    routes.list(&lp).await.map_err(|e| classify(&what, e))
+                })
+                .await?;
+            for r in found {
                 out.extend(owned(ObjectKind::TcpRoute, &r));
             }
         }
@@ -659,16 +733,20 @@ impl KubeGateway {
     /// [`KubeError`] when the delete fails (a missing object is not a failure).
     pub async fn delete_object(&self, o: &OwnedObject) -> Result<(), KubeError> {
         let what = format!("deleting {:?} {}/{}", o.kind, o.namespace, o.name);
-        match o.kind {
-            ObjectKind::Service => {
-                let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
-                delete_ignoring_absent(api, &o.name, what).await
+        let call = what.clone();
+        self.bounded(&call, async {
+            match o.kind {
+                ObjectKind::Service => {
+                    let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
+                    delete_ignoring_absent(api, &o.name, what).await
+                }
+                ObjectKind::TcpRoute => {
+                    let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
+                    delete_ignoring_absent(api, &o.name, what).await
+                }
             }
-            ObjectKind::TcpRoute => {
-                let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
-                delete_ignoring_absent(api, &o.name, what).await
-            }
-        }
+        })
+        .await
     }
 
     /// Removes a listener the worker owns by its name.
@@ -677,5 +755,32 @@ impl KubeGateway {
     /// [`KubeError`] when the apply fails.
     pub async fn remove_owned_listener(&self, name: &str) -> Result<(), KubeError> {
         self.remove_listener(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("{reason} for the test"), reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_forbidden_delete_is_an_error_and_only_a_missing_object_counts_as_gone() {
+        assert!(deleted(Err(api_error(404, "NotFound")), "deleting Service a/b").is_ok());
+        match deleted(Err(api_error(403, "Forbidden")), "deleting Service a/b") {
+            Err(KubeError::Permanent(m)) => {
+                assert!(
+                    m.contains("deleting Service a/b") && m.contains("403"),
+                    "{m}"
+                );
+            }
+            other => panic!("a 403 on delete was taken as {other:?}"),
+        }
     }
 }

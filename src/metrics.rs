@@ -17,7 +17,8 @@ pub struct EventLabels {
     pub resource_manager: String,
     /// `started` or `ended`.
     pub kind: String,
-    /// `ready`, `failed`, `removed`, `retry` or `reply_error`.
+    /// `ready`, `failed`, `removed`, `retry`, `reply_error`, `dead_letter` or `requeued` (an ended queued
+    /// again at its last delivery).
     pub outcome: String,
 }
 

@@ -235,6 +235,15 @@ pub trait Replier: Clone + Send + Sync + 'static {
         msg_id: &str,
     ) -> impl Future<Output = Result<(), NatsError>> + Send;
 
+    /// Publishes an event again to its own subject, as a new message: for an `ended` that reached the
+    /// maximum deliveries and must not give up. Deduplicated by the sequence it copies.
+    fn requeue(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        original_sequence: u64,
+    ) -> impl Future<Output = Result<(), NatsError>> + Send;
+
     /// Stores an event given up on in the dead-letter stream, with why and where it came from.
     fn dead_letter(
         &self,
@@ -267,6 +276,30 @@ impl JetStreamReplier {
 }
 
 impl Replier for JetStreamReplier {
+    async fn requeue(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        original_sequence: u64,
+    ) -> Result<(), NatsError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("requeue-{original_sequence}").as_str(),
+        );
+        let fail = |e: &dyn std::fmt::Display| NatsError::Publish {
+            subject: subject.to_owned(),
+            message: e.to_string(),
+        };
+        self.js
+            .publish_with_headers(subject.to_owned(), headers, payload.to_vec().into())
+            .await
+            .map_err(|e| fail(&e))?
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
     async fn dead_letter(&self, d: &DeadLetter<'_>) -> Result<(), NatsError> {
         let subject = format!("itg.deadletter.{}.{}", d.resource_manager, d.kind.as_str());
         let mut headers = HeaderMap::new();

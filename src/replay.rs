@@ -81,6 +81,8 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
             start_time: time::OffsetDateTime::from_unix_timestamp(t.as_second()).map_err(err)?,
         },
     };
+    // A started is served before its ended: if the state was lost, it would expose the allocation again.
+    tombstone_ended(&stream, handler, &rm, deliver_policy, last).await?;
     let mut ordered = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: format!("itg.events.{rm}.>"),
@@ -139,6 +141,53 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     read?;
     lanes.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(summary.into_inner())
+}
+
+/// Writes a tombstone for every allocation whose `ended` lies in the range and that has no record, so that
+/// no started of it served afterwards exposes anything (after the KV bucket was lost, say).
+async fn tombstone_ended<S: Store, C: Cluster>(
+    stream: &jetstream::stream::Stream,
+    handler: &Handler<S, C>,
+    rm: &str,
+    deliver_policy: consumer::DeliverPolicy,
+    last: u64,
+) -> Result<u64, ReplayError> {
+    let mut ordered = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: contract::event_subject(rm, EventKind::Ended),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(err)?;
+    let total = ordered.info().await.map_err(err)?.num_pending;
+    let mut messages = ordered.messages().await.map_err(err)?;
+    let (mut read, mut written) = (0u64, 0u64);
+    while read < total {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+        else {
+            break;
+        };
+        let msg = msg.map_err(err)?;
+        read += 1;
+        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if sequence > last {
+            break;
+        }
+        if let Ok(contract::Event::Ended(ev)) =
+            contract::decode_event(EventKind::Ended, &msg.payload)
+            && handler.tombstone(&ev).await.map_err(err)?
+        {
+            written += 1;
+        }
+    }
+    if written > 0 {
+        tracing::info!(
+            written,
+            "tombstones written for ended allocations without a record"
+        );
+    }
+    Ok(written)
 }
 
 /// How many lanes serve a replay at once, and how many events each may have waiting.

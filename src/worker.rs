@@ -141,6 +141,38 @@ pub struct Handler<S, C> {
     store: S,
     cluster: C,
     timing: WorkerConfig,
+    refused: Refused,
+}
+
+/// Ports the Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
+/// the port search skips them, shared by every clone of a handler.
+#[derive(Clone, Default)]
+struct Refused(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, std::time::Instant>>>,
+);
+
+impl Refused {
+    fn note(&self, port: u16, for_: Duration) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(port, std::time::Instant::now() + for_);
+        }
+    }
+
+    fn current(&self) -> Vec<u16> {
+        let now = std::time::Instant::now();
+        self.0.lock().map_or_else(
+            |_| Vec::new(),
+            |mut m| {
+                m.retain(|_, until| *until > now);
+                m.keys().copied().collect()
+            },
+        )
+    }
+}
+
+/// Whether a capacity refusal says the port is taken on the Gateway, rather than that no slot is left.
+fn port_taken(message: &str) -> bool {
+    message.contains("port, protocol") || message.contains("unique")
 }
 
 fn now() -> i64 {
@@ -190,6 +222,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             store,
             cluster,
             timing,
+            refused: Refused::default(),
         }
     }
 
@@ -228,8 +261,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// The `failed` answer for a started given up on after the maximum deliveries; `None` when the payload
-    /// is not a readable started (it was answered as invalid on its first delivery).
-    pub fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
+    /// is not a readable started (it was answered as invalid on its first delivery). Answered `failed`, the
+    /// allocation keeps nothing: its objects are withdrawn, its ports released and its record removed, so a
+    /// resend starts afresh. What cannot be withdrawn now stays recorded as failed, for the reconciler.
+    pub async fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
         let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
             return None;
         };
@@ -241,12 +276,66 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             ),
             retryable: true,
         };
+        if let Err(e) = self.abandon(&ev.allocation_id, &f).await {
+            tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+        }
         Some(replies::failed(
             &self.rm,
             &ev.allocation_id,
             ev.event_id,
             &f,
         ))
+    }
+
+    async fn abandon(&self, allocation_id: &str, f: &Failure) -> Result<(), String> {
+        let key = names::allocation_key(&self.rm.name, allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if !rec.phase.wants_exposure() && rec.phase != Phase::Failed {
+                // Ending or removed: the ended's own cleanup owns the record.
+                return Ok(());
+            }
+            let pass = if rec.phase == Phase::Failed {
+                self.cleanup(&key, &rec, rev, &mut Vec::new()).await
+            } else {
+                self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await
+            };
+            match pass.map_err(drive_msg)? {
+                Pass::Moved => continue,
+                Pass::Settled(_) => {}
+            }
+            let Some(entry) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let deleted = self.store.delete(&key, entry.revision).await;
+            if let Outcome::Written(_) = deleted.map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "allocation {allocation_id:?}: the record kept changing"
+        ))
+    }
+
+    /// Leaves the tombstone an `ended` leaves when the allocation has no record, and nothing else; `true`
+    /// when it wrote one. For a replay, before it serves any started.
+    ///
+    /// # Errors
+    /// The KV bucket could not be read or written.
+    pub async fn tombstone(&self, ev: &Ended) -> Result<bool, StoreError> {
+        let key = names::allocation_key(&self.rm.name, &ev.allocation_id);
+        if self.store.get(&key).await?.is_some() {
+            return Ok(false);
+        }
+        match state::on_ended(None, &self.rm.name, &ev.allocation_id, ev.event_id, now()) {
+            EndedStep::Tombstone(t) => Ok(matches!(
+                self.store.create(&key, encode(&t)).await?,
+                Outcome::Written(_)
+            )),
+            _ => Ok(false),
+        }
     }
 
     /// Drives one allocation toward its record without an event: exposes what a live allocation lacks,
@@ -324,7 +413,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     for b in &touched {
                         add_touched(&mut all, b);
                     }
-                    self.withdraw_all(&ev.allocation_id, &all, Some(&ev.namespace))
+                    // Where the objects were applied: the record's namespace, not what this event says.
+                    let ns = cur
+                        .as_ref()
+                        .and_then(|(r, _)| r.spec.as_ref())
+                        .map_or(ev.namespace.as_str(), |s| s.namespace.as_str());
+                    let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
+                    self.withdraw_all(&ev.allocation_id, &all, Some(ns), refused)
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {
@@ -484,7 +579,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
                     {
                         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref())
+                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref(), false)
                             .await?;
                         let mut next = rec.clone();
                         next.ports.clear();
@@ -544,7 +639,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 spec: &spec,
                 binding: b,
             };
-            self.cluster.expose(&e).await?;
+            match self.cluster.expose(&e).await {
+                Ok(()) => {}
+                // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
+                // still exposing gives back everything it holds, as when no port is free, so two of them
+                // never wait on each other's slots; a port found taken is not chosen again for a while.
+                Err(KubeError::Capacity(m)) if rec.phase == Phase::Exposing => {
+                    if port_taken(&m) {
+                        self.refused
+                            .note(b.gateway_port, self.timing.capacity_deadline.0);
+                    }
+                    self.withdraw_all(&rec.allocation_id, &rec.ports, Some(&spec.namespace), false)
+                        .await?;
+                    let mut next = rec.clone();
+                    next.ports.clear();
+                    next.updated_at = now();
+                    if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
+                        return Ok(Pass::Moved);
+                    }
+                    return Err(DriveError::Capacity(m));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // The record must not have moved while the objects were applied: if an ended slipped in, its
         // cleanup may have run before these applies, and the next pass must undo them.
@@ -594,10 +710,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 self.rm.listener_limit
             )));
         }
+        let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
+        taken.extend(self.refused.current());
         let pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports,
-            taken: rec.ports.iter().map(|b| b.gateway_port).collect(),
+            taken,
         };
         let start: u32 = rand::random();
         let prefix = names::port_key_prefix(&self.rm.name, &g.namespace, &g.name);
@@ -665,21 +783,29 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// Withdraws the objects of `bindings` and frees their ports where this allocation still holds them.
+    /// With `refused_ns`, the task namespace refused the allocation's applies, so nothing of it is there
+    /// and a forbidden delete there is not a leak; anywhere else a 403 is an error, retried.
     async fn withdraw_all(
         &self,
         allocation_id: &str,
         bindings: &[Binding],
         ns: Option<&str>,
+        refused_ns: bool,
     ) -> Result<(), DriveError> {
         for b in bindings {
-            self.cluster
+            match self
+                .cluster
                 .withdraw(&self.rm.name, allocation_id, ns, b)
                 .await
-                .map_err(|e| match e {
-                    KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m) => {
-                        DriveError::Kube(m)
-                    }
-                })?;
+            {
+                Ok(()) => {}
+                Err(e) if refused_ns && crate::gateway::is_forbidden(&e) => {
+                    tracing::debug!(error = %e, "the task namespace refused the allocation; nothing of it is there");
+                }
+                Err(KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m)) => {
+                    return Err(DriveError::Kube(m));
+                }
+            }
         }
         let key = names::allocation_key(&self.rm.name, allocation_id);
         for b in bindings {
@@ -715,7 +841,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         for b in touched.iter() {
             add_touched(&mut all, b);
         }
-        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref())
+        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref(), refused_ns(rec))
             .await?;
         touched.clear();
         if rec.is_clean() && rec.phase != Phase::Ending {
@@ -746,6 +872,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         };
         self.cleanup(key, &next, rev, touched).await
     }
+}
+
+/// Whether the allocation failed because its task namespace refused it (403): then nothing of it is there.
+fn refused_ns(rec: &Record) -> bool {
+    rec.phase == Phase::Failed
+        && rec
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.message.contains("(403 "))
 }
 
 fn drive_msg(e: DriveError) -> String {

@@ -210,3 +210,76 @@ async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
     assert_eq!(ready.ports().len(), 2);
     s.finish().await;
 }
+
+#[tokio::test]
+async fn a_port_refused_by_the_gateway_is_given_back_and_avoided_and_the_allocation_is_served() {
+    let s = Scenario::start(
+        "refused",
+        (42600, 42602),
+        "  capacity_deadline: 90s\n  reconcile_interval: 1h\n",
+    )
+    .await;
+    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
+    let holder = alloc();
+    master
+        .started(&holder, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    let held = replies.first(30, &holder, "ready").await.ports()[0];
+    let free: Vec<u16> = (42600..=42602).filter(|p| *p != held).collect();
+    // A listener no claim accounts for (left by a crash, say) on one of the two free ports: the Gateway
+    // refuses a second listener there with a 422.
+    let stray = itg::names::object_name(&rm.name, "stray.1", "jupyter");
+    let body = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
+        "spec": { "listeners": [{ "name": stray, "port": free[0], "protocol": "TCP" }] }
+    });
+    kube::Api::<gateway_api::experimental::gateways::Gateway>::namespaced(
+        env.kube().await,
+        &rm.gateway_ns,
+    )
+    .patch(
+        &rm.gateway,
+        &kube::api::PatchParams::apply(&itg::names::listener_field_manager(&rm.name, &stray)),
+        &kube::api::Patch::Apply(&body),
+    )
+    .await
+    .expect("stray listener");
+    // Two ports wanted, two look free: the search must take the refused one.
+    let both = alloc();
+    master
+        .started(
+            &both,
+            &rm.task_ns,
+            &[("jupyter", 8888), ("tensorboard", 6006)],
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let o = observe(env, rm).await;
+    let holder_key = itg::names::allocation_key(&rm.name, &holder);
+    assert!(
+        o.claims.values().all(|owner| *owner == holder_key),
+        "the refused allocation still holds ports while it waits: {o:?}"
+    );
+    assert_eq!(o.services.len(), 1, "{o:?}");
+    assert!(replies.for_alloc(&both).is_empty());
+    master.ended(&holder).await;
+    replies.first(30, &holder, "removed").await;
+    let answer = replies
+        .wait(60, "an answer to the waiting allocation", |r| {
+            r.iter().any(|x| x.alloc() == Some(both.as_str()))
+        })
+        .await;
+    let answer = answer
+        .iter()
+        .find(|x| x.alloc() == Some(both.as_str()))
+        .unwrap();
+    assert_eq!(answer.kind, "ready", "{}", answer.body);
+    let mut ports = answer.ports();
+    ports.sort_unstable();
+    let mut expected = vec![held, free[1]];
+    expected.sort_unstable();
+    assert_eq!(ports, expected, "the refused port {} is avoided", free[0]);
+    s.finish().await;
+}

@@ -517,3 +517,19 @@ fn config_refuses_a_reconcile_hold_off_below_the_safe_minimum_and_says_why() {
     );
     accepted(r#"worker = {"reconcile_hold_off": "5s"}"#);
 }
+
+#[test]
+fn the_delivery_budget_counts_the_backoff_ramp_not_retry_max_for_every_delivery() {
+    let timing = r#"worker.retry_min = "250ms"; worker.retry_max = "30s"; worker.capacity_deadline = "300s"; worker.kubernetes_deadline = "300s""#;
+    // 12 deliveries leave 11 waits: 0.25+0.5+1+2+4+8+16 s while the delay doubles, then 4 x 30 s, about
+    // 152 s in all, not 12 x 30 s = 360 s: the events stop before the 300 s deadline.
+    refused(
+        &config(&format!("jetstream.max_deliver = 12; {timing}")),
+        "jetstream.max_deliver",
+        "12",
+        "redeliveries",
+        "rust",
+    );
+    // 18 deliveries leave 17 waits: 31.75 s of ramp, then 10 x 30 s, which covers 300 s.
+    accepted(&format!("jetstream.max_deliver = 18; {timing}"));
+}

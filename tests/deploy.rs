@@ -433,3 +433,34 @@ fn the_dockerfile_builds_both_binaries_and_runs_the_worker_as_nonroot() {
         "{entrypoint:?}"
     );
 }
+
+#[test]
+fn the_task_rbac_comments_deny_no_verb_that_the_role_grants() {
+    let path = root().join("deploy/base/rbac-tasks.yaml");
+    let granted: BTreeSet<String> = documents(&path)
+        .iter()
+        .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+        .flat_map(|r| {
+            strs(&r["verbs"])
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every "(no a/b/c)" in the comments names verbs the role must not grant.
+    for line in read(&path)
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+    {
+        for part in line.split("(no ").skip(1) {
+            let denied = part.split(')').next().unwrap_or("");
+            for verb in denied.split(['/', ',', ' ']).filter(|v| !v.is_empty()) {
+                assert!(
+                    !granted.contains(verb),
+                    "{}: the comment says {verb:?} is not granted, but the role grants {granted:?}: {line}",
+                    path.display()
+                );
+            }
+        }
+    }
+}

@@ -412,6 +412,7 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
         ("jetstream/ack_wait", js.ack_wait),
         ("worker/capacity_deadline", w.capacity_deadline),
         ("worker/kubernetes_deadline", w.kubernetes_deadline),
+        ("worker/kubernetes_call_timeout", w.kubernetes_call_timeout),
         ("worker/retry_min", w.retry_min),
         ("worker/retry_max", w.retry_max),
         ("worker/shutdown_timeout", w.shutdown_timeout),

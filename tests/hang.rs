@@ -1,0 +1,180 @@
+//! A half-open apiserver: a TCP proxy between the worker and the real apiserver that goes silent, as a load
+//! balancer that drops packets without a reset does. Connections stay open, bytes go nowhere, and a
+//! connection that carried a request while silent never answers, even after the path heals. The worker
+//! must not hang on it: events wait without being lost, `/readyz` says unready, and once the path heals
+//! every event is served.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::process::readyz;
+use common::{Env, Master, Replies, TestRm, Worker, config_yaml, free_port, kubeconfig_server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A loopback TCP proxy to `upstream` that can go silent: while silent, a new connection is accepted and
+/// then ignored, and bytes on an open one are swallowed, that connection then staying mute for ever.
+struct SilentProxy {
+    addr: String,
+    silent: Arc<AtomicBool>,
+}
+
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, silent: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        // A silent path forwards nothing, not even a close: neither peer learns of the other's end.
+        if silent.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if n == 0 {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl SilentProxy {
+    async fn start(upstream: String) -> SilentProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let silent = Arc::new(AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let (upstream, flag) = (upstream.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    tokio::join!(pump(ir, ow, flag.clone()), pump(or, iw, flag));
+                });
+            }
+        });
+        SilentProxy { addr, silent }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
+    }
+}
+
+async fn readiness(admin: &str) -> Option<u16> {
+    let admin = admin.to_owned();
+    tokio::task::spawn_blocking(move || readyz(&admin))
+        .await
+        .unwrap()
+}
+
+async fn wait_readiness(admin: &str, want: u16, secs: u64) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = readiness(admin).await;
+        if got == Some(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "/readyz answered {got:?}, not {want}, for {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_apiserver_path_loses_nothing_turns_unready_and_every_event_is_served_once_it_heals()
+ {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "hang", (42800, 42809)).await;
+    let (text, server) = kubeconfig_server(&env);
+    let proxy = SilentProxy::start(
+        server
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned(),
+    )
+    .await;
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        kubeconfig.path(),
+        text.replace(&server, &format!("https://{}", proxy.addr)),
+    )
+    .unwrap();
+    let through_proxy = Env {
+        nats_url: env.nats_url.clone(),
+        kubeconfig: kubeconfig.path().to_owned(),
+    };
+    let admin = format!("127.0.0.1:{}", free_port());
+    let yaml = config_yaml(&through_proxy, &[&rm], "", &admin);
+    let cfg = itg::config::Config::parse(&yaml, "hang test").unwrap();
+    let w = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    wait_readiness(&admin, 200, 30).await;
+
+    // One lifecycle through the healthy path first, so the client holds open connections when it goes silent.
+    let first = format!("{}.1", uuid::Uuid::new_v4());
+    master
+        .started(&first, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(30, &first, "ready").await;
+
+    proxy.set_silent(true);
+    let silent_at = Instant::now();
+    master.ended(&first).await;
+    let allocs: Vec<String> = (0..3)
+        .map(|_| format!("{}.1", uuid::Uuid::new_v4()))
+        .collect();
+    for a in &allocs {
+        master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    }
+    let unready = wait_readiness(&admin, 503, 30).await;
+    eprintln!(
+        "/readyz unready {unready:?} after the events, {:?} after the path went silent",
+        silent_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let answered: Vec<_> = replies
+        .all()
+        .into_iter()
+        .filter(|s| s.alloc() != Some(first.as_str()) || s.kind != "ready")
+        .collect();
+    assert!(
+        answered.is_empty(),
+        "answered while the apiserver was silent: {answered:?}"
+    );
+
+    proxy.set_silent(false);
+    let healed = Instant::now();
+    // A request sent while silent is never answered: it must be abandoned and retried, not wait for the
+    // client's pool to give up on its connection. 40 s covers the default call timeout (15 s) and a retry.
+    replies.first(40, &first, "removed").await;
+    for a in &allocs {
+        replies.first(40, a, "ready").await;
+    }
+    eprintln!(
+        "every event served {:?} after the path healed",
+        healed.elapsed()
+    );
+    assert!(
+        replies.all().iter().all(|s| s.kind != "failed"),
+        "{:?}",
+        replies.all()
+    );
+    wait_readiness(&admin, 200, 30).await;
+    w.stop().await;
+    rm.teardown(&env).await;
+}
