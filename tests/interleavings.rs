@@ -37,7 +37,9 @@ async fn interleave() {
 }
 
 /// Compare-and-set over a map, with one revision counter for the whole bucket as JetStream has. Every call
-/// yields first; `conflicts` counts the conditional writes it refused.
+/// yields first; `conflicts` counts the writes it refused because the key moved after the writer read it:
+/// an update or delete at a stale revision, or a record created since the writer found none. (A port key's
+/// create is tried without a read, and a duplicate finds it held by its own allocation: no race.)
 #[derive(Clone, Default)]
 struct MemStore {
     inner: Arc<Mutex<Bucket>>,
@@ -68,7 +70,10 @@ impl Store for MemStore {
         interleave().await;
         let mut g = self.inner.lock().unwrap();
         if g.1.contains_key(key) {
-            return self.refused();
+            if key.starts_with("alloc.") {
+                return self.refused();
+            }
+            return Ok(Outcome::Conflict);
         }
         g.0 += 1;
         let rev = g.0;
