@@ -286,21 +286,22 @@ impl Log {
             r.probes += g.probes.len();
             r.versions += g.versions.len();
             let rvs: Vec<u64> = g.versions.keys().copied().collect();
-            // Bounds of when each version began.
-            let began_after = |rv: u64| {
-                g.probes
-                    .iter()
-                    .filter(|p| p.rv < rv)
-                    .map(|p| p.from)
-                    .fold(f64::NEG_INFINITY, f64::max)
-            };
+            // Probes by resourceVersion, with the latest start of those before each and the earliest end
+            // of those from each on: the bounds of when a version began.
+            let mut probes = g.probes.clone();
+            probes.sort_by_key(|p| p.rv);
+            let mut latest_from = vec![f64::NEG_INFINITY; probes.len() + 1];
+            for (i, p) in probes.iter().enumerate() {
+                latest_from[i + 1] = latest_from[i].max(p.from);
+            }
+            let mut earliest_to = vec![f64::INFINITY; probes.len() + 1];
+            for (i, p) in probes.iter().enumerate().rev() {
+                earliest_to[i] = earliest_to[i + 1].min(p.to);
+            }
+            let first_at = |rv: u64| probes.partition_point(|p| p.rv < rv);
+            let began_after = |rv: u64| latest_from[first_at(rv)];
             let began_before = |rv: u64| {
-                let by_probe = g
-                    .probes
-                    .iter()
-                    .filter(|p| p.rv >= rv)
-                    .map(|p| p.to)
-                    .fold(f64::INFINITY, f64::min);
+                let by_probe = earliest_to[first_at(rv)];
                 g.versions[&rv].seen.map_or(by_probe, |s| s.min(by_probe))
             };
             let mut prev: Option<&Version> = None;
@@ -343,7 +344,7 @@ impl Log {
                         spans.push((a, b, true));
                     }
                 }
-                for p in g.probes.iter().filter(|p| p.rv == *rv) {
+                for p in &probes[first_at(*rv)..first_at(*rv + 1)] {
                     spans.push((p.from, p.to, false));
                 }
                 for (name, port) in v
