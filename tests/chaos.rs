@@ -322,12 +322,22 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         tasks.push(tokio::spawn(async move {
             let p = &plans[i];
             let first = run(p, &master, &replies, &ns).await;
-            done.fetch_add(1, Ordering::SeqCst);
             // Answered: no longer in flight. A live allocation still holds its ports, within its range's
             // share for live ones.
             drop(permit);
             if p.shape == Shape::Live {
                 live_now[p.rm].fetch_add(1, Ordering::SeqCst);
+            }
+            let answered = done.fetch_add(1, Ordering::SeqCst) + 1;
+            if answered % 50 == 0 {
+                println!(
+                    "chaos: {answered} of {n} lifecycles answered after {:.0} s; live per resource manager {:?}",
+                    began.elapsed().as_secs_f64(),
+                    live_now
+                        .iter()
+                        .map(|l| l.load(Ordering::SeqCst))
+                        .collect::<Vec<_>>()
+                );
             }
             first
         }));
