@@ -3,6 +3,9 @@
 //! restarted once mid-run. Once it quiesces: no leaked port, listener, route or Service; no port held twice;
 //! every allocation that has not ended is ready with the addresses it first got.
 //!
+//! Throughout the run a history checker (`common/history.rs`) watches the port keys and the Gateways, and
+//! afterwards proves that no port had two live holders at any instant.
+//!
 //! `ITG_CHAOS_LIFECYCLES` sets the size (120 by default; the long run is 1000) and `ITG_CHAOS_SEED` the
 //! schedule. The servers are those of `scripts/testenv up`, which this test also uses to bring them back.
 
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::history::{History, Watched};
 use common::process::{WorkerProcess, readyz};
 use common::{Env, Master, Observed, Replies, TestRm, config_yaml, observe};
 use rand::rngs::StdRng;
@@ -22,9 +26,19 @@ use tokio::sync::{Mutex, Semaphore};
 
 const RMS: usize = 4;
 const WORKERS: usize = 4;
-/// Allocations not yet removed, per resource manager. Each worker writes its Gateways one change at a time,
-/// and a worker lives about 1.6 s between kills: a deeper queue would rarely finish before the next kill.
+/// Lifecycles in flight (started, not yet answered to the end), per resource manager. Each worker writes its
+/// Gateways one change at a time, and a worker lives about 1.6 s between kills: a deeper queue would rarely
+/// finish before the next kill. A live allocation leaves the count once ready; it is counted apart.
 const IN_FLIGHT: usize = 8;
+/// Proxy ports of one allocation, at most.
+const MAX_PORTS: usize = 2;
+/// Listener slots of a Gateway (the CRD's `maxItems`); the operator's placeholder takes one.
+const LISTENER_SLOTS: usize = 64 - 1;
+/// Ports held by live allocations, at most, per resource manager: with the in-flight ones they must fit in
+/// the Gateway's listener slots, or the run waits on capacity for ever. A live roll past it runs normally.
+const LIVE_PORTS: usize = LISTENER_SLOTS - IN_FLIGHT * MAX_PORTS - 7;
+/// Ports beyond the live and in-flight ones, for claims and stray listeners the reconciler has yet to free.
+const SPARE_PORTS: usize = 24;
 /// Waiting for one reply, through kills and restarts.
 const REPLY_SECS: u64 = 300;
 
@@ -49,20 +63,22 @@ struct Plan {
 }
 
 fn plans(n: usize, rng: &mut StdRng) -> Vec<Plan> {
+    let mut live_ports = [0usize; RMS];
     (0..n)
         .map(|i| {
             let roll: f64 = rng.random();
-            let shape = if roll < 0.05 {
+            let mut ports = vec![("jupyter", 8888)];
+            if rng.random_bool(0.5) {
+                ports.push(("tensorboard", 6006));
+            }
+            let shape = if roll < 0.05 && live_ports[i % RMS] + ports.len() <= LIVE_PORTS {
+                live_ports[i % RMS] += ports.len();
                 Shape::Live
             } else if roll < 0.15 {
                 Shape::Reversed
             } else {
                 Shape::Normal
             };
-            let mut ports = vec![("jupyter", 8888)];
-            if rng.random_bool(0.5) {
-                ports.push(("tensorboard", 6006));
-            }
             Plan {
                 rm: i % RMS,
                 alloc: format!("{}.{i}", uuid::Uuid::new_v4()),
@@ -197,12 +213,32 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     println!("chaos: {n} lifecycles, seed {seed} (ITG_CHAOS_SEED={seed} repeats the schedule)");
     let mut rng = StdRng::seed_from_u64(seed);
     let env = Env::load();
+    let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng));
+    // Each range holds the resource manager's live allocations, its in-flight ones and some spare.
     let mut rms = Vec::new();
     for i in 0..RMS {
+        let live: usize = plans
+            .iter()
+            .filter(|p| p.rm == i && p.shape == Shape::Live)
+            .map(|p| p.ports.len())
+            .sum();
+        let size = u16::try_from(live + IN_FLIGHT * MAX_PORTS + SPARE_PORTS).unwrap();
         let start = 44000 + 100 * u16::try_from(i).unwrap();
-        rms.push(TestRm::new(&env, "chaos", (start, start + 79)).await);
+        rms.push(TestRm::new(&env, "chaos", (start, start + size - 1)).await);
     }
     let rm_refs: Vec<&TestRm> = rms.iter().collect();
+    let history = History::start(
+        &env,
+        "ITG_STATE",
+        rms.iter()
+            .map(|rm| Watched {
+                rm: rm.name.clone(),
+                gateway_ns: rm.gateway_ns.clone(),
+                gateway: rm.gateway.clone(),
+            })
+            .collect(),
+    )
+    .await;
     // Deadlines far beyond the outages: nothing may be answered failed because a server was away.
     let worker_yaml = "  capacity_deadline: 10m\n  kubernetes_deadline: 10m\n  reconcile_interval: 5s\n  reconcile_hold_off: 20s\n";
     let mut workers = Vec::new();
@@ -218,7 +254,6 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         masters.push(Arc::new(Master::new(&env, &rm.name).await));
         watchers.push(Arc::new(Replies::watch(&env, &rm.name).await));
     }
-    let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng));
     let began = Instant::now();
 
     // A random serving worker is killed and restarted every few hundred milliseconds until the lifecycles end.
@@ -275,9 +310,10 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     let gates: Vec<Arc<Semaphore>> = (0..RMS)
         .map(|_| Arc::new(Semaphore::new(IN_FLIGHT)))
         .collect();
+    let live_now: Arc<Vec<AtomicUsize>> = Arc::new((0..RMS).map(|_| AtomicUsize::new(0)).collect());
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (plans, done) = (plans.clone(), done.clone());
+        let (plans, done, live_now) = (plans.clone(), done.clone(), live_now.clone());
         let p = &plans[i];
         let (master, replies) = (masters[p.rm].clone(), watchers[p.rm].clone());
         let gate = gates[p.rm].clone();
@@ -286,10 +322,22 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         tasks.push(tokio::spawn(async move {
             let p = &plans[i];
             let first = run(p, &master, &replies, &ns).await;
-            done.fetch_add(1, Ordering::SeqCst);
-            // A live allocation keeps its place: it still holds listeners.
+            // Answered: no longer in flight. A live allocation still holds its ports, within its range's
+            // share for live ones.
+            drop(permit);
             if p.shape == Shape::Live {
-                permit.forget();
+                live_now[p.rm].fetch_add(1, Ordering::SeqCst);
+            }
+            let answered = done.fetch_add(1, Ordering::SeqCst) + 1;
+            if answered % 50 == 0 {
+                println!(
+                    "chaos: {answered} of {n} lifecycles answered after {:.0} s; live per resource manager {:?}",
+                    began.elapsed().as_secs_f64(),
+                    live_now
+                        .iter()
+                        .map(|l| l.load(Ordering::SeqCst))
+                        .collect::<Vec<_>>()
+                );
             }
             first
         }));
@@ -396,6 +444,21 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         masters[p.rm].ended(&p.alloc).await;
         watchers[p.rm].first(REPLY_SECS, &p.alloc, "removed").await;
     }
+    let report = history.finish().await;
+    println!(
+        "chaos: live allocations per resource manager {:?} (ranges {:?}); {}",
+        live_now
+            .iter()
+            .map(|l| l.load(Ordering::SeqCst))
+            .collect::<Vec<_>>(),
+        rms.iter().map(|rm| rm.range).collect::<Vec<_>>(),
+        report.summary()
+    );
+    assert!(
+        report.violations.is_empty(),
+        "a port had two live holders:\n{}",
+        report.violations.join("\n")
+    );
     drop(workers);
     for rm in &rms {
         rm.teardown(&env).await;

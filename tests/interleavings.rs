@@ -2,9 +2,15 @@
 //! same allocation is half-way through applying its objects. The handler is generic over its store and
 //! cluster, so these tests drive it with in-memory ones that pause at a chosen step. They test the
 //! handler's decisions, not NATS or Kubernetes (the integration tests do that).
+//!
+//! The runtime is multi-threaded and every store and cluster call yields (or sleeps a little) before it
+//! acts, so another handler runs between a read and the compare-and-set that follows it: the store counts
+//! the refused compare-and-sets, and the concurrent tests assert that some happened.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use itg::config::Config;
@@ -21,14 +27,39 @@ type Bucket = (u64, BTreeMap<String, (Bytes, u64)>);
 /// A pause point: notified when reached, waits to be resumed.
 type Pause = Option<(Arc<Notify>, Arc<Notify>)>;
 
-/// Compare-and-set over a map, with one revision counter for the whole bucket as JetStream has.
+/// Lets other tasks run: mostly a yield, sometimes a sleep, so a read and the write after it are apart.
+async fn interleave() {
+    if rand::random_ratio(1, 8) {
+        tokio::time::sleep(Duration::from_micros(rand::random_range(50..500))).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Compare-and-set over a map, with one revision counter for the whole bucket as JetStream has. Every call
+/// yields first; `conflicts` counts the writes it refused because the key moved after the writer read it:
+/// an update or delete at a stale revision, or a record created since the writer found none. (A port key's
+/// create is tried without a read, and a duplicate finds it held by its own allocation: no race.)
 #[derive(Clone, Default)]
 struct MemStore {
     inner: Arc<Mutex<Bucket>>,
+    conflicts: Arc<AtomicUsize>,
+}
+
+impl MemStore {
+    fn conflicts(&self) -> usize {
+        self.conflicts.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> Result<Outcome, StoreError> {
+        self.conflicts.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome::Conflict)
+    }
 }
 
 impl Store for MemStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        interleave().await;
         let g = self.inner.lock().unwrap();
         Ok(g.1.get(key).map(|(v, r)| Entry {
             value: v.clone(),
@@ -36,8 +67,12 @@ impl Store for MemStore {
         }))
     }
     async fn create(&self, key: &str, value: Bytes) -> Result<Outcome, StoreError> {
+        interleave().await;
         let mut g = self.inner.lock().unwrap();
         if g.1.contains_key(key) {
+            if key.starts_with("alloc.") {
+                return self.refused();
+            }
             return Ok(Outcome::Conflict);
         }
         g.0 += 1;
@@ -46,9 +81,10 @@ impl Store for MemStore {
         Ok(Outcome::Written(rev))
     }
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<Outcome, StoreError> {
+        interleave().await;
         let mut g = self.inner.lock().unwrap();
         if g.1.get(key).map(|e| e.1) != Some(revision) {
-            return Ok(Outcome::Conflict);
+            return self.refused();
         }
         g.0 += 1;
         let rev = g.0;
@@ -56,14 +92,16 @@ impl Store for MemStore {
         Ok(Outcome::Written(rev))
     }
     async fn delete(&self, key: &str, revision: u64) -> Result<Outcome, StoreError> {
+        interleave().await;
         let mut g = self.inner.lock().unwrap();
         if g.1.get(key).map(|e| e.1) != Some(revision) {
-            return Ok(Outcome::Conflict);
+            return self.refused();
         }
         g.1.remove(key);
         Ok(Outcome::Written(revision))
     }
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        interleave().await;
         Ok(self
             .inner
             .lock()
@@ -76,10 +114,14 @@ impl Store for MemStore {
     }
 }
 
-/// Objects as a set of `kind/name`, and a pause before the route of the first exposure.
+/// Objects as a set of `kind/name`, and a pause before the route of the first exposure. Like the
+/// Gateway's rule that listener ports are unique, a listener on a port another listener has is refused,
+/// and noted in `shared`.
 #[derive(Clone, Default)]
 struct MemCluster {
     objects: Arc<Mutex<BTreeSet<String>>>,
+    ports: Arc<Mutex<BTreeMap<String, u16>>>,
+    shared: Arc<Mutex<Vec<String>>>,
     pause: Arc<Mutex<Pause>>,
 }
 
@@ -107,7 +149,18 @@ impl Cluster for MemCluster {
     }
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
+        interleave().await;
         let name = itg::names::object_name(e.rm, e.allocation_id, &e.binding.name);
+        {
+            let mut ports = self.ports.lock().unwrap();
+            let port = e.binding.gateway_port;
+            if let Some((other, _)) = ports.iter().find(|(n, p)| **p == port && **n != name) {
+                let clash = format!("{name} and {other} on port {port}");
+                self.shared.lock().unwrap().push(clash.clone());
+                return Err(KubeError::Capacity(clash));
+            }
+            ports.insert(name.clone(), port);
+        }
         self.objects
             .lock()
             .unwrap()
@@ -132,7 +185,9 @@ impl Cluster for MemCluster {
         _ns: Option<&str>,
         b: &Binding,
     ) -> Result<(), KubeError> {
+        interleave().await;
         let name = itg::names::object_name(rm, alloc, &b.name);
+        self.ports.lock().unwrap().remove(&name);
         let mut o = self.objects.lock().unwrap();
         for kind in ["route", "listener", "service"] {
             o.remove(&format!("{kind}/{name}"));
@@ -179,7 +234,7 @@ fn kind_of(h: &Handled) -> &'static str {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ended_served_while_the_started_applies_its_objects_leaves_nothing_behind() {
     let (store, cluster) = (MemStore::default(), MemCluster::default());
     let (paused, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -210,7 +265,7 @@ async fn an_ended_served_while_the_started_applies_its_objects_leaves_nothing_be
     assert!(claims.is_empty(), "ports still claimed: {claims:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_duplicate_started_racing_an_ended_on_a_ready_allocation_leaves_nothing_behind() {
     let (store, cluster) = (MemStore::default(), MemCluster::default());
     let h = handler(&store, &cluster);
@@ -240,38 +295,133 @@ async fn a_duplicate_started_racing_an_ended_on_a_ready_allocation_leaves_nothin
     assert!(store.keys("port.").await.unwrap().is_empty());
 }
 
-#[tokio::test]
+/// Serves one delivery and its redeliveries, as the consumer would, until it is answered.
+async fn serve(h: &Handler<MemStore, MemCluster>, kind: EventKind, body: &[u8]) -> Handled {
+    for _ in 0..50 {
+        match h.handle(kind, body).await {
+            Handled::Retry { .. } => tokio::task::yield_now().await,
+            done => return done,
+        }
+    }
+    panic!("{kind:?} still retried after 50 deliveries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicates_of_one_started_agree_on_the_ports() {
     let (store, cluster) = (MemStore::default(), MemCluster::default());
     let h = handler(&store, &cluster);
-    let a = "6f1c2d3e.3";
-    let runs: Vec<_> = (0..8)
-        .map(|_| {
-            let (h, body) = (h.clone(), started(a));
-            tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
-        })
-        .collect();
-    let mut ports = BTreeSet::new();
+    for round in 0..20 {
+        let a = format!("6f1c2d3e.3.{round}");
+        let runs: Vec<_> = (0..8)
+            .map(|_| {
+                let (h, body) = (h.clone(), started(&a));
+                tokio::spawn(async move { serve(&h, EventKind::Started, &body).await })
+            })
+            .collect();
+        let mut ports = BTreeSet::new();
+        for r in runs {
+            match r.await.unwrap() {
+                Handled::Answer {
+                    reply: itg::contract::Reply::Ready(r),
+                    ..
+                } => {
+                    ports.insert(r.proxies[0].gateway_port);
+                }
+                other => panic!("expected ready, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            ports.len(),
+            1,
+            "every duplicate reports the same port: {ports:?}"
+        );
+        assert_eq!(
+            store.keys("port.").await.unwrap().len(),
+            1,
+            "exactly one port claimed"
+        );
+        assert_eq!(cluster.listeners().len(), 1);
+        assert_eq!(
+            kind_of(&serve(&h, EventKind::Ended, &ended(&a)).await),
+            "removed"
+        );
+        assert!(cluster.objects.lock().unwrap().is_empty());
+    }
+    let conflicts = store.conflicts();
+    println!(
+        "interleavings: 20 rounds of 8 concurrent duplicates: {conflicts} compare-and-sets refused"
+    );
+    assert!(
+        conflicts > 0,
+        "no compare-and-set was ever refused: the duplicates did not race"
+    );
+}
+
+/// Duplicated starteds and endeds of several allocations, all at once on a 10-port range: each allocation
+/// gets one set of ports whatever the order, two allocations never hold a port together, and once every
+/// ended is answered nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_duplicates_of_many_allocations_share_no_port_and_leave_nothing() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let allocs: Vec<String> = (0..6).map(|i| format!("6f1c2d3e.4.{i}")).collect();
+    let mut runs = Vec::new();
+    for a in &allocs {
+        for kind in [
+            EventKind::Started,
+            EventKind::Started,
+            EventKind::Started,
+            EventKind::Ended,
+            EventKind::Ended,
+        ] {
+            let body = match kind {
+                EventKind::Started => started(a),
+                EventKind::Ended => ended(a),
+            };
+            let h = h.clone();
+            let a = a.clone();
+            runs.push(tokio::spawn(
+                async move { (a, serve(&h, kind, &body).await) },
+            ));
+        }
+    }
+    let mut ports: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     for r in runs {
-        match r.await.unwrap() {
+        let (a, done) = r.await.unwrap();
+        match done {
             Handled::Answer {
                 reply: itg::contract::Reply::Ready(r),
                 ..
             } => {
-                ports.insert(r.proxies[0].gateway_port);
+                ports
+                    .entry(a)
+                    .or_default()
+                    .insert(r.proxies[0].gateway_port);
             }
-            other => panic!("expected ready, got {other:?}"),
+            other => assert!(
+                matches!(kind_of(&other), "removed" | "failed"),
+                "{a}: {other:?}"
+            ),
         }
     }
-    assert_eq!(
-        ports.len(),
-        1,
-        "every duplicate reports the same port: {ports:?}"
+    for (a, p) in &ports {
+        assert_eq!(p.len(), 1, "{a} was ready on several ports: {p:?}");
+    }
+    assert!(
+        cluster.shared.lock().unwrap().is_empty(),
+        "two listeners wanted one port: {:?}",
+        cluster.shared.lock().unwrap()
     );
-    assert_eq!(
-        store.keys("port.").await.unwrap().len(),
-        1,
-        "exactly one port claimed"
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "left behind: {:?}",
+        cluster.objects.lock().unwrap()
     );
-    assert_eq!(cluster.listeners().len(), 1);
+    assert!(store.keys("port.").await.unwrap().is_empty());
+    let conflicts = store.conflicts();
+    println!(
+        "interleavings: 6 allocations x (3 started + 2 ended) at once: {} were ready, {conflicts} compare-and-sets refused",
+        ports.len()
+    );
+    assert!(conflicts > 0, "no compare-and-set was ever refused");
 }

@@ -5,6 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::history::{History, Watched};
 use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
 use itg::contract::EventKind;
 use k8s_openapi::api::core::v1::Service;
@@ -17,11 +18,23 @@ fn alloc() -> String {
     format!("{}.1", Uuid::new_v4())
 }
 
-/// Promise 1 and 2 under load: two workers, 200 allocations with every started published twice.
+/// Promise 1 and 2 under load: two workers, 200 allocations with every started published twice. A history
+/// checker watches the port keys and the Gateway throughout: no port has two live holders at any instant,
+/// not only at the end of each wave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
     let env = Env::load();
     let rm = TestRm::new(&env, "p1", (40000, 40099)).await;
+    let history = History::start(
+        &env,
+        "ITG_STATE",
+        vec![Watched {
+            rm: rm.name.clone(),
+            gateway_ns: rm.gateway_ns.clone(),
+            gateway: rm.gateway.clone(),
+        }],
+    )
+    .await;
     let cfg = config(&env, &[&rm], "");
     let (w1, w2) = (Worker::start(cfg.clone()).await, Worker::start(cfg).await);
     let master = Master::new(&env, &rm.name).await;
@@ -116,6 +129,13 @@ async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
     assert!(all.iter().filter(|s| s.kind == "ready").count() >= allocs.len());
     let o = observe(&env, &rm).await;
     assert!(o.is_empty(), "leaked: {o:?}");
+    let report = history.finish().await;
+    println!("two workers, 200 allocations: {}", report.summary());
+    assert!(
+        report.violations.is_empty(),
+        "a port had two live holders:\n{}",
+        report.violations.join("\n")
+    );
     w1.stop().await;
     w2.stop().await;
     rm.teardown(&env).await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod history;
 pub mod process;
 
 use std::collections::BTreeMap;
