@@ -347,7 +347,7 @@ async fn a_worker_running_as_its_service_account_serves_a_task_and_is_refused_el
     let kubeconfig = worker_kubeconfig(&env);
     let rm = format!("deploy-{s}");
     let yaml = format!(
-        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\nresource_managers:\n  - name: {rm}\n    kubeconfig: {}\n    internal_task_gateway:\n      gateway_name: itg\n      gateway_namespace: {gateway_ns}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: 40000\n      gateway_port_range_end: 40009\n",
+        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\nresource_managers:\n  - name: {rm}\n    kubeconfig: {}\n    wait_for_controller: false\n    internal_task_gateway:\n      gateway_name: itg\n      gateway_namespace: {gateway_ns}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: 40000\n      gateway_port_range_end: 40009\n",
         env.nats_url,
         kubeconfig.path().display()
     );

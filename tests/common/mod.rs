@@ -140,8 +140,15 @@ impl TestRm {
     }
 
     pub fn yaml(&self, env: &Env) -> String {
+        // The `itg` class has no controller to write status: ready cannot wait for one, unless a test says
+        // otherwise in `extra`.
+        let wait = if self.extra.contains("wait_for_controller:") {
+            ""
+        } else {
+            "    wait_for_controller: false\n"
+        };
         format!(
-            "  - name: {}\n    kubeconfig: {}\n{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
+            "  - name: {}\n    kubeconfig: {}\n{wait}{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
             self.name,
             env.kubeconfig.display(),
             self.extra,
