@@ -24,7 +24,8 @@ async fn the_worker_account_may_get_watch_and_patch_only_its_gateway() {
     checks.push(denied("list", gw, ns, None));
     checks.push(denied("watch", gw, ns, None));
     checks.push(denied("patch", &format!("{gw}/status"), ns, Some("itg")));
-    checks.push(denied(
+    // The start-up report says whether a controller accepted the Gateway's class.
+    checks.push(allowed(
         "get",
         "gatewayclasses.gateway.networking.k8s.io",
         None,
@@ -126,8 +127,14 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
             }
             // The reconciler lists them by label to find orphans.
             checks.push(allowed("list", r, Some(&ns), None));
-            // It never reads one by name or watches them, nor replaces them with PUT.
-            for verb in ["get", "watch", "update", "deletecollection"] {
+            // Ready waits on a watch of the routes' status; Services are never watched.
+            if r == "services" {
+                checks.push(denied("watch", r, Some(&ns), Some("x")));
+            } else {
+                checks.push(allowed("watch", r, Some(&ns), None));
+            }
+            // It never reads one by name, nor replaces them with PUT.
+            for verb in ["get", "update", "deletecollection"] {
                 checks.push(denied(verb, r, Some(&ns), Some("x")));
             }
         }
@@ -172,6 +179,15 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
         "clusterroles.rbac.authorization.k8s.io",
     ] {
         checks.push(denied("list", r, None, None));
+    }
+    // The start-up report reads the Gateway's class; nothing else of it.
+    for verb in ["list", "watch", "patch", "update", "delete"] {
+        checks.push(denied(
+            verb,
+            "gatewayclasses.gateway.networking.k8s.io",
+            None,
+            Some("itg"),
+        ));
     }
     assert_access(&worker, &checks).await;
     forbidden(
