@@ -87,37 +87,8 @@ fn envoy_class() -> String {
 /// A resource manager whose own Gateway is of Envoy Gateway's class, with the wait on. Its placeholder
 /// listener really binds on the host: `placeholder` must be free.
 async fn envoy_rm(env: &Env, prefix: &str, range: (u16, u16), placeholder: u16) -> TestRm {
-    let client = env.kube().await;
-    let s = common::suffix();
-    let rm = TestRm {
-        name: format!("{prefix}-{s}"),
-        gateway: format!("gw-{s}"),
-        gateway_ns: "gateway-system".into(),
-        task_ns: format!("tasks-{s}"),
-        range,
-        extra: "    wait_for_controller: true\n".into(),
-    };
-    let body = serde_json::json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
-        "spec": {
-            "gatewayClassName": envoy_class(),
-            "listeners": [{ "name": "placeholder", "port": placeholder, "protocol": "TCP" }]
-        }
-    });
-    kube::Api::<gateway_api::experimental::gateways::Gateway>::namespaced(
-        client.clone(),
-        &rm.gateway_ns,
-    )
-    .patch(
-        &rm.gateway,
-        &kube::api::PatchParams::apply("operator"),
-        &kube::api::Patch::Apply(&body),
-    )
-    .await
-    .expect("create the test Gateway");
-    common::make_namespace(&client, &rm.task_ns).await;
+    let rm = TestRm::on_class(env, prefix, range, &envoy_class(), placeholder).await;
+    assert!(rm.yaml(env).contains("wait_for_controller: true"));
     rm
 }
 

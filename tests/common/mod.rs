@@ -169,7 +169,12 @@ impl TestRm {
             gateway_ns: "gateway-system".into(),
             task_ns: format!("tasks-{s}"),
             range,
-            extra: String::new(),
+            // A class a controller serves gets its status: ready waits for it (see `yaml`).
+            extra: if class == "itg" {
+                String::new()
+            } else {
+                "    wait_for_controller: true\n".into()
+            },
         };
         make_gateway_of_class(
             &client,
@@ -184,8 +189,8 @@ impl TestRm {
     }
 
     pub fn yaml(&self, env: &Env) -> String {
-        // The `itg` class has no controller to write status: ready cannot wait for one, unless a test says
-        // otherwise in `extra`.
+        // The `itg` class has no controller to write status: ready cannot wait for one, unless `extra` says
+        // otherwise (as `on_class` does for a class a controller serves).
         let wait = if self.extra.contains("wait_for_controller:") {
             ""
         } else {
