@@ -41,6 +41,8 @@ pub struct Connected {
     pub config: ResourceManagerConfig,
     pub gateway: KubeGateway,
     pub server: String,
+    /// Whether a controller accepted the Gateway's class, read at start.
+    pub class: gateway::ClassStatus,
 }
 
 /// Everything connected and checked.
@@ -110,10 +112,17 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             .await
             .map_err(|e| kerr(e.to_string()))?
             .with_call_timeout(limit);
+        let class = gateway.class_status().await;
+        if rm.wait_for_controller && !class.accepted() {
+            tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");
+        } else {
+            tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, tcproute = gateway.route_version(), "Gateway class");
+        }
         rms.push(Connected {
             config: rm.clone(),
             gateway,
             server,
+            class,
         });
     }
     Ok(Servers {
@@ -232,7 +241,19 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
         crate::config::redacted_url(&config.nats.url),
         info.server_name
     );
-    for c in capacity(servers).await? {
+    for (c, rm) in capacity(servers).await?.into_iter().zip(&servers.rms) {
+        let _ = writeln!(
+            out,
+            "resource manager {}: {}; TCPRoute {}; ready {}",
+            c.resource_manager,
+            rm.class,
+            rm.gateway.route_version(),
+            if rm.config.wait_for_controller {
+                "waits for the controller"
+            } else {
+                "does not wait for a controller (wait_for_controller: false)"
+            }
+        );
         let _ = writeln!(
             out,
             "resource manager {}: apiserver via {}; Gateway {} present with {} listener(s) ({} foreign on ports {:?}); ports {}: {} free, {} claimed, listener slots {} of {}",

@@ -201,6 +201,9 @@ pub struct WorkerConfig {
     pub kubernetes_deadline: Dur,
     /// The longest one apiserver request may take before it is abandoned as a transient error.
     pub kubernetes_call_timeout: Dur,
+    /// How long an exposure waits for the Gateway's controller to program its listener and accept its
+    /// route, counted from when its ports were bound, before it is answered `failed` with `timeout`.
+    pub controller_deadline: Dur,
     pub retry_min: Dur,
     pub retry_max: Dur,
     pub shutdown_timeout: Dur,
@@ -215,6 +218,9 @@ impl Default for WorkerConfig {
             capacity_deadline: Dur(Duration::from_secs(600)),
             kubernetes_deadline: Dur(Duration::from_secs(300)),
             kubernetes_call_timeout: Dur(Duration::from_secs(15)),
+            // Four times the Gateway API's 30 s bound to consistency: a controller busy with a burst of
+            // listener changes still makes it.
+            controller_deadline: Dur(Duration::from_secs(120)),
             retry_min: Dur(Duration::from_millis(250)),
             retry_max: Dur(Duration::from_secs(30)),
             shutdown_timeout: Dur(Duration::from_secs(25)),
@@ -260,11 +266,19 @@ pub struct ResourceManagerConfig {
     pub excluded_ports: Vec<PortOrRange>,
     #[serde(default = "default_listener_limit")]
     pub listener_limit: usize,
+    /// Whether `ready` waits for the Gateway's controller to report the listener programmed and the route
+    /// accepted. Off only for a Gateway whose controller writes no status.
+    #[serde(default = "default_true")]
+    pub wait_for_controller: bool,
     pub internal_task_gateway: InternalTaskGatewayConfig,
 }
 
 fn default_listener_limit() -> usize {
     64
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The master's `InternalTaskGatewayConfig`, key for key.
@@ -414,6 +428,10 @@ impl Config {
                 "worker.kubernetes_call_timeout",
                 self.worker.kubernetes_call_timeout,
             ),
+            (
+                "worker.controller_deadline",
+                self.worker.controller_deadline,
+            ),
             ("worker.retry_min", self.worker.retry_min),
             ("worker.retry_max", self.worker.retry_max),
             ("worker.shutdown_timeout", self.worker.shutdown_timeout),
@@ -453,7 +471,11 @@ impl Config {
                 "must be 1 to 1024",
             ));
         }
-        let longest = w.capacity_deadline.0.max(w.kubernetes_deadline.0);
+        let longest = w
+            .capacity_deadline
+            .0
+            .max(w.kubernetes_deadline.0)
+            .max(w.controller_deadline.0);
         let budget = redelivery_span(w, js.max_deliver);
         if js.max_deliver != -1 && budget < longest {
             return Err(rule(

@@ -464,6 +464,8 @@ pub enum FailureReason {
     CapacityExhausted,
     KubernetesError,
     Timeout,
+    /// (added) The Gateway's controller refused the listener or the route; the message carries its reason.
+    GatewayRejected,
 }
 
 impl fmt::Display for FailureReason {
@@ -475,6 +477,7 @@ impl fmt::Display for FailureReason {
             FailureReason::CapacityExhausted => "capacity_exhausted",
             FailureReason::KubernetesError => "kubernetes_error",
             FailureReason::Timeout => "timeout",
+            FailureReason::GatewayRejected => "gateway_rejected",
         };
         f.write_str(s)
     }

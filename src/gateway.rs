@@ -3,11 +3,18 @@
 //! Listeners are written with server-side apply of a partial Gateway holding only that listener, under a
 //! field manager of its own: the apiserver merges listeners by name, so workers never read-modify-write the
 //! whole Gateway and never touch listeners they do not own. A watch of the one Gateway feeds an in-memory
-//! view (foreign ports, listener count) so the hot path lists nothing.
+//! view (foreign ports, listener count) so the hot path lists nothing. Where the Gateway's controller writes
+//! status, a watch of the worker's TCPRoutes joins it, and [`crate::readiness`] reads both to tell when an
+//! exposure is reachable.
+//!
+//! TCPRoute is written in the version the apiserver serves, found by discovery at start: `v1` (Gateway API
+//! v1.6 and later) where served, else `v1alpha2`. Every read, write and delete goes through that one version:
+//! an apiserver serving both keeps one storage, so routes written in the other version are listed, read and
+//! deleted through it as well.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use gateway_api::experimental::gateways::Gateway;
@@ -17,6 +24,7 @@ use gateway_api::experimental::tcproutes::{
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store as Reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -26,9 +34,12 @@ use serde_json::json;
 use crate::config::ResourceManagerConfig;
 use crate::crashpoint;
 use crate::names;
+use crate::readiness::{self, Observed, Verdict};
 use crate::state::{Binding, Spec};
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// TCPRoute versions the worker can write, most preferred first.
+pub const TCPROUTE_VERSIONS: [&str; 2] = ["v1", "v1alpha2"];
 
 /// Why a Kubernetes step did not complete. The variant tells the worker whether to retry.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +101,16 @@ pub trait Cluster: Clone + Send + Sync + 'static {
         namespace: Option<&str>,
         binding: &Binding,
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// What the Gateway's controller reports for these exposures, from the watches. A cluster without a
+    /// controller's status to read answers reachable.
+    fn controller_verdict(&self, _e: &[Exposure<'_>]) -> Verdict {
+        Verdict::Reachable
+    }
+    /// Ticks whenever the Gateway or a route changes, so a waiting pass looks again at once. A cluster
+    /// without watches returns a receiver that never ticks.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
 }
 
 /// A resource manager's apiserver and Gateway.
@@ -103,6 +124,14 @@ pub struct KubeGateway {
     gateway_name: String,
     gateways: Api<Gateway>,
     reflector: Reflector<Gateway>,
+    /// The TCPRoute resource in the version the apiserver serves.
+    route_resource: ApiResource,
+    /// The worker's routes, one store per watched scope (a namespace, or all namespaces); empty when the
+    /// resource manager does not wait for its controller.
+    route_stores: Vec<Reflector<DynamicObject>>,
+    /// Listener name -> (port, the Gateway generation in which the watch first saw it with that port).
+    listener_generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>>,
+    changes: tokio::sync::watch::Receiver<u64>,
     /// One Gateway write at a time from this process. Concurrent applies to the one object make the
     /// apiserver retry each against the others, re-running the listener validation every time; measured,
     /// removals went from ~0.2 s to ~30 s with 32 in flight.
@@ -149,11 +178,6 @@ pub async fn client_for(rm: &ResourceManagerConfig) -> Result<(Client, String), 
     Ok((client, where_))
 }
 
-/// Whether the apiserver refused the call as forbidden (403): the worker's rights do not reach there.
-pub fn is_forbidden(e: &KubeError) -> bool {
-    matches!(e, KubeError::Permanent(m) if m.contains("(403 "))
-}
-
 /// Sorts a kube error into retry, capacity or give-up.
 pub fn classify(what: &str, err: kube::Error) -> KubeError {
     match err {
@@ -187,22 +211,35 @@ impl KubeGateway {
         rm: &ResourceManagerConfig,
     ) -> Result<KubeGateway, KubeError> {
         let g = &rm.internal_task_gateway;
+        let route_resource = route_resource(&client).await?;
         let gateways: Api<Gateway> = Api::namespaced(client.clone(), &g.gateway_namespace);
         let (reader, writer) = reflector::store();
+        let (tick, changes) = tokio::sync::watch::channel(0u64);
+        let tick = Arc::new(tick);
+        let listener_generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>> = Arc::default();
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", g.gateway_name));
         let stream = watcher(gateways.clone(), cfg)
             .default_backoff()
             .reflect(writer)
             .touched_objects();
         let name = format!("{}/{}", g.gateway_namespace, g.gateway_name);
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(gateway = %name, error = %e, "Gateway watch error; retrying");
+        {
+            let (tick, generations) = (tick.clone(), listener_generations.clone());
+            tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(gw) => {
+                            note_listener_generations(&gw, &generations);
+                            tick.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        Err(e) => {
+                            tracing::warn!(gateway = %name, error = %e, "Gateway watch error; retrying");
+                        }
+                    }
                 }
-            }
-        });
+            });
+        }
         tokio::time::timeout(
             std::time::Duration::from_secs(30),
             reader.wait_until_ready(),
@@ -215,6 +252,60 @@ impl KubeGateway {
             ))
         })?
         .map_err(|e| KubeError::Transient(format!("watching Gateway: {e}")))?;
+        let mut route_stores = Vec::new();
+        if rm.wait_for_controller {
+            let scopes: Vec<Option<String>> = match &rm.allowed_namespaces {
+                Some(list) => list.iter().cloned().map(Some).collect(),
+                None => vec![None],
+            };
+            for scope in scopes {
+                let api: Api<DynamicObject> = match &scope {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &route_resource),
+                    None => Api::all_with(client.clone(), &route_resource),
+                };
+                let writer = reflector::store::Writer::new(route_resource.clone());
+                let store = writer.as_reader();
+                let cfg = watcher::Config::default().labels(&owned_selector(&rm.name));
+                let stream = watcher(api, cfg)
+                    .default_backoff()
+                    .reflect(writer)
+                    .touched_objects();
+                let (tick, what) = (
+                    tick.clone(),
+                    scope.clone().unwrap_or_else(|| "all namespaces".into()),
+                );
+                tokio::spawn(async move {
+                    futures::pin_mut!(stream);
+                    while let Some(ev) = stream.next().await {
+                        match ev {
+                            Ok(_) => tick.send_modify(|n| *n = n.wrapping_add(1)),
+                            Err(e) => {
+                                tracing::warn!(scope = %what, error = %e, "TCPRoute watch error; retrying");
+                            }
+                        }
+                    }
+                });
+                let what = format!(
+                    "watching the worker's TCPRoutes ({}) in {}; the worker needs list and watch on tcproutes there, or wait_for_controller: false",
+                    route_resource.api_version,
+                    scope.as_deref().unwrap_or("all namespaces")
+                );
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    store.wait_until_ready(),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(|e| KubeError::Transient(format!("{what}: {e}")))?,
+                    Err(_) => {
+                        return Err(KubeError::Transient(format!(
+                            "{what}: no answer from the apiserver in 30 s"
+                        )));
+                    }
+                }
+                route_stores.push(store);
+            }
+        }
         Ok(KubeGateway {
             rm: rm.name.clone(),
             range: rm.port_range(),
@@ -223,6 +314,10 @@ impl KubeGateway {
             gateway_name: g.gateway_name.clone(),
             gateways,
             reflector: reader,
+            route_resource,
+            route_stores,
+            listener_generations,
+            changes,
             write_lock: Arc::default(),
             call_timeout: std::time::Duration::from_secs(15),
         })
@@ -249,6 +344,15 @@ impl KubeGateway {
                     self.call_timeout
                 )))
             })
+    }
+
+    /// The TCPRoute version this worker reads and writes (`v1` or `v1alpha2`).
+    pub fn route_version(&self) -> &str {
+        &self.route_resource.version
+    }
+
+    fn routes(&self, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), ns, &self.route_resource)
     }
 
     async fn timed(
@@ -304,11 +408,23 @@ impl KubeGateway {
     }
 
     async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), KubeError> {
-        let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &e.spec.namespace);
-        let route = route_object(&self.gateway_namespace, &self.gateway_name, e, name);
-        let what = format!("applying TCPRoute {}/{name}", e.spec.namespace);
-        self.bounded(&what, apply_whole(api, name, &route, what.clone()))
-            .await
+        let route = route_body(
+            &self.route_resource.api_version,
+            &route_object(&self.gateway_namespace, &self.gateway_name, e, name),
+        );
+        let pp = PatchParams::apply(names::OBJECT_FIELD_MANAGER).force();
+        let what = format!(
+            "applying TCPRoute {}/{name} ({})",
+            e.spec.namespace, self.route_resource.api_version
+        );
+        self.bounded(&what, async {
+            self.routes(&e.spec.namespace)
+                .patch(name, &pp, &Patch::Apply(&route))
+                .await
+                .map(drop)
+                .map_err(|err| classify(&what, err))
+        })
+        .await
     }
 
     async fn remove_listener(&self, name: &str) -> Result<(), KubeError> {
@@ -477,6 +593,152 @@ pub fn route_object(
     }
 }
 
+/// The TCPRoute as applied: `route` (whose type knows only `v1alpha2`) under the served `api_version`. The
+/// two versions have the same fields for what the worker writes (one rule, one backend).
+pub fn route_body(api_version: &str, route: &TcpRoute) -> serde_json::Value {
+    let mut v = serde_json::to_value(route).unwrap_or_default();
+    v["apiVersion"] = json!(api_version);
+    v["kind"] = json!("TCPRoute");
+    v
+}
+
+/// Finds which TCPRoute version the apiserver serves, preferring `v1`.
+///
+/// # Errors
+/// [`KubeError::Permanent`] when it serves neither, [`KubeError::Transient`] when discovery fails.
+pub async fn route_resource(client: &Client) -> Result<ApiResource, KubeError> {
+    for version in TCPROUTE_VERSIONS {
+        match client
+            .list_api_group_resources(&format!("{GATEWAY_GROUP}/{version}"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == "tcproutes") => {
+                let gvk = GroupVersionKind::gvk(GATEWAY_GROUP, version, "TCPRoute");
+                return Ok(ApiResource::from_gvk_with_plural(&gvk, "tcproutes"));
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(KubeError::Transient(format!(
+                    "discovering {GATEWAY_GROUP}/{version}: {e}"
+                )));
+            }
+        }
+    }
+    Err(KubeError::Permanent(format!(
+        "the apiserver serves TCPRoute in neither {} of {GATEWAY_GROUP}; install the Gateway API CRDs (v1.6 standard or experimental, or v1.5 experimental)",
+        TCPROUTE_VERSIONS.join(" nor ")
+    )))
+}
+
+/// Records, for each listener of the worker's shape, the Gateway generation in which it was first seen with
+/// its port. A watch may skip generations, so this is never older than the real one: safe for telling
+/// current conditions from stale ones.
+fn note_listener_generations(gw: &Gateway, seen: &Mutex<BTreeMap<String, (u16, i64)>>) {
+    let generation = gw.metadata.generation.unwrap_or(0);
+    let Ok(mut seen) = seen.lock() else {
+        return;
+    };
+    let mut present = BTreeSet::new();
+    for l in &gw.spec.listeners {
+        let (Ok(port), true) = (
+            u16::try_from(l.port),
+            names::is_owned_listener_name(&l.name),
+        ) else {
+            continue;
+        };
+        present.insert(l.name.clone());
+        match seen.get(&l.name) {
+            Some((p, _)) if *p == port => {}
+            _ => {
+                seen.insert(l.name.clone(), (port, generation));
+            }
+        }
+    }
+    seen.retain(|name, _| present.contains(name));
+}
+
+fn conditions_of(v: &serde_json::Value) -> Vec<readiness::Condition> {
+    let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| readiness::Condition {
+                    type_: text(c, "type"),
+                    status: text(c, "status"),
+                    reason: text(c, "reason"),
+                    message: text(c, "message"),
+                    observed_generation: c["observedGeneration"].as_i64(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The conditions of a route's parent entry for `listener` on Gateway `gw_ns/gw_name`.
+fn route_parent_conditions(
+    route: &DynamicObject,
+    gw_ns: &str,
+    gw_name: &str,
+    listener: &str,
+) -> Option<Vec<readiness::Condition>> {
+    let route_ns = route.metadata.namespace.as_deref().unwrap_or_default();
+    route.data["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| {
+            let r = &p["parentRef"];
+            r["name"].as_str() == Some(gw_name)
+                && r["namespace"].as_str().unwrap_or(route_ns) == gw_ns
+                && r["kind"].as_str().unwrap_or("Gateway") == "Gateway"
+                && r["sectionName"].as_str().is_none_or(|s| s == listener)
+        })
+        .map(|p| conditions_of(&p["conditions"]))
+}
+
+/// Whether a GatewayClass is accepted by a controller, as the start-up report says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassStatus {
+    /// `Accepted=True`: a controller took the class.
+    Accepted { class: String, controller: String },
+    /// The class carries no `Accepted=True`: no controller took it (or it refused it).
+    NotAccepted {
+        class: String,
+        controller: String,
+        why: String,
+    },
+    /// The class could not be read.
+    Unknown { class: String, why: String },
+}
+
+impl std::fmt::Display for ClassStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassStatus::Accepted { class, controller } => {
+                write!(f, "GatewayClass {class} accepted by {controller}")
+            }
+            ClassStatus::NotAccepted {
+                class,
+                controller,
+                why,
+            } => write!(
+                f,
+                "GatewayClass {class} ({controller}) not accepted by a controller ({why})"
+            ),
+            ClassStatus::Unknown { class, why } => {
+                write!(f, "GatewayClass {class:?}: cannot tell ({why})")
+            }
+        }
+    }
+}
+
+impl ClassStatus {
+    /// Whether a controller accepted the class.
+    pub fn accepted(&self) -> bool {
+        matches!(self, ClassStatus::Accepted { .. })
+    }
+}
+
 /// The metadata of one proxy port's Service or route.
 fn exposure_meta(e: &Exposure<'_>, name: &str) -> ObjectMeta {
     object_meta(
@@ -588,16 +850,18 @@ impl Cluster for KubeGateway {
         // is reported.
         let mut forbidden = None;
         let mut keep_forbidden = |r: Result<(), KubeError>| match r {
-            Err(e) if is_forbidden(&e) => {
+            Err(e) if e.is_forbidden() => {
                 forbidden = Some(e);
                 Ok(())
             }
             other => other,
         };
         if let Some(ns) = namespace {
-            let routes: Api<TcpRoute> = Api::namespaced(self.client.clone(), ns);
             let what = format!("deleting TCPRoute {ns}/{name}");
-            let delete = self.bounded(&what, delete_ignoring_absent(routes, &name, what.clone()));
+            let delete = self.bounded(
+                &what,
+                delete_ignoring_absent(self.routes(ns), &name, what.clone()),
+            );
             keep_forbidden(self.timed("delete_route", delete).await)?;
             crashpoint::reach("withdraw.route_deleted");
         }
@@ -612,6 +876,104 @@ impl Cluster for KubeGateway {
             crashpoint::reach("withdraw.service_deleted");
         }
         forbidden.map_or(Ok(()), Err)
+    }
+
+    fn controller_verdict(&self, exposures: &[Exposure<'_>]) -> Verdict {
+        let gw = self.gateway();
+        let observed: Vec<Observed> = exposures
+            .iter()
+            .map(|e| {
+                let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
+                let listener_generation = self
+                    .listener_generations
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.get(&name).copied())
+                    .filter(|(port, _)| *port == e.binding.gateway_port)
+                    .map(|(_, generation)| generation);
+                let listener_status = gw
+                    .as_ref()
+                    .and_then(|gw| gw.status.as_ref()?.listeners.as_ref())
+                    .and_then(|ls| ls.iter().find(|l| l.name == name))
+                    .map(|l| readiness::ListenerStatus {
+                        conditions: conditions_of(
+                            &serde_json::to_value(&l.conditions).unwrap_or_default(),
+                        ),
+                        attached_routes: i64::from(l.attached_routes),
+                    });
+                let route = self.route(&e.spec.namespace, &name);
+                Observed {
+                    listener: name.clone(),
+                    listener_generation,
+                    listener_status,
+                    route_generation: route.as_ref().map(|r| r.metadata.generation.unwrap_or(0)),
+                    route_parent: route.as_ref().and_then(|r| {
+                        route_parent_conditions(
+                            r,
+                            &self.gateway_namespace,
+                            &self.gateway_name,
+                            &name,
+                        )
+                    }),
+                }
+            })
+            .collect();
+        readiness::evaluate_all(&observed)
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+impl KubeGateway {
+    /// The worker's route `ns/name` as its watch last saw it.
+    fn route(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let key = reflector::ObjectRef::new_with(name, self.route_resource.clone()).within(ns);
+        self.route_stores.iter().find_map(|s| s.get(&key))
+    }
+
+    /// Whether the Gateway's class is accepted by a controller, read once (for the start-up report).
+    pub async fn class_status(&self) -> ClassStatus {
+        let Some(class) = self.gateway().map(|g| g.spec.gateway_class_name.clone()) else {
+            return ClassStatus::Unknown {
+                class: String::new(),
+                why: "the Gateway is not found".into(),
+            };
+        };
+        let api: Api<gateway_api::experimental::gatewayclasses::GatewayClass> =
+            Api::all(self.client.clone());
+        match api.get_opt(&class).await {
+            Ok(Some(gc)) => {
+                let controller = gc.spec.controller_name.clone();
+                let accepted = gc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Accepted"));
+                match accepted {
+                    Some(c) if c.status == "True" => ClassStatus::Accepted { class, controller },
+                    Some(c) => ClassStatus::NotAccepted {
+                        class,
+                        controller,
+                        why: format!("Accepted={}: {}: {}", c.status, c.reason, c.message),
+                    },
+                    None => ClassStatus::NotAccepted {
+                        class,
+                        controller,
+                        why: "no status written".into(),
+                    },
+                }
+            }
+            Ok(None) => ClassStatus::Unknown {
+                class,
+                why: "no such GatewayClass".into(),
+            },
+            Err(e) => ClassStatus::Unknown {
+                class,
+                why: e.to_string(),
+            },
+        }
     }
 }
 
@@ -698,12 +1060,12 @@ impl KubeGateway {
         };
         let mut out = Vec::new();
         for ns in scopes {
-            let (svcs, routes): (Api<Service>, Api<TcpRoute>) = match ns {
-                Some(ns) => (
-                    Api::namespaced(self.client.clone(), ns),
-                    Api::namespaced(self.client.clone(), ns),
+            let (svcs, routes): (Api<Service>, Api<DynamicObject>) = match ns {
+                Some(ns) => (Api::namespaced(self.client.clone(), ns), self.routes(ns)),
+                None => (
+                    Api::all(self.client.clone()),
+                    Api::all_with(self.client.clone(), &self.route_resource),
                 ),
-                None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
             };
             let what = format!("listing Services in {}", ns.unwrap_or("all namespaces"));
             let found = self
@@ -741,8 +1103,7 @@ impl KubeGateway {
                     delete_ignoring_absent(api, &o.name, what).await
                 }
                 ObjectKind::TcpRoute => {
-                    let api: Api<TcpRoute> = Api::namespaced(self.client.clone(), &o.namespace);
-                    delete_ignoring_absent(api, &o.name, what).await
+                    delete_ignoring_absent(self.routes(&o.namespace), &o.name, what).await
                 }
             }
         })

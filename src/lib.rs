@@ -8,13 +8,15 @@
 //!    event does to it; for a started it claims ports chosen by [`allocator`] with compare-and-set;
 //! 4. [`gateway`] drives Kubernetes toward the record: Service, Gateway listener, TCPRoute, all named by
 //!    [`names`];
-//! 5. [`worker`] publishes the reply to `ITG_REPLIES` and acknowledges the event.
+//! 5. where the Gateway's controller writes status, [`worker`] waits until [`readiness`] finds the listener
+//!    programmed and the route accepted, as the [`gateway`] watches report them;
+//! 6. [`worker`] publishes the reply to `ITG_REPLIES` and acknowledges the event.
 //!
 //! Around that path: [`config`] loads the YAML config; [`app`] wires everything and reports what it found at
 //! start; [`consumer`] runs the pull loop; [`replies`] builds the answers; [`reconciler`] repairs and removes
 //! orphans periodically; [`replay`] serves the stream again from a point; [`admin`] and [`metrics`] are the
 //! operational surface; [`cli`] and [`ctl`] hold the binaries' entry points. The deciding modules
-//! (`contract`, `validate`, `names`, `allocator`, `state`, `config`, and the reconciler's `plan`) use neither
+//! (`contract`, `validate`, `names`, `allocator`, `state`, `readiness`, `config`, and the reconciler's `plan`) use neither
 //! NATS nor Kubernetes.
 
 pub mod admin;
@@ -30,6 +32,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod names;
 pub mod nats;
+pub mod readiness;
 pub mod reconciler;
 pub mod replay;
 pub mod replies;

@@ -18,12 +18,19 @@ use crate::contract::{self, Ended, Event, EventKind, FailureReason, GatewayRef, 
 use crate::crashpoint;
 use crate::gateway::{Cluster, Exposure, KubeError};
 use crate::names;
+use crate::readiness::Verdict;
 use crate::replies;
 use crate::state::{self, Binding, EndedStep, Failure, Phase, Record, StartedStep};
 use crate::store::{Outcome, Store, StoreError};
 
 /// Compare-and-set rounds one delivery may spend before it gives the event back for redelivery.
 const MAX_ROUNDS: usize = 16;
+/// How long one delivery waits for the Gateway's controller before it gives the event back with a delay: a
+/// controller usually answers within it, and a longer wait would hold a handler slot that other events need.
+const WAIT_SLICE: Duration = Duration::from_secs(5);
+/// How long a refusal must stand before it is answered: a controller that sees the route before the
+/// listener it names reports `NoMatchingParent` for a moment, then corrects it.
+const REFUSAL_SETTLE: Duration = Duration::from_secs(2);
 
 /// What one resource manager's handler needs to know, fixed at start.
 #[derive(Debug, Clone)]
@@ -102,6 +109,9 @@ enum DriveError {
     Kube(String),
     /// The request can never succeed.
     Fail(Failure),
+    /// The objects are applied; the Gateway's controller has not reported them reachable yet. `since` is
+    /// when the allocation's ports were bound (unix seconds), where the controller deadline counts from.
+    Waiting { message: String, since: i64 },
     /// NATS failed.
     Store(StoreError),
 }
@@ -124,6 +134,14 @@ impl From<KubeError> for DriveError {
             }),
         }
     }
+}
+
+/// Why a pass drives an allocation: to answer its started (and wait for the controller) or, for the
+/// reconciler, only to put its objects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Answer,
+    Repair,
 }
 
 /// Where a pass left the record.
@@ -350,7 +368,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 return Ok(());
             };
             let pass = if rec.phase.wants_exposure() {
-                self.expose(&key, rec, rev, &mut Vec::new()).await
+                self.expose(&key, rec, rev, &mut Vec::new(), Purpose::Repair)
+                    .await
             } else {
                 self.cleanup(&key, &rec, rev, &mut Vec::new()).await
             };
@@ -444,7 +463,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     ));
                 }
             };
-            let failure = match self.expose(&key, rec.clone(), rev, &mut touched).await {
+            let failure = match self
+                .expose(&key, rec.clone(), rev, &mut touched, Purpose::Answer)
+                .await
+            {
                 Ok(Pass::Settled(rec)) => return Ok(replies::ready(&self.rm, ev.event_id, &rec)),
                 Ok(Pass::Moved) => continue,
                 Err(DriveError::Store(e)) => return Err(e.to_string()),
@@ -473,7 +495,25 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         retryable: true,
                     }
                 }
+                Err(DriveError::Waiting { message, since })
+                    if rec.phase == Phase::Exposing
+                        && now().saturating_sub(since)
+                            >= i64::try_from(self.timing.controller_deadline.0.as_secs())
+                                .unwrap_or(i64::MAX) =>
+                {
+                    Failure {
+                        reason: FailureReason::Timeout,
+                        message: format!(
+                            "the Gateway's controller did not report the exposure reachable within {}: {message}. Check that a controller serves the Gateway's class and read the Gateway's and the TCPRoute's status; for a controller that writes no status set wait_for_controller: false",
+                            humantime::format_duration(self.timing.controller_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
                 Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
+                Err(DriveError::Waiting { message, .. }) => {
+                    return Err(format!("waiting for the Gateway's controller: {message}"));
+                }
             };
             match self
                 .fail(&key, &rec, rev, failure.clone(), &mut touched)
@@ -552,13 +592,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         ))
     }
 
-    /// Claims ports for every proxy port of the record, applies the Kubernetes objects and marks it Ready.
+    /// Claims ports for every proxy port of the record, applies the Kubernetes objects and, once the
+    /// Gateway's controller reports them reachable (or the resource manager does not wait for it), marks it
+    /// Ready.
     async fn expose(
         &self,
         key: &str,
         mut rec: Record,
         mut rev: u64,
         touched: &mut Vec<Binding>,
+        purpose: Purpose,
     ) -> Result<Pass, DriveError> {
         let Some(spec) = rec.spec.clone() else {
             return Err(DriveError::Fail(Failure {
@@ -632,14 +675,18 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 g.namespace, g.name
             )));
         }
-        for b in &rec.ports {
-            let e = Exposure {
+        let exposures: Vec<Exposure<'_>> = rec
+            .ports
+            .iter()
+            .map(|b| Exposure {
                 rm: &self.rm.name,
                 allocation_id: &rec.allocation_id,
                 spec: &spec,
                 binding: b,
-            };
-            match self.cluster.expose(&e).await {
+            })
+            .collect();
+        for e in &exposures {
+            match self.cluster.expose(e).await {
                 Ok(()) => {}
                 // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
                 // still exposing gives back everything it holds, as when no port is free, so two of them
@@ -647,7 +694,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Err(KubeError::Capacity(m)) if rec.phase == Phase::Exposing => {
                     if port_taken(&m) {
                         self.refused
-                            .note(b.gateway_port, self.timing.capacity_deadline.0);
+                            .note(e.binding.gateway_port, self.timing.capacity_deadline.0);
                     }
                     self.withdraw_all(&rec.allocation_id, &rec.ports, Some(&spec.namespace), false)
                         .await?;
@@ -661,6 +708,38 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        let waits = self.rm.config.wait_for_controller;
+        match purpose {
+            // The started's own delivery moves it to Ready once the controller agrees; a repair only
+            // puts objects back.
+            Purpose::Repair if waits && rec.phase == Phase::Exposing => {
+                return Ok(Pass::Settled(Box::new(rec.clone())));
+            }
+            Purpose::Answer if waits => {
+                // A Ready allocation asked again waits a whole slice; an exposing one no longer than its
+                // deadline allows.
+                let since = (rec.phase == Phase::Exposing).then_some(rec.updated_at);
+                match self.await_controller(&exposures, since).await {
+                    Verdict::Reachable => {}
+                    Verdict::Refused { reason, message } => {
+                        return Err(DriveError::Fail(Failure {
+                            reason: FailureReason::GatewayRejected,
+                            message: format!(
+                                "the Gateway's controller refused it ({reason}): {message}; fix the Gateway or the task's Service, then publish the started event again"
+                            ),
+                            retryable: false,
+                        }));
+                    }
+                    Verdict::Pending(message) => {
+                        return Err(DriveError::Waiting {
+                            message,
+                            since: rec.updated_at,
+                        });
+                    }
+                }
+            }
+            _ => {}
         }
         // The record must not have moved while the objects were applied: if an ended slipped in, its
         // cleanup may have run before these applies, and the next pass must undo them.
@@ -677,6 +756,50 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             return Ok(Pass::Moved);
         }
         Ok(Pass::Settled(Box::new(rec)))
+    }
+
+    /// Waits, for at most one slice (less when the deadline counted from `since` is nearer), until the
+    /// controller's verdict on `exposures` is reachable or a refusal has stood for [`REFUSAL_SETTLE`].
+    /// It reads the watches' views on every change they report; it neither polls the apiserver nor holds
+    /// the Gateway write lock.
+    async fn await_controller(&self, exposures: &[Exposure<'_>], since: Option<i64>) -> Verdict {
+        let budget = since.map_or(WAIT_SLICE, |since| {
+            let waited = u64::try_from(now().saturating_sub(since)).unwrap_or(0);
+            self.timing
+                .controller_deadline
+                .0
+                .saturating_sub(Duration::from_secs(waited))
+                .min(WAIT_SLICE)
+        });
+        let start = tokio::time::Instant::now();
+        let mut changes = self.cluster.changes();
+        let mut refused_at: Option<tokio::time::Instant> = None;
+        loop {
+            changes.borrow_and_update();
+            let verdict = self.cluster.controller_verdict(exposures);
+            let until = match &verdict {
+                Verdict::Reachable => return verdict,
+                Verdict::Refused { .. } => {
+                    let at = *refused_at.get_or_insert_with(tokio::time::Instant::now);
+                    at + REFUSAL_SETTLE
+                }
+                Verdict::Pending(_) => {
+                    refused_at = None;
+                    start + budget
+                }
+            };
+            if tokio::time::Instant::now() >= until {
+                return verdict;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// Picks `n` ports that look free: allowed by config, not a foreign listener's, not claimed in KV.
@@ -799,7 +922,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .await
             {
                 Ok(()) => {}
-                Err(e) if refused_ns && crate::gateway::is_forbidden(&e) => {
+                Err(e) if refused_ns && e.is_forbidden() => {
                     tracing::debug!(error = %e, "the task namespace refused the allocation; nothing of it is there");
                 }
                 Err(KubeError::Transient(m) | KubeError::Capacity(m) | KubeError::Permanent(m)) => {
@@ -886,6 +1009,7 @@ fn refused_ns(rec: &Record) -> bool {
 fn drive_msg(e: DriveError) -> String {
     match e {
         DriveError::Capacity(m) | DriveError::Kube(m) => m,
+        DriveError::Waiting { message, .. } => message,
         DriveError::Fail(f) => f.message,
         DriveError::Store(e) => e.to_string(),
     }

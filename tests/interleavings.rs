@@ -1,5 +1,6 @@
 //! Interleavings the real servers make hard to hit on purpose: an `ended` served while a `started` for the
-//! same allocation is half-way through applying its objects. The handler is generic over its store and
+//! same allocation is half-way through applying its objects, and a controller whose verdict changes while a
+//! started waits for it. The handler is generic over its store and
 //! cluster, so these tests drive it with in-memory ones that pause at a chosen step. They test the
 //! handler's decisions, not NATS or Kubernetes (the integration tests do that).
 //!
@@ -16,10 +17,11 @@ use bytes::Bytes;
 use itg::config::Config;
 use itg::contract::EventKind;
 use itg::gateway::{Cluster, Exposure, GatewayView, KubeError};
+use itg::readiness::Verdict;
 use itg::state::Binding;
 use itg::store::{Entry, Outcome, Store, StoreError};
 use itg::worker::{Handled, Handler, RmContext};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 /// The bucket's last revision, and each key's value and revision.
@@ -114,18 +116,40 @@ impl Store for MemStore {
     }
 }
 
-/// Objects as a set of `kind/name`, and a pause before the route of the first exposure. Like the
+/// Objects as a set of `kind/name`, a pause before the route of the first exposure, and the controller's
+/// verdict (reachable unless a test sets it), with a tick for each change as the watches give. Like the
 /// Gateway's rule that listener ports are unique, a listener on a port another listener has is refused,
 /// and noted in `shared`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct MemCluster {
     objects: Arc<Mutex<BTreeSet<String>>>,
     ports: Arc<Mutex<BTreeMap<String, u16>>>,
     shared: Arc<Mutex<Vec<String>>>,
     pause: Arc<Mutex<Pause>>,
+    verdict: Arc<Mutex<Verdict>>,
+    tick: Arc<watch::Sender<u64>>,
+}
+
+impl Default for MemCluster {
+    fn default() -> Self {
+        MemCluster {
+            objects: Arc::default(),
+            ports: Arc::default(),
+            shared: Arc::default(),
+            pause: Arc::default(),
+            verdict: Arc::new(Mutex::new(Verdict::Reachable)),
+            tick: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl MemCluster {
+    /// The controller changes its mind; the watches report it.
+    fn set_verdict(&self, v: Verdict) {
+        *self.verdict.lock().unwrap() = v;
+        self.tick.send_modify(|n| *n += 1);
+    }
+
     fn listeners(&self) -> BTreeSet<String> {
         self.objects
             .lock()
@@ -193,6 +217,14 @@ impl Cluster for MemCluster {
             o.remove(&format!("{kind}/{name}"));
         }
         Ok(())
+    }
+
+    fn controller_verdict(&self, _e: &[Exposure<'_>]) -> Verdict {
+        self.verdict.lock().unwrap().clone()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
     }
 }
 
@@ -424,4 +456,102 @@ async fn racing_duplicates_of_many_allocations_share_no_port_and_leave_nothing()
         ports.len()
     );
     assert!(conflicts > 0, "no compare-and-set was ever refused");
+}
+
+async fn phase(store: &MemStore, alloc: &str) -> String {
+    let e = store
+        .get(&itg::names::allocation_key("rm", alloc))
+        .await
+        .unwrap()
+        .expect("a record");
+    let rec: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+    rec["phase"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_controller_and_a_redelivery_waits_again_instead_of_answering_from_memory()
+ {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let a = "6f1c2d3e.4";
+    cluster.set_verdict(Verdict::Pending("listener not programmed yet".into()));
+    let first = h.handle(EventKind::Started, &started(a)).await;
+    assert_eq!(kind_of(&first), "retry", "{first:?}");
+    assert_eq!(phase(&store, a).await, "exposing");
+    assert_eq!(
+        cluster.listeners().len(),
+        1,
+        "the objects are applied meanwhile"
+    );
+    // The redelivery waits on the watches and answers as soon as the controller agrees.
+    let again = {
+        let (h, body) = (h.clone(), started(a));
+        tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !again.is_finished(),
+        "answered before the controller agreed"
+    );
+    let agreed = std::time::Instant::now();
+    cluster.set_verdict(Verdict::Reachable);
+    let ready = again.await.unwrap();
+    println!(
+        "answered {:.0?} after the controller agreed",
+        agreed.elapsed()
+    );
+    assert_eq!(kind_of(&ready), "ready");
+    assert_eq!(phase(&store, a).await, "ready");
+    // A ready allocation asked again waits again; it is never torn down for it.
+    cluster.set_verdict(Verdict::Pending("route status lost".into()));
+    let dup = h.handle(EventKind::Started, &started(a)).await;
+    assert_eq!(kind_of(&dup), "retry");
+    assert_eq!(phase(&store, a).await, "ready");
+    assert_eq!(cluster.listeners().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_is_answered_only_once_it_stands_and_then_withdraws_everything() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let refused = Verdict::Refused {
+        reason: "NoMatchingParent".into(),
+        message: "the route of listener x: Accepted=False (no listener matches)".into(),
+    };
+    // A refusal the controller corrects within moments is not answered.
+    cluster.set_verdict(refused.clone());
+    let a = "6f1c2d3e.5";
+    let run = {
+        let (h, body) = (h.clone(), started(a));
+        tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cluster.set_verdict(Verdict::Reachable);
+    assert_eq!(kind_of(&run.await.unwrap()), "ready");
+    // One that stands is answered with the controller's reason, and nothing is kept.
+    cluster.set_verdict(refused);
+    let b = "6f1c2d3e.6";
+    let failed = h.handle(EventKind::Started, &started(b)).await;
+    let Handled::Answer {
+        reply: itg::contract::Reply::Failed(f),
+        ..
+    } = failed
+    else {
+        panic!("expected failed, got {failed:?}")
+    };
+    assert_eq!(f.reason, itg::contract::FailureReason::GatewayRejected);
+    assert!(!f.retryable);
+    assert!(f.message.contains("NoMatchingParent"), "{}", f.message);
+    assert_eq!(phase(&store, b).await, "failed");
+    assert_eq!(
+        cluster.listeners().len(),
+        1,
+        "only the first allocation's listener"
+    );
+    let claims = store.keys("port.").await.unwrap();
+    assert_eq!(
+        claims.len(),
+        1,
+        "only the first allocation's port: {claims:?}"
+    );
 }

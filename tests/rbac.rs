@@ -24,7 +24,8 @@ async fn the_worker_account_may_get_watch_and_patch_only_its_gateway() {
     checks.push(denied("list", gw, ns, None));
     checks.push(denied("watch", gw, ns, None));
     checks.push(denied("patch", &format!("{gw}/status"), ns, Some("itg")));
-    checks.push(denied(
+    // The start-up report says whether a controller accepted the Gateway's class.
+    checks.push(allowed(
         "get",
         "gatewayclasses.gateway.networking.k8s.io",
         None,
@@ -126,8 +127,14 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
             }
             // The reconciler lists them by label to find orphans.
             checks.push(allowed("list", r, Some(&ns), None));
-            // It never reads one by name or watches them, nor replaces them with PUT.
-            for verb in ["get", "watch", "update", "deletecollection"] {
+            // Ready waits on a watch of the routes' status; Services are never watched.
+            if r == "services" {
+                checks.push(denied("watch", r, Some(&ns), Some("x")));
+            } else {
+                checks.push(allowed("watch", r, Some(&ns), None));
+            }
+            // It never reads one by name, nor replaces them with PUT.
+            for verb in ["get", "update", "deletecollection"] {
                 checks.push(denied(verb, r, Some(&ns), Some("x")));
             }
         }
@@ -172,6 +179,15 @@ async fn the_worker_account_applies_and_deletes_services_and_routes_only_in_boun
         "clusterroles.rbac.authorization.k8s.io",
     ] {
         checks.push(denied("list", r, None, None));
+    }
+    // The start-up report reads the Gateway's class; nothing else of it.
+    for verb in ["list", "watch", "patch", "update", "delete"] {
+        checks.push(denied(
+            verb,
+            "gatewayclasses.gateway.networking.k8s.io",
+            None,
+            Some("itg"),
+        ));
     }
     assert_access(&worker, &checks).await;
     forbidden(
@@ -347,7 +363,7 @@ async fn a_worker_running_as_its_service_account_serves_a_task_and_is_refused_el
     let kubeconfig = worker_kubeconfig(&env);
     let rm = format!("deploy-{s}");
     let yaml = format!(
-        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\nresource_managers:\n  - name: {rm}\n    kubeconfig: {}\n    internal_task_gateway:\n      gateway_name: itg\n      gateway_namespace: {gateway_ns}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: 40000\n      gateway_port_range_end: 40009\n",
+        "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\njetstream:\n  ack_wait: 3s\n  max_deliver: -1\nworker:\n  retry_min: 50ms\n  retry_max: 500ms\nresource_managers:\n  - name: {rm}\n    kubeconfig: {}\n    wait_for_controller: false\n    internal_task_gateway:\n      gateway_name: itg\n      gateway_namespace: {gateway_ns}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: 40000\n      gateway_port_range_end: 40009\n",
         env.nats_url,
         kubeconfig.path().display()
     );

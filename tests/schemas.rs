@@ -297,8 +297,15 @@ fn ready_replies_written_by_rust_conform_for_ipv4_ipv6_and_dns_gateways() {
 #[test]
 fn failed_replies_written_by_rust_conform_for_every_reason_and_for_unreadable_events() {
     use FailureReason::*;
-    let reasons = [InvalidEvent, UnknownResourceManager, NamespaceNotAllowed];
-    let reasons = [reasons, [CapacityExhausted, KubernetesError, Timeout]].concat();
+    let reasons = [
+        InvalidEvent,
+        UnknownResourceManager,
+        NamespaceNotAllowed,
+        CapacityExhausted,
+        KubernetesError,
+        Timeout,
+        GatewayRejected,
+    ];
     let documented = &schema("failed")["properties"]["reason"]["enum"];
     let written: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
     assert_eq!(
@@ -401,6 +408,10 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
             "resource_managers/*/excluded_ports",
             json!(rm.excluded_port_set()),
         ),
+        (
+            "resource_managers/*/wait_for_controller",
+            json!(rm.wait_for_controller),
+        ),
     ];
     for (key, got) in &values {
         assert_eq!(*got, documented_default(key), "{key}");
@@ -413,6 +424,7 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
         ("worker/capacity_deadline", w.capacity_deadline),
         ("worker/kubernetes_deadline", w.kubernetes_deadline),
         ("worker/kubernetes_call_timeout", w.kubernetes_call_timeout),
+        ("worker/controller_deadline", w.controller_deadline),
         ("worker/retry_min", w.retry_min),
         ("worker/retry_max", w.retry_max),
         ("worker/shutdown_timeout", w.shutdown_timeout),

@@ -320,7 +320,14 @@ pub async fn apply_rbac(env: &Env) {
     for o in objects.iter().filter(|o| {
         matches!(
             o["kind"].as_str(),
-            Some("Namespace" | "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole")
+            Some(
+                "Namespace"
+                    | "ServiceAccount"
+                    | "Role"
+                    | "RoleBinding"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+            )
         )
     }) {
         apply(&admin, o, false)

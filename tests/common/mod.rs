@@ -2,6 +2,7 @@
 //! in-process workers, and a reply collector. Nothing here stands in for NATS or Kubernetes.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod deploy;
 pub mod history;
 pub mod process;
@@ -75,6 +76,19 @@ impl Env {
     }
 }
 
+/// A variable of `.itg/env` (or of the environment, which wins), for what only some tests need.
+pub fn env_var(k: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(k) {
+        return Some(v);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let file = std::fs::read_to_string(root.join(".itg/env")).ok()?;
+    file.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(key, _)| *key == k)
+        .map(|(_, v)| v.to_owned())
+}
+
 /// A short random lowercase suffix for names.
 pub fn suffix() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_owned()
@@ -82,13 +96,25 @@ pub fn suffix() -> String {
 
 /// A Gateway of the `itg` class with an operator's placeholder listener, made for one test.
 pub async fn make_gateway(client: &Client, ns: &str, name: &str, placeholder_port: u16) {
+    make_gateway_of_class(client, ns, name, "itg", placeholder_port).await;
+}
+
+/// A Gateway of `class` with an operator's placeholder listener. On a class a controller serves, the
+/// placeholder's port really binds, so it must be unique on the host.
+pub async fn make_gateway_of_class(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    class: &str,
+    placeholder_port: u16,
+) {
     let api: Api<Gateway> = Api::namespaced(client.clone(), ns);
     let body = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
         "metadata": { "name": name, "namespace": ns },
         "spec": {
-            "gatewayClassName": "itg",
+            "gatewayClassName": class,
             "listeners": [{ "name": "placeholder", "port": placeholder_port, "protocol": "TCP" }]
         }
     });
@@ -125,6 +151,17 @@ pub struct TestRm {
 
 impl TestRm {
     pub async fn new(env: &Env, prefix: &str, range: (u16, u16)) -> TestRm {
+        TestRm::on_class(env, prefix, range, "itg", 39999).await
+    }
+
+    /// One whose Gateway is of `class`, with its placeholder listener on `placeholder_port`.
+    pub async fn on_class(
+        env: &Env,
+        prefix: &str,
+        range: (u16, u16),
+        class: &str,
+        placeholder_port: u16,
+    ) -> TestRm {
         let s = suffix();
         let client = env.kube().await;
         let rm = TestRm {
@@ -133,16 +170,35 @@ impl TestRm {
             gateway_ns: "gateway-system".into(),
             task_ns: format!("tasks-{s}"),
             range,
-            extra: String::new(),
+            // A class a controller serves gets its status: ready waits for it (see `yaml`).
+            extra: if class == "itg" {
+                String::new()
+            } else {
+                "    wait_for_controller: true\n".into()
+            },
         };
-        make_gateway(&client, &rm.gateway_ns, &rm.gateway, 39999).await;
+        make_gateway_of_class(
+            &client,
+            &rm.gateway_ns,
+            &rm.gateway,
+            class,
+            placeholder_port,
+        )
+        .await;
         make_namespace(&client, &rm.task_ns).await;
         rm
     }
 
     pub fn yaml(&self, env: &Env) -> String {
+        // The `itg` class has no controller to write status: ready cannot wait for one, unless `extra` says
+        // otherwise (as `on_class` does for a class a controller serves).
+        let wait = if self.extra.contains("wait_for_controller:") {
+            ""
+        } else {
+            "    wait_for_controller: false\n"
+        };
         format!(
-            "  - name: {}\n    kubeconfig: {}\n{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
+            "  - name: {}\n    kubeconfig: {}\n{wait}{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
             self.name,
             env.kubeconfig.display(),
             self.extra,

@@ -1,0 +1,230 @@
+//! Task backends for the tests that send bytes through a real Gateway: there are no pods, so each task's
+//! "pod" is a small TCP server in a network namespace this harness makes, and the worker's Service gets a
+//! hand-made EndpointSlice pointing at it.
+//!
+//! Why a namespace: the apiserver refuses loopback addresses in an EndpointSlice and Envoy Gateway refuses
+//! FQDN slices, so a backend needs an address of its own. The namespace is joined to the host by a veth
+//! pair in 198.18.0.0/15 (the benchmarking range): host side `.1/30`, namespace side `.2/30`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+/// The `endpointslice.kubernetes.io/managed-by` of the slices made here, so the EndpointSlice controller
+/// leaves them alone.
+pub const SLICE_MANAGER: &str = "tests.internal-task-gateway.io";
+
+/// Each backend answers every line it reads with `<its name> <the line>`, so a test can tell which backend
+/// it reached and that the bytes went both ways.
+const SERVER: &str = r#"
+import socketserver, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(name.encode() + b" " + line)
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+with socketserver.ThreadingTCPServer(("0.0.0.0", port), H) as s:
+    s.serve_forever()
+"#;
+
+/// Why a network namespace cannot be made here, or `None` when it can (root, with `ip` and `python3`).
+pub fn unavailable() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("making a network namespace needs root".into());
+    }
+    for tool in ["ip", "python3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+/// A network namespace with its veth pair and the backends running in it; all removed when dropped, also
+/// when the test fails.
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    /// The namespace's own address: what EndpointSlices point at.
+    pub addr: Ipv4Addr,
+    servers: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Makes a namespace joined to the host by its own /30. The subnet index is claimed by creating the
+    /// namespace `itgb-<index>` (creation fails if another test holds it), so parallel tests never share one.
+    pub fn create() -> Netns {
+        if let Some(why) = unavailable() {
+            panic!("cannot run task backends: {why}");
+        }
+        for _ in 0..64 {
+            let i: u32 = rand::random_range(0..32768);
+            let name = format!("itgb-{i}");
+            if ip(&["netns", "add", &name]).is_err() {
+                continue;
+            }
+            let net = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 4 * i;
+            let (host, addr) = (Ipv4Addr::from(net + 1), Ipv4Addr::from(net + 2));
+            let ns = Netns {
+                host_if: format!("itgb{i}h"),
+                name,
+                addr,
+                servers: Vec::new(),
+            };
+            let ns_if = format!("itgb{i}n");
+            let steps: [&[&str]; 7] = [
+                &[
+                    "link",
+                    "add",
+                    &ns.host_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &ns_if,
+                ],
+                &["link", "set", &ns_if, "netns", &ns.name],
+                &["addr", "add", &format!("{host}/30"), "dev", &ns.host_if],
+                &["link", "set", &ns.host_if, "up"],
+                &[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{addr}/30"),
+                    "dev",
+                    &ns_if,
+                ],
+                &["-n", &ns.name, "link", "set", &ns_if, "up"],
+                &["-n", &ns.name, "link", "set", "lo", "up"],
+            ];
+            for step in steps {
+                if let Err(e) = ip(step) {
+                    panic!("setting up network namespace {}: {e}", ns.name);
+                }
+            }
+            return ns;
+        }
+        panic!(
+            "no free 198.18.0.0/15 subnet after 64 tries: stale itgb-* namespaces? (`ip netns list`)"
+        );
+    }
+
+    /// Starts a backend named `name` on `port` inside the namespace and waits until it answers from the host.
+    pub fn serve(&mut self, port: u16, name: &str) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-c", SERVER])
+            .args([&port.to_string(), name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a backend with ip netns exec");
+        self.servers.push(child);
+        let to = SocketAddr::from((self.addr, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match exchange(to, "probe") {
+                Ok(reply) if reply == format!("{name} probe") => return,
+                r => assert!(
+                    Instant::now() < deadline,
+                    "backend {name} at {to} does not answer: {r:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting the namespace deletes its veth end and with it the host end.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// Connects, sends `line`, returns the first line of the answer (without its newline).
+pub fn exchange(to: SocketAddr, line: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        ));
+    }
+    Ok(reply.trim_end().to_owned())
+}
+
+/// Points the Service `service` (in `ns`) at `addr:port`: one ready endpoint. The slice's port name must be
+/// the Service port's name, or Envoy Gateway finds no endpoints.
+pub async fn endpoint_slice(
+    client: &kube::Client,
+    ns: &str,
+    service: &str,
+    port_name: &str,
+    addr: Ipv4Addr,
+    port: u16,
+) {
+    let name = format!("{service}-backend");
+    let body = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER,
+            }
+        },
+        "addressType": "IPv4",
+        "ports": [{ "name": port_name, "port": port, "protocol": "TCP" }],
+        "endpoints": [{ "addresses": [addr.to_string()], "conditions": { "ready": true } }]
+    });
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(SLICE_MANAGER),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("EndpointSlice {ns}/{name}: {e}"));
+}

@@ -1,0 +1,352 @@
+//! Bytes through a real Gateway: Envoy Gateway programs envoy from what the worker writes, and each task's
+//! backend is a small server in a network namespace (tests/common/backend.rs). Every address in a `ready`
+//! must carry bytes to its own task's backend, and stop accepting connections once `removed` is sent.
+//!
+//! Each test has its own Gateway on the Envoy Gateway class. In Host mode every Gateway is an envoy process
+//! binding 0.0.0.0:<port>, so the placeholder ports and ranges here (32100-32399) are disjoint from each
+//! other and from every other Gateway on the host, and below the ephemeral range the servers' ports come from.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::backend::{Netns, endpoint_slice, exchange};
+use common::process::WorkerProcess;
+use common::{Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, env_var};
+use gateway_api::experimental::gateways::Gateway;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use uuid::Uuid;
+
+/// The GatewayClass Envoy Gateway serves; fails with testenv's reason when it is not running.
+fn envoy_class() -> String {
+    if let Some(why) = env_var("ITG_ENVOY_UNAVAILABLE") {
+        panic!("Envoy Gateway is not running: {why}");
+    }
+    env_var("ITG_ENVOY_CLASS")
+        .expect("ITG_ENVOY_CLASS unknown: run `scripts/testenv up` first (it writes .itg/env)")
+}
+
+/// A Gateway left by an earlier run that failed keeps its envoy and its ports: remove any Gateway of the
+/// envoy class with a listener in `ports`, and wait until nothing listens there.
+async fn clear_ports(env: &Env, class: &str, ports: (u16, u16)) {
+    let client = env.kube().await;
+    let api: Api<Gateway> = Api::namespaced(client, "gateway-system");
+    let stale: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list Gateways")
+        .items
+        .into_iter()
+        .filter(|g| g.spec.gateway_class_name == class)
+        .filter(|g| {
+            g.spec
+                .listeners
+                .iter()
+                .any(|l| (i32::from(ports.0)..=i32::from(ports.1)).contains(&l.port))
+        })
+        .filter_map(|g| g.metadata.name)
+        .collect();
+    for name in &stale {
+        println!("e2e: removing Gateway {name} left by an earlier run");
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in ports.0..=ports.1 {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "port {p} still accepts connections 30 s after its Gateway was removed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Sends lines to 127.0.0.1:`port` until one comes back from `backend`; returns how long after `since`
+/// that was and the failed tries. An answer from any other backend fails the test at once.
+async fn first_answer(
+    port: u16,
+    backend: &str,
+    since: Instant,
+    secs: u64,
+) -> (Duration, Vec<String>) {
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let line = format!("hello {port}");
+        let reply = tokio::task::spawn_blocking({
+            let line = line.clone();
+            move || exchange(to, &line)
+        })
+        .await
+        .unwrap();
+        match reply {
+            Ok(r) if r == format!("{backend} {line}") => return (since.elapsed(), failures),
+            Ok(r) => panic!("port {port} reached the wrong backend: {r:?}, expected {backend}"),
+            Err(e) => {
+                if failures.last() != Some(&e.kind().to_string()) {
+                    failures.push(e.kind().to_string());
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not reach {backend} within {secs} s; failures: {failures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Round trips of one line through `port` once it works, in ms: (p50, max) of `n`.
+async fn round_trips(port: u16, backend: &str, n: usize) -> (f64, f64) {
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let backend = backend.to_owned();
+    let mut ms = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                let r = exchange(to, &format!("rt {i}")).expect("round trip");
+                assert_eq!(r, format!("{backend} rt {i}"));
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect::<Vec<f64>>()
+    })
+    .await
+    .unwrap();
+    ms.sort_by(f64::total_cmp);
+    (ms[n / 2], ms[n - 1])
+}
+
+/// Waits until 127.0.0.1:`port` refuses connections; returns how long after `since`.
+async fn refused(port: u16, since: Instant, secs: u64) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_secs(1),
+        ) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return since.elapsed(),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still accepts connections {secs} s after removed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `ready` for `alloc`, and when this test first saw it.
+async fn ready(replies: &Replies, alloc: &str) -> (Seen, Instant) {
+    let r = replies.first(120, alloc, "ready").await;
+    (r, Instant::now())
+}
+
+fn port_of(ready: &Seen, name: &str) -> u16 {
+    ready.body["proxies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["gateway_port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no proxy {name} in {:?}", ready.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_port_of_every_task_reaches_its_own_backend_through_envoy() {
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (32100, 32109)).await;
+    let rm = TestRm::on_class(&env, "e2e", (32101, 32109), &class, 32100).await;
+    let client = env.kube().await;
+    let mut ns = Netns::create();
+    // Two tasks with two ports each: four backends, told apart by name.
+    let tasks: Vec<(String, Vec<(&str, u16)>)> = (0..2u16)
+        .map(|t| {
+            (
+                format!("{}.{t}", Uuid::new_v4()),
+                vec![("web", 7001 + 2 * t), ("ssh", 7002 + 2 * t)],
+            )
+        })
+        .collect();
+    let mut backend = BTreeMap::new();
+    for (t, (alloc, ports)) in tasks.iter().enumerate() {
+        for (name, cport) in ports {
+            let b = format!("task{t}-{name}");
+            ns.serve(*cport, &b);
+            let svc = itg::names::object_name(&rm.name, alloc, name);
+            endpoint_slice(&client, &rm.task_ns, &svc, name, ns.addr, *cport).await;
+            backend.insert((alloc.clone(), *name), b);
+        }
+    }
+    let worker = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    for (alloc, ports) in &tasks {
+        master.started(alloc, &rm.task_ns, ports).await;
+    }
+    let mut gateway_ports = Vec::new();
+    for (alloc, ports) in &tasks {
+        let (r, at) = ready(&replies, alloc).await;
+        for (name, _) in ports {
+            let port = port_of(&r, name);
+            gateway_ports.push(port);
+            let b = &backend[&(alloc.clone(), *name)];
+            let (after, failures) = first_answer(port, b, at, 60).await;
+            let (p50, max) = round_trips(port, b, 20).await;
+            println!(
+                "e2e: {b} through :{port} first answered {} ms after ready (failed before: {failures:?}); \
+                 round trip p50 {p50:.2} ms, max {max:.2} ms",
+                after.as_millis()
+            );
+        }
+    }
+    gateway_ports.sort_unstable();
+    gateway_ports.dedup();
+    assert_eq!(gateway_ports.len(), 4, "four distinct gateway ports");
+    worker.stop().await;
+    rm.teardown(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_task_s_port_refuses_connections_soon_after_removed() {
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (32200, 32209)).await;
+    let rm = TestRm::on_class(&env, "e2eend", (32201, 32209), &class, 32200).await;
+    let client = env.kube().await;
+    let mut ns = Netns::create();
+    let alloc = format!("{}.1", Uuid::new_v4());
+    ns.serve(7001, "ending");
+    let svc = itg::names::object_name(&rm.name, &alloc, "web");
+    endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7001).await;
+    let worker = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
+    let (r, at) = ready(&replies, &alloc).await;
+    let port = port_of(&r, "web");
+    let (after, failures) = first_answer(port, "ending", at, 60).await;
+    println!(
+        "e2e: :{port} first answered {} ms after ready (failed before: {failures:?})",
+        after.as_millis()
+    );
+
+    master.ended(&alloc).await;
+    replies.first(60, &alloc, "removed").await;
+    let removed_at = Instant::now();
+    // The spec's bound on a controller reaching consistency is 30 s.
+    let took = refused(port, removed_at, 30).await;
+    println!(
+        "e2e: :{port} refused connections {} ms after removed",
+        took.as_millis()
+    );
+    worker.stop().await;
+    rm.teardown(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_duplicates_and_a_kill_leave_every_live_address_answering() {
+    const FIRST: u16 = 8;
+    const SECOND: u16 = 4;
+    const ENDED: u16 = 3;
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (32300, 32339)).await;
+    let rm = TestRm::on_class(&env, "e2ekill", (32301, 32339), &class, 32300).await;
+    let client = env.kube().await;
+    let mut ns = Netns::create();
+    let allocs: Vec<String> = (0..FIRST + SECOND)
+        .map(|i| format!("{}.{i}", Uuid::new_v4()))
+        .collect();
+    for (i, alloc) in (0u16..).zip(&allocs) {
+        ns.serve(7100 + i, &format!("t{i}"));
+        let svc = itg::names::object_name(&rm.name, alloc, "web");
+        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7100 + i).await;
+    }
+    let yaml = |admin: &str| config_yaml(&env, &[&rm], "", admin);
+    let mut workers = [
+        WorkerProcess::spawn(yaml, &[]),
+        WorkerProcess::spawn(yaml, &[]),
+    ];
+    for w in &mut workers {
+        w.ready(60).await;
+    }
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    // Every started twice, under two event ids, as a master retrying after a lost ack would.
+    let publish = |range: std::ops::Range<u16>| {
+        let (master, allocs, ns) = (master.clone(), allocs.clone(), rm.task_ns.clone());
+        async move {
+            for i in range {
+                let a = &allocs[usize::from(i)];
+                let ports = [("web", 7100 + i)];
+                tokio::join!(
+                    master.started(a, &ns, &ports),
+                    master.started(a, &ns, &ports)
+                );
+            }
+        }
+    };
+    publish(0..FIRST).await;
+    for a in &allocs[..usize::from(FIRST)] {
+        replies.first(120, a, "ready").await;
+    }
+    for a in &allocs[..usize::from(ENDED)] {
+        master.ended(a).await;
+    }
+    for a in &allocs[..usize::from(ENDED)] {
+        replies.first(120, a, "removed").await;
+    }
+    workers[0].kill();
+    let killed = Instant::now();
+    publish(FIRST..FIRST + SECOND).await;
+    for a in &allocs[usize::from(FIRST)..] {
+        replies.first(120, a, "ready").await;
+    }
+
+    let mut ports = Vec::new();
+    for a in &allocs {
+        let readies: Vec<Seen> = replies
+            .for_alloc(a)
+            .into_iter()
+            .filter(|s| s.kind == "ready")
+            .collect();
+        let port = port_of(&readies[0], "web");
+        assert!(
+            readies.iter().all(|r| port_of(r, "web") == port),
+            "every ready of {a} names one port: {readies:?}"
+        );
+        ports.push(port);
+    }
+    for (i, port) in (0u16..).zip(&ports).skip(usize::from(ENDED)) {
+        let (after, failures) = first_answer(*port, &format!("t{i}"), killed, 60).await;
+        println!(
+            "e2e: t{i} through :{port} answers, {} ms after the kill (failed before: {failures:?})",
+            after.as_millis()
+        );
+    }
+    // An ended task's port refuses, unless a later task was given it.
+    let live = &ports[usize::from(ENDED)..];
+    for port in ports[..usize::from(ENDED)]
+        .iter()
+        .filter(|p| !live.contains(p))
+    {
+        let took = refused(*port, killed, 30).await;
+        println!(
+            "e2e: ended :{port} refuses, {} ms after the kill",
+            took.as_millis()
+        );
+    }
+    for a in &allocs[usize::from(ENDED)..] {
+        master.ended(a).await;
+    }
+    for a in &allocs[usize::from(ENDED)..] {
+        replies.first(120, a, "removed").await;
+    }
+    drop(workers);
+    rm.teardown(&env).await;
+}
