@@ -31,7 +31,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use super::Env;
 
 /// How often each Gateway is read to pin the watch's versions in time.
-pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Seconds since the epoch, as f64: the clock both nats-server and this process read on one machine.
 pub fn now() -> f64 {
@@ -464,6 +464,20 @@ impl History {
             t.abort();
         }
         self.log.lock().unwrap().check()
+    }
+}
+
+impl Drop for History {
+    /// A run that fails for another reason still shows what the checker recorded up to then.
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if std::thread::panicking()
+            && let Ok(log) = self.log.lock()
+        {
+            println!("history of the failed run: {}", log.check().summary());
+        }
     }
 }
 
