@@ -117,7 +117,11 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
     let got = kinds(&objects);
     println!("default render: {got:#?}");
     let want: BTreeMap<String, Vec<String>> = [
-        ("ClusterRole", vec!["/itg-worker-tasks"]),
+        (
+            "ClusterRole",
+            vec!["/itg-worker-gatewayclasses", "/itg-worker-tasks"],
+        ),
+        ("ClusterRoleBinding", vec!["/itg-worker-gatewayclasses"]),
         ("ConfigMap", vec!["itg-system/itg-worker-config"]),
         ("Deployment", vec!["itg-system/itg-worker"]),
         ("PodDisruptionBudget", vec!["itg-system/itg-worker"]),

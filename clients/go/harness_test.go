@@ -40,6 +40,8 @@ worker:
 resource_managers:
   - name: %s
     kubeconfig: %s
+    # The test Gateway's class has no controller: ready does not wait for one.
+    wait_for_controller: false
     internal_task_gateway:
       gateway_name: %s
       gateway_namespace: gateway-system
