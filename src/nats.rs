@@ -76,9 +76,30 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, NatsError> 
         }
     }
     let addrs = server_addrs(&cfg.url).map_err(fail)?;
+    // The client never logs in with credentials written in a URL: use them, unless the config names others.
+    let other_auth = cfg.user.is_some()
+        || cfg.token.is_some()
+        || cfg.nkey_seed_file.is_some()
+        || cfg.creds_file.is_some();
+    if !other_auth && let Some((user, password)) = url_credentials(&addrs) {
+        opts = opts.user_and_password(user, password);
+    }
     // The first connection is tried once, so a wrong URL, credential or certificate fails start-up at once
     // with the server's reason; once connected, the client reconnects for ever.
     opts.connect(addrs).await.map_err(|e| fail(e.to_string()))
+}
+
+/// The user and password of the first URL that holds them (`nats://user:password@host`), percent-decoded.
+pub fn url_credentials(addrs: &[async_nats::ServerAddr]) -> Option<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    addrs.iter().find_map(|a| {
+        let user = a.username()?;
+        Some((decode(user), decode(a.password().unwrap_or_default())))
+    })
 }
 
 /// The servers of a comma-separated URL list (the client's own parser takes one URL only).

@@ -76,6 +76,9 @@ async fn during_an_apiserver_outage_events_wait_and_are_served_when_it_returns()
     let replies = Replies::watch(&env, &rm.name).await;
 
     proxy.set(false);
+    // The proxy drops its open connections within 50 ms; on a loaded machine a request already on one
+    // could still pass, so publish only once they are surely gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let allocs: Vec<String> = (0..3)
         .map(|_| format!("{}.1", uuid::Uuid::new_v4()))
         .collect();

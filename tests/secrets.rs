@@ -13,11 +13,10 @@ use nats_server::{NatsServer, quoted};
 
 const PASSWORD: &str = "pw-never-print-5e1d";
 
-/// A user with that password. async-nats 0.51 does not log in with the credentials of a URL it is given
-/// parsed, so the server also admits a client without credentials as that user.
+/// A user with that password, required: the worker logs in with the credentials of its URL.
 fn users() -> String {
     format!(
-        "authorization {{\n  users = [ {{ user: itg, password: {} }} ]\n}}\nno_auth_user: itg\n",
+        "authorization {{\n  users = [ {{ user: itg, password: {} }} ]\n}}\n",
         quoted(PASSWORD)
     )
 }
