@@ -22,6 +22,8 @@ pub struct Health {
     /// Why the worker is not ready; empty when it is.
     problems: Mutex<Vec<String>>,
     checked: AtomicBool,
+    /// Set once every resource manager's consumer exists: before that the worker serves nothing.
+    serving: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -31,9 +33,17 @@ impl Health {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// Marks that every resource manager's consumer exists and is pulled.
+    pub fn serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
     fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err("shutting down".into());
+        }
+        if !self.serving.load(Ordering::SeqCst) {
+            return Err("the consumers are not all created yet".into());
         }
         if !self.checked.load(Ordering::SeqCst) {
             return Err("not checked yet".into());
@@ -142,4 +152,20 @@ pub async fn bind(
         .route("/metrics", get(metrics_text))
         .with_state(health);
     Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_once_checked_and_serving_and_not_while_shutting_down() {
+        let h = Health::default();
+        h.checked.store(true, Ordering::SeqCst);
+        assert!(h.readiness().unwrap_err().contains("consumers"));
+        h.serving();
+        assert_eq!(h.readiness(), Ok(()));
+        h.shutting_down();
+        assert_eq!(h.readiness(), Err("shutting down".into()));
+    }
 }

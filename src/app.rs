@@ -371,6 +371,9 @@ pub async fn run(
         ));
         tracing::info!(resource_manager = %c.config.name, "serving events");
     }
+    // Ready only now: a worker counted ready while its later consumers are still being made serves only
+    // some resource managers.
+    health.serving();
     while let Some(res) = tasks.join_next().await {
         if let Err(e) = res {
             tracing::error!(error = %e, "a consumer task panicked");
