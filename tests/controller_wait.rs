@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Master, Replies, TestRm, Worker, config, observe};
+use common::{Env, Master, Replies, TestRm, Worker, config, envoy_class, observe};
 
 #[tokio::test]
 async fn a_controller_less_gateway_with_the_wait_on_times_out_at_the_deadline_and_keeps_nothing() {
@@ -64,25 +64,6 @@ async fn a_controller_less_gateway_with_the_wait_on_times_out_at_the_deadline_an
 }
 
 // ------------------------------------------------------------------------------ through Envoy Gateway
-
-/// The GatewayClass Envoy Gateway serves (`.itg/env`); fails with testenv's reason when it is not running.
-fn envoy_class() -> String {
-    let vars = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.itg/env"))
-        .unwrap_or_default();
-    let var = |k: &str| {
-        std::env::var(format!("ITG_TEST_{k}")).ok().or_else(|| {
-            vars.lines()
-                .filter_map(|l| l.split_once('='))
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_owned())
-        })
-    };
-    if let Some(why) = var("ITG_ENVOY_UNAVAILABLE") {
-        panic!("Envoy Gateway is not running: {why}");
-    }
-    var("ITG_ENVOY_CLASS")
-        .expect("ITG_ENVOY_CLASS unknown: run `scripts/testenv up` first (it writes .itg/env)")
-}
 
 /// A resource manager whose own Gateway is of Envoy Gateway's class, with the wait on. Its placeholder
 /// listener really binds on the host: `placeholder` must be free.

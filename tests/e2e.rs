@@ -14,20 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::backend::{Netns, endpoint_slice, exchange};
 use common::process::WorkerProcess;
-use common::{Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, env_var};
+use common::{Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class};
 use gateway_api::experimental::gateways::Gateway;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use uuid::Uuid;
-
-/// The GatewayClass Envoy Gateway serves; fails with testenv's reason when it is not running.
-fn envoy_class() -> String {
-    if let Some(why) = env_var("ITG_ENVOY_UNAVAILABLE") {
-        panic!("Envoy Gateway is not running: {why}");
-    }
-    env_var("ITG_ENVOY_CLASS")
-        .expect("ITG_ENVOY_CLASS unknown: run `scripts/testenv up` first (it writes .itg/env)")
-}
 
 /// A Gateway left by an earlier run that failed keeps its envoy and its ports: remove any Gateway of the
 /// envoy class with a listener in `ports`, and wait until nothing listens there.

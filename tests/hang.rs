@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::process::readyz;
-use common::{Env, Master, Replies, TestRm, Worker, config_yaml, free_port, kubeconfig_server};
+use common::{
+    Env, Master, Replies, TestRm, Worker, apiserver_addr, config_yaml, free_port, through,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -99,24 +101,8 @@ async fn a_silent_apiserver_path_loses_nothing_turns_unready_and_every_event_is_
  {
     let env = Env::load();
     let rm = TestRm::new(&env, "hang", (42800, 42809)).await;
-    let (text, server) = kubeconfig_server(&env);
-    let proxy = SilentProxy::start(
-        server
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_owned(),
-    )
-    .await;
-    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        kubeconfig.path(),
-        text.replace(&server, &format!("https://{}", proxy.addr)),
-    )
-    .unwrap();
-    let through_proxy = Env {
-        nats_url: env.nats_url.clone(),
-        kubeconfig: kubeconfig.path().to_owned(),
-    };
+    let proxy = SilentProxy::start(apiserver_addr(&env)).await;
+    let (_kubeconfig, through_proxy) = through(&env, &proxy.addr);
     let admin = format!("127.0.0.1:{}", free_port());
     let yaml = config_yaml(&through_proxy, &[&rm], "", &admin);
     let cfg = itg::config::Config::parse(&yaml, "hang test").unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Env, Master, Replies, TestRm, Worker, config, kubeconfig_server};
+use common::{Env, Master, Replies, TestRm, Worker, apiserver_addr, config, through};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback TCP proxy to `upstream` that can be cut (refusing and dropping connections) and restored.
@@ -52,24 +52,8 @@ impl Proxy {
 async fn during_an_apiserver_outage_events_wait_and_are_served_when_it_returns() {
     let env = Env::load();
     let mut rm = TestRm::new(&env, "out", (42500, 42509)).await;
-    let (text, server) = kubeconfig_server(&env);
-    let proxy = Proxy::start(
-        server
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_owned(),
-    )
-    .await;
-    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        kubeconfig.path(),
-        text.replace(&server, &format!("https://{}", proxy.addr)),
-    )
-    .unwrap();
-    let through_proxy = Env {
-        nats_url: env.nats_url.clone(),
-        kubeconfig: kubeconfig.path().to_owned(),
-    };
+    let proxy = Proxy::start(apiserver_addr(&env)).await;
+    let (_kubeconfig, through_proxy) = through(&env, &proxy.addr);
     rm.extra = String::new();
     let w = Worker::start(config(&through_proxy, &[&rm], "")).await;
     let master = Master::new(&env, &rm.name).await;

@@ -89,6 +89,15 @@ pub fn env_var(k: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The GatewayClass Envoy Gateway serves; fails with testenv's reason when it is not running.
+pub fn envoy_class() -> String {
+    if let Some(why) = env_var("ITG_ENVOY_UNAVAILABLE") {
+        panic!("Envoy Gateway is not running: {why}");
+    }
+    env_var("ITG_ENVOY_CLASS")
+        .expect("ITG_ENVOY_CLASS unknown: run `scripts/testenv up` first (it writes .itg/env)")
+}
+
 /// A short random lowercase suffix for names.
 pub fn suffix() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_owned()
@@ -630,4 +639,30 @@ pub fn kubeconfig_server(env: &Env) -> (String, String) {
         .unwrap()
         .to_owned();
     (text, server)
+}
+
+/// The apiserver's `host:port`, as the kubeconfig names it.
+pub fn apiserver_addr(env: &Env) -> String {
+    let (_, server) = kubeconfig_server(env);
+    server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The servers of `env`, with the apiserver reached through `proxy` (`host:port`) instead: the kubeconfig
+/// copy lives as long as the returned file.
+pub fn through(env: &Env, proxy: &str) -> (tempfile::NamedTempFile, Env) {
+    let (text, server) = kubeconfig_server(env);
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        kubeconfig.path(),
+        text.replace(&server, &format!("https://{proxy}")),
+    )
+    .unwrap();
+    let env = Env {
+        nats_url: env.nats_url.clone(),
+        kubeconfig: kubeconfig.path().to_owned(),
+    };
+    (kubeconfig, env)
 }
