@@ -622,15 +622,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
                     {
                         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-                        self.withdraw_all(&rec.allocation_id, &rec.ports, ns.as_deref(), false)
-                            .await?;
-                        let mut next = rec.clone();
-                        next.ports.clear();
-                        next.updated_at = now();
-                        if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
-                            return Ok(Pass::Moved);
-                        }
-                        return Err(DriveError::Capacity(m));
+                        return self.give_back(key, &rec, rev, ns.as_deref(), m).await;
                     }
                     Err(e) => return Err(e),
                 };
@@ -696,15 +688,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         self.refused
                             .note(e.binding.gateway_port, self.timing.capacity_deadline.0);
                     }
-                    self.withdraw_all(&rec.allocation_id, &rec.ports, Some(&spec.namespace), false)
-                        .await?;
-                    let mut next = rec.clone();
-                    next.ports.clear();
-                    next.updated_at = now();
-                    if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
-                        return Ok(Pass::Moved);
-                    }
-                    return Err(DriveError::Capacity(m));
+                    return self
+                        .give_back(key, &rec, rev, Some(&spec.namespace), m)
+                        .await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -908,6 +894,27 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     /// Withdraws the objects of `bindings` and frees their ports where this allocation still holds them.
     /// With `refused_ns`, the task namespace refused the allocation's applies, so nothing of it is there
     /// and a forbidden delete there is not a leak; anywhere else a 403 is an error, retried.
+    /// Gives back every binding of an allocation still exposing, and asks for redelivery once capacity
+    /// frees: one holding some ports while it waits for others could wait on another doing the same.
+    async fn give_back(
+        &self,
+        key: &str,
+        rec: &Record,
+        rev: u64,
+        ns: Option<&str>,
+        why: String,
+    ) -> Result<Pass, DriveError> {
+        self.withdraw_all(&rec.allocation_id, &rec.ports, ns, false)
+            .await?;
+        let mut next = rec.clone();
+        next.ports.clear();
+        next.updated_at = now();
+        if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
+            return Ok(Pass::Moved);
+        }
+        Err(DriveError::Capacity(why))
+    }
+
     async fn withdraw_all(
         &self,
         allocation_id: &str,

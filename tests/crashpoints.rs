@@ -87,8 +87,13 @@ async fn crash_at(point: &'static str) {
         readies.iter().all(|r| r.addresses() == ready.addresses()),
         "{readies:#?}"
     );
+    // The one failed allowed is the documented refusal of a started redelivered after its ended: the
+    // worker replaced before the ended may not have had its ack of the started stored.
     assert!(
-        replies.for_alloc(&a).iter().all(|s| s.kind != "failed"),
+        replies
+            .for_alloc(&a)
+            .iter()
+            .all(|s| s.kind != "failed" || (in_removal && s.body["reason"] == "invalid_event")),
         "{:#?}",
         replies.for_alloc(&a)
     );
