@@ -50,6 +50,24 @@ pub struct ReplayError {
     pub message: String,
 }
 
+/// An ordered read of the events on `subject` from `deliver_policy`, and how many there are to read.
+async fn ordered_events(
+    stream: &jetstream::stream::Stream,
+    subject: String,
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<(u64, consumer::pull::Ordered), ReplayError> {
+    let mut ordered = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(err)?;
+    let total = ordered.info().await.map_err(err)?.num_pending;
+    Ok((total, ordered.messages().await.map_err(err)?))
+}
+
 fn err(e: impl std::fmt::Display) -> ReplayError {
     ReplayError {
         stream: contract::EVENTS_STREAM,
@@ -83,16 +101,8 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     };
     // A started is served before its ended: if the state was lost, it would expose the allocation again.
     tombstone_ended(&stream, handler, &rm, deliver_policy, last).await?;
-    let mut ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("itg.events.{rm}.>"),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(err)?;
-    let total = ordered.info().await.map_err(err)?.num_pending;
-    let mut messages = ordered.messages().await.map_err(err)?;
+    let (total, mut messages) =
+        ordered_events(&stream, format!("itg.events.{rm}.>"), deliver_policy).await?;
     // Events of one allocation stay in order on one lane; lanes run at once, so a replay waits on many
     // round trips together instead of one after the other.
     let summary = RefCell::new(Summary::default());
@@ -152,16 +162,12 @@ async fn tombstone_ended<S: Store, C: Cluster>(
     deliver_policy: consumer::DeliverPolicy,
     last: u64,
 ) -> Result<u64, ReplayError> {
-    let mut ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: contract::event_subject(rm, EventKind::Ended),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(err)?;
-    let total = ordered.info().await.map_err(err)?.num_pending;
-    let mut messages = ordered.messages().await.map_err(err)?;
+    let (total, mut messages) = ordered_events(
+        stream,
+        contract::event_subject(rm, EventKind::Ended),
+        deliver_policy,
+    )
+    .await?;
     let (mut read, mut written) = (0u64, 0u64);
     while read < total {
         let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await
