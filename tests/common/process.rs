@@ -115,6 +115,17 @@ impl WorkerProcess {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // The reader thread may not have drained the dead process's stderr yet: wait until the
+                // log stops growing, so a caller reading it next sees the last lines.
+                let mut seen = usize::MAX;
+                for _ in 0..20 {
+                    let n = self.log.lock().unwrap().len();
+                    if n == seen {
+                        break;
+                    }
+                    seen = n;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 return s;
             }
             assert!(
