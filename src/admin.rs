@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::allocator::{self, PortView};
-use crate::gateway::{Cluster, KubeGateway};
+use crate::cluster::Inventory;
 use crate::metrics;
-use crate::worker::RmContext;
+use crate::resource_manager::RmContext;
 
 /// What `/readyz` answers, refreshed by [`Health::watch`].
 #[derive(Default)]
@@ -57,10 +57,10 @@ impl Health {
     }
 
     /// Checks NATS, each apiserver and each Gateway every `every`, and refreshes the port gauges.
-    pub async fn watch(
+    pub async fn watch<C: Inventory>(
         self: Arc<Self>,
         nats: async_nats::Client,
-        rms: Vec<(RmContext, KubeGateway)>,
+        rms: Vec<(RmContext, C)>,
         every: Duration,
     ) {
         loop {
@@ -69,12 +69,8 @@ impl Health {
                 problems.push(format!("NATS is {}", nats.connection_state()));
             }
             for (rm, gw) in &rms {
-                match tokio::time::timeout(Duration::from_secs(5), gw.client().apiserver_version())
-                    .await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => problems.push(format!("apiserver of {}: {e}", rm.name)),
-                    Err(_) => problems.push(format!("apiserver of {}: no answer in 5 s", rm.name)),
+                if let Err(e) = gw.check().await {
+                    problems.push(format!("apiserver of {}: {e}", rm.name));
                 }
                 let view = gw.view();
                 if !view.present {

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use kube::Api;
 use tokio::sync::watch;
 
 use crate::admin::{self, Health};
 use crate::allocator::{self, PortView};
+use crate::claims;
+use crate::cluster::{ClassStatus, Cluster, Inventory};
 use crate::config::{Config, ResourceManagerConfig};
-use crate::gateway::{self, Cluster, KubeGateway};
-use crate::names;
-use crate::nats::{self, JetStreamReplier};
+use crate::k8s::KubeGateway;
+use crate::nats::{self, JetStreamReplier, KvStore};
+use crate::plan::Action;
 use crate::reconciler::Reconciler;
-use crate::store::{KvStore, Store};
-use crate::worker::{Handler, RmContext};
+use crate::resource_manager::RmContext;
+use crate::worker::Handler;
 
 /// A start-up check that failed, naming the server and where it was looked for.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Bucket(#[from] crate::store::OpenError),
+    Bucket(#[from] nats::OpenError),
     /// The admin endpoint could not listen.
     #[error("admin.address {address}: {message}; choose a free address")]
     Admin { address: String, message: String },
@@ -42,7 +43,7 @@ pub struct Connected {
     pub gateway: KubeGateway,
     pub server: String,
     /// Whether a controller accepted the Gateway's class, read at start.
-    pub class: gateway::ClassStatus,
+    pub class: ClassStatus,
 }
 
 /// Everything connected and checked.
@@ -76,47 +77,14 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             rm: rm.name.clone(),
             message,
         };
-        let (client, server) = gateway::client_for(rm).await.map_err(kerr)?;
-        let limit = config.worker.kubernetes_call_timeout.0;
-        let silent = || {
-            kerr(format!(
-                "apiserver from {server} gave no answer in {limit:?}"
-            ))
-        };
-        tokio::time::timeout(limit, client.apiserver_version())
+        let (gateway, server) = crate::k8s::connect(rm, config.worker.kubernetes_call_timeout.0)
             .await
-            .map_err(|_| silent())?
-            .map_err(|e| kerr(format!("apiserver from {server} does not answer: {e}")))?;
-        let g = &rm.internal_task_gateway;
-        let api: Api<gateway_api::experimental::gateways::Gateway> =
-            Api::namespaced(client.clone(), &g.gateway_namespace);
-        let found = tokio::time::timeout(limit, api.get_opt(&g.gateway_name))
-            .await
-            .map_err(|_| silent())?;
-        match found {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(kerr(format!(
-                    "Gateway {}/{} not found in the cluster of {server}; create it (with a placeholder listener) or fix internal_task_gateway",
-                    g.gateway_namespace, g.gateway_name
-                )));
-            }
-            Err(e) => {
-                return Err(kerr(format!(
-                    "reading Gateway {}/{} via {server}: {e}",
-                    g.gateway_namespace, g.gateway_name
-                )));
-            }
-        }
-        let gateway = KubeGateway::start(client, rm)
-            .await
-            .map_err(|e| kerr(e.to_string()))?
-            .with_call_timeout(limit);
+            .map_err(kerr)?;
         let class = gateway.class_status().await;
         if rm.wait_for_controller && !class.accepted() {
             tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");
         } else {
-            tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, tcproute = gateway.route_version(), "Gateway class");
+            tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, exposes = %gateway.describe(), "Gateway class");
         }
         rms.push(Connected {
             config: rm.clone(),
@@ -157,14 +125,7 @@ pub async fn capacity(servers: &Servers) -> Result<Vec<Capacity>, StartError> {
     for c in &servers.rms {
         let g = &c.config.internal_task_gateway;
         let view = c.gateway.view();
-        let prefix = names::port_key_prefix(&c.config.name, &g.gateway_namespace, &g.gateway_name);
-        let claimed: std::collections::BTreeSet<u16> = servers
-            .store
-            .keys(&prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
+        let claimed = claims::claimed_ports(&servers.store, &RmContext::new(&c.config)).await?;
         let pv = PortView {
             excluded: c.config.excluded_port_set(),
             foreign: view.foreign_ports.clone(),
@@ -197,7 +158,7 @@ pub async fn reconcile_once(
     config: &Config,
     servers: &Servers,
     dry_run: bool,
-) -> Result<Vec<(String, Vec<crate::reconciler::Action>)>, String> {
+) -> Result<Vec<(String, Vec<Action>)>, String> {
     reconcile_once_with(config, servers, dry_run, config.worker.reconcile_hold_off.0).await
 }
 
@@ -211,7 +172,7 @@ pub async fn reconcile_once_with(
     servers: &Servers,
     dry_run: bool,
     hold_off: std::time::Duration,
-) -> Result<Vec<(String, Vec<crate::reconciler::Action>)>, String> {
+) -> Result<Vec<(String, Vec<Action>)>, String> {
     let mut out = Vec::new();
     for c in &servers.rms {
         let handler = Handler::new(
@@ -244,10 +205,10 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
     for (c, rm) in capacity(servers).await?.into_iter().zip(&servers.rms) {
         let _ = writeln!(
             out,
-            "resource manager {}: {}; TCPRoute {}; ready {}",
+            "resource manager {}: {}; {}; ready {}",
             c.resource_manager,
             rm.class,
-            rm.gateway.route_version(),
+            rm.gateway.describe(),
             if rm.config.wait_for_controller {
                 "waits for the controller"
             } else {
@@ -273,7 +234,8 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
     Ok(out)
 }
 
-/// Runs the worker until `shutdown` turns true. A consumer loop that ends on its own ends the process.
+/// Runs the worker until `shutdown` turns true, then until every consumer loop has let its events in
+/// flight finish. A consumer loop that panics is logged; the others keep serving.
 ///
 /// # Errors
 /// [`StartError`] from start-up.

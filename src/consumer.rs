@@ -10,14 +10,15 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::answers::Handled;
+use crate::cluster::Cluster;
 use crate::config::WorkerConfig;
 use crate::contract;
 use crate::crashpoint;
-use crate::gateway::Cluster;
 use crate::metrics;
-use crate::nats::{DeadLetter, Replier};
+use crate::sink::{DeadLetter, Replier};
 use crate::store::Store;
-use crate::worker::{Handled, Handler};
+use crate::worker::Handler;
 
 /// How long to wait before the `delivered`-th redelivery: exponential between the configured bounds, with
 /// jitter so a crowd of waiting events does not come back at once.

@@ -531,7 +531,7 @@ async fn replay(
         .find(|c| c.config.name == rm)
         .with_context(|| format!("resource manager {rm:?} is not in {}", path.display()))?;
     let handler = crate::worker::Handler::new(
-        crate::worker::RmContext::new(&c.config),
+        crate::resource_manager::RmContext::new(&c.config),
         servers.store.clone(),
         c.gateway.clone(),
         config.worker.clone(),

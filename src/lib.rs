@@ -1,42 +1,35 @@
 //! Internal Task Gateway: exposes tasks running inside remote Kubernetes clusters through the Gateway API.
 //!
-//! An event takes this path:
+//! This package wires the layers into the two binaries. The file tree shows them:
 //!
-//! 1. [`nats`] pulls it from the `ITG_EVENTS` stream (one durable consumer per resource manager);
-//! 2. [`contract`] decodes and validates it ([`validate`] holds the syntax rules);
-//! 3. [`worker`] reads the allocation's record from the KV bucket ([`store`]) and asks [`state`] what the
-//!    event does to it; for a started it claims ports chosen by [`allocator`] with compare-and-set;
-//! 4. [`gateway`] drives Kubernetes toward the record: Service, Gateway listener, TCPRoute, all named by
-//!    [`names`];
-//! 5. where the Gateway's controller writes status, [`worker`] waits until [`readiness`] finds the listener
-//!    programmed and the route accepted, as the [`gateway`] watches report them;
-//! 6. [`worker`] publishes the reply to `ITG_REPLIES` and acknowledges the event.
+//! - `crates/core` ([`itg_core`]) decides and reaches no server: the contract, validation, config, names,
+//!   the allocator and the claim protocol, the state machine, readiness, the reconciler's plan, the answers;
+//!   and the seams the adapters implement ([`store`], [`cluster`], [`sink`]). Its modules are re-exported
+//!   here, so `itg::contract` is `itg_core::contract`.
+//! - `crates/nats` ([`nats`]) and `crates/k8s` ([`k8s`]) are the adapters: the JetStream KV store and reply
+//!   sink, and the Gateway-listener backend.
+//! - Here: [`worker`] serves one event (started, ended, repair), [`consumer`] pulls the events and acks
+//!   them, [`reconciler`] and [`replay`] drive the worker without a live event, [`app`] connects and runs
+//!   everything, [`admin`] serves health and metrics, [`cli`] and [`ctl`] are the binaries' entry points.
 //!
-//! Around that path: [`config`] loads the YAML config; [`app`] wires everything and reports what it found at
-//! start; [`consumer`] runs the pull loop; [`replies`] builds the answers; [`reconciler`] repairs and removes
-//! orphans periodically; [`replay`] serves the stream again from a point; [`admin`] and [`metrics`] are the
-//! operational surface; [`cli`] and [`ctl`] hold the binaries' entry points. The deciding modules
-//! (`contract`, `validate`, `names`, `allocator`, `state`, `readiness`, `config`, and the reconciler's `plan`) use neither
-//! NATS nor Kubernetes.
+//! An event takes this path: [`consumer`] pulls it from `ITG_EVENTS` → [`worker`] decodes it
+//! ([`contract`]) and asks [`state`] what it does to the allocation's record → [`claims`] claims ports with
+//! compare-and-set in the store → the [`cluster`] seam exposes them (Service, listener, TCPRoute) and,
+//! where the controller writes status, [`readiness`] says when they carry traffic → [`answers`] builds the
+//! reply → [`consumer`] publishes it through the [`sink`] and acknowledges the event.
+
+pub use itg_core::{
+    allocator, answers, claims, cluster, config, contract, crashpoint, metrics, names, plan,
+    readiness, resource_manager, sink, state, store, validate,
+};
+pub use itg_k8s as k8s;
+pub use itg_nats as nats;
 
 pub mod admin;
-pub mod allocator;
 pub mod app;
 pub mod cli;
-pub mod config;
 pub mod consumer;
-pub mod contract;
-pub mod crashpoint;
 pub mod ctl;
-pub mod gateway;
-pub mod metrics;
-pub mod names;
-pub mod nats;
-pub mod readiness;
 pub mod reconciler;
 pub mod replay;
-pub mod replies;
-pub mod state;
-pub mod store;
-pub mod validate;
 pub mod worker;

@@ -11,12 +11,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::answers::Handled;
+use crate::cluster::Cluster;
 use crate::contract::{self, EventKind, FailureReason, Reply};
-use crate::gateway::Cluster;
 use crate::names;
-use crate::nats::Replier;
+use crate::sink::Replier;
 use crate::store::Store;
-use crate::worker::{Handled, Handler};
+use crate::worker::Handler;
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +103,7 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     // A started is served before its ended: if the state was lost, it would expose the allocation again.
     tombstone_ended(&stream, handler, &rm, deliver_policy, last).await?;
     let (total, mut messages) =
-        ordered_events(&stream, format!("itg.events.{rm}.>"), deliver_policy).await?;
+        ordered_events(&stream, contract::events_filter(&rm), deliver_policy).await?;
     // Events of one allocation stay in order on one lane; lanes run at once, so a replay waits on many
     // round trips together instead of one after the other.
     let summary = RefCell::new(Summary::default());

@@ -44,7 +44,7 @@ async fn hostile_but_valid_ids_are_encoded_in_every_sink_and_touch_nothing_else(
         "the operator's listener is untouched"
     );
     assert_eq!(o.listeners.len(), ids.len());
-    let lp = ListParams::default().labels(&itg::gateway::owned_selector(&rm.name));
+    let lp = ListParams::default().labels(&itg::names::owned_selector(&rm.name));
     let svcs = Api::<Service>::namespaced(env.kube().await, &rm.task_ns)
         .list(&lp)
         .await

@@ -14,13 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use itg::answers::Handled;
+use itg::cluster::{Cluster, ClusterError, Exposure, GatewayView};
 use itg::config::Config;
 use itg::contract::EventKind;
-use itg::gateway::{Cluster, Exposure, GatewayView, KubeError};
 use itg::readiness::Verdict;
+use itg::resource_manager::RmContext;
 use itg::state::Binding;
 use itg::store::{Entry, Outcome, Store, StoreError};
-use itg::worker::{Handled, Handler, RmContext};
+use itg::worker::Handler;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -172,7 +174,7 @@ impl Cluster for MemCluster {
         }
     }
 
-    async fn expose(&self, e: &Exposure<'_>) -> Result<(), KubeError> {
+    async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {
         interleave().await;
         let name = itg::names::object_name(e.rm, e.allocation_id, &e.binding.name);
         {
@@ -181,7 +183,7 @@ impl Cluster for MemCluster {
             if let Some((other, _)) = ports.iter().find(|(n, p)| **p == port && **n != name) {
                 let clash = format!("{name} and {other} on port {port}");
                 self.shared.lock().unwrap().push(clash.clone());
-                return Err(KubeError::Capacity(clash));
+                return Err(ClusterError::Capacity(clash));
             }
             ports.insert(name.clone(), port);
         }
@@ -208,7 +210,7 @@ impl Cluster for MemCluster {
         alloc: &str,
         _ns: Option<&str>,
         b: &Binding,
-    ) -> Result<(), KubeError> {
+    ) -> Result<(), ClusterError> {
         interleave().await;
         let name = itg::names::object_name(rm, alloc, &b.name);
         self.ports.lock().unwrap().remove(&name);

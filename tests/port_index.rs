@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use common::{Env, suffix};
-use itg::store::{KvStore, Outcome, Store, unclaimed};
+use itg::claims::unclaimed;
+use itg::nats::KvStore;
+use itg::store::{Outcome, Store};
 
 async fn store(env: &Env) -> KvStore {
     let js = jetstream::new(env.nats().await);

@@ -415,7 +415,7 @@ async fn ended_completes_after_the_gateway_was_deleted() {
     master.ended(&a).await;
     let removed = replies.first(30, &a, "removed").await;
     assert_eq!(removed.body["released"].as_array().unwrap().len(), 1);
-    let lp = kube::api::ListParams::default().labels(&itg::gateway::owned_selector(&rm.name));
+    let lp = kube::api::ListParams::default().labels(&itg::names::owned_selector(&rm.name));
     let svcs = Api::<Service>::namespaced(env.kube().await, &rm.task_ns)
         .list(&lp)
         .await

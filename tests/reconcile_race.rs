@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::{Env, Master, Replies, TestRm, Worker, config, observe};
-use itg::reconciler::Action;
+use itg::plan::Action;
 use itg::state::Record;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

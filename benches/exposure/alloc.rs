@@ -1,7 +1,7 @@
 //! The allocator alone against raw `kv.create`, both `ways`-way concurrent on the same bucket.
 //!
 //! An allocation is what the worker does for one proxy port: search the range from a random point for a
-//! port whose key holds no claim ([`itg::store::unclaimed`]), then create that key; a lost race searches
+//! port whose key holds no claim ([`itg::claims::unclaimed`]), then create that key; a lost race searches
 //! again. The range is twice the number of allocations, so it ends half full.
 
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use itg::allocator::{self, PortView};
 use itg::names;
-use itg::store::{KvStore, Outcome, Store};
+use itg::nats::KvStore;
+use itg::store::{Outcome, Store};
 
 fn claim() -> bytes::Bytes {
     bytes::Bytes::from_static(br#"{"allocation":"alloc.bench.x","proxy":"jupyter","claimed_at":0}"#)
@@ -39,7 +40,7 @@ pub async fn allocator(store: &KvStore, raw: &kv::Store, n: usize, ways: usize) 
                 loop {
                     let start: u32 = rand::random();
                     let cands = allocator::candidates(lo..=hi, &view, start);
-                    let ports = itg::store::unclaimed(&store, &prefix, cands, 1)
+                    let ports = itg::claims::unclaimed(&store, &prefix, cands, 1)
                         .await
                         .expect("search");
                     let port = *ports.first().expect("a free port");

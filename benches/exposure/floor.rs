@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use gateway_api::experimental::gateways::Gateway;
 use gateway_api::experimental::tcproutes::TcpRoute;
+use itg::cluster::Exposure;
 use itg::contract::ProxyPort;
-use itg::gateway::{self, Exposure};
+use itg::k8s;
 use itg::names;
 use itg::state::{Binding, Spec};
 use k8s_openapi::api::core::v1::Service;
@@ -113,21 +114,17 @@ impl Floor {
             .expect("floor: port key");
         marks[1] = Instant::now();
         services
-            .patch(
-                &name,
-                &pp,
-                &Patch::Apply(&gateway::service_object(&e, &name)),
-            )
+            .patch(&name, &pp, &Patch::Apply(&k8s::service_object(&e, &name)))
             .await
             .expect("floor: Service");
         marks[2] = Instant::now();
-        let body = gateway::listener_patch(&self.gateway_ns, &self.gateway, &e, &name);
+        let body = k8s::listener_patch(&self.gateway_ns, &self.gateway, &e, &name);
         gateways
             .patch(&self.gateway, &lpp, &Patch::Apply(&body))
             .await
             .expect("floor: listener");
         marks[3] = Instant::now();
-        let route = gateway::route_object(&self.gateway_ns, &self.gateway, &e, &name);
+        let route = k8s::route_object(&self.gateway_ns, &self.gateway, &e, &name);
         routes
             .patch(&name, &pp, &Patch::Apply(&route))
             .await
@@ -190,7 +187,7 @@ impl Floor {
             .patch(
                 &self.gateway,
                 &lpp,
-                &Patch::Apply(&gateway::listener_removal(&self.gateway_ns, &self.gateway)),
+                &Patch::Apply(&k8s::listener_removal(&self.gateway_ns, &self.gateway)),
             )
             .await
             .expect("floor: remove listener");

@@ -292,7 +292,7 @@ impl Bench {
 
     async fn allocator(&mut self) {
         let js = jetstream::new(self.env.nats().await);
-        let store = itg::store::KvStore::open(&js, &Default::default())
+        let store = itg::nats::KvStore::open(&js, &Default::default())
             .await
             .expect("state bucket");
         let raw = js.get_key_value("ITG_STATE").await.expect("state bucket");
@@ -324,7 +324,7 @@ impl Bench {
             let servers = itg::app::connect(&config).await.expect("connect");
             let c = &servers.rms[0];
             let handler = itg::worker::Handler::new(
-                itg::worker::RmContext::new(&c.config),
+                itg::resource_manager::RmContext::new(&c.config),
                 servers.store.clone(),
                 c.gateway.clone(),
                 config.worker.clone(),

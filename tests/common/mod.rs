@@ -534,7 +534,7 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
             o.foreign.insert(l.name, l.port as u16);
         }
     }
-    let lp = ListParams::default().labels(&itg::gateway::owned_selector(&rm.name));
+    let lp = ListParams::default().labels(&itg::names::owned_selector(&rm.name));
     o.services = Api::<Service>::namespaced(client.clone(), &rm.task_ns)
         .list(&lp)
         .await

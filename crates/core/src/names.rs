@@ -159,10 +159,7 @@ pub fn allocation_key_prefix(rm: &str) -> String {
 /// KV key of one port of one Gateway: `port.<rm>.<gateway ns>.<gateway name>.<port>`. Dots in the Gateway
 /// name become `_`, which DNS names never hold, so the mapping stays one-to-one.
 pub fn port_key(rm: &str, gateway_namespace: &str, gateway_name: &str, port: u16) -> String {
-    format!(
-        "{}{port}",
-        port_key_prefix(rm, gateway_namespace, gateway_name)
-    )
+    port_key_at(&port_key_prefix(rm, gateway_namespace, gateway_name), port)
 }
 
 /// KV key prefix of every port of one Gateway.
@@ -173,6 +170,16 @@ pub fn port_key_prefix(rm: &str, gateway_namespace: &str, gateway_name: &str) ->
     )
 }
 
+/// KV key of `port` under a [`port_key_prefix`].
+pub fn port_key_at(prefix: &str, port: u16) -> String {
+    format!("{prefix}{port}")
+}
+
+/// The port of a KV key under a [`port_key_prefix`]; `None` when the key is not one.
+pub fn parse_port_key(key: &str, prefix: &str) -> Option<u16> {
+    key.strip_prefix(prefix)?.parse().ok()
+}
+
 /// Message id of a reply: the same outcome of the same event always gets the same id, so JetStream drops a
 /// retried publish (a redelivery, a second worker racing) inside the duplicate window, while a new event
 /// about the same allocation still gets its own reply. `outcome` carries the source event id.
@@ -181,6 +188,31 @@ pub fn reply_msg_id(kind: &str, rm: &str, allocation_id: &str, outcome: &str) ->
         "{kind}-{}",
         &sha_hex(&["reply", kind, rm, allocation_id, outcome])[..32]
     )
+}
+
+/// Labels selecting every object the worker made for one resource manager.
+pub fn owned_selector(rm: &str) -> String {
+    format!(
+        "app.kubernetes.io/managed-by={},{}={}",
+        MANAGER,
+        rm_label_key(),
+        rm_label_value(rm)
+    )
+}
+
+/// The durable consumer every worker of a resource manager shares: `<prefix>-<rm>`.
+pub fn consumer_name(prefix: &str, rm: &str) -> String {
+    format!("{prefix}-{rm}")
+}
+
+/// Message id of an `ended` published again after its maximum deliveries: one per original event.
+pub fn requeue_msg_id(original_sequence: u64) -> String {
+    format!("requeue-{original_sequence}")
+}
+
+/// Message id of a dead letter: one per original event, however often storing it is retried.
+pub fn dead_letter_msg_id(original_sequence: u64) -> String {
+    format!("dl-{original_sequence}")
 }
 
 #[cfg(test)]

@@ -1,107 +1,21 @@
-//! The wire contract with the cluster master: subjects, streams, event and reply payloads.
-//!
-//! Events are decoded by hand from a JSON value rather than by `serde` derive, so that a rejection names the
-//! field and the rule it broke, and so that the `event_id` and `allocation_id` of a bad event can still be
-//! read for the `failed` reply.
+//! The events the master publishes, decoded by hand from a JSON value rather than by `serde` derive, so
+//! that a rejection names the field and the rule it broke, and so that the `event_id` and `allocation_id`
+//! of a bad event can still be read for the `failed` reply.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::{EventKind, SCHEMA_VERSION};
 use crate::validate;
 
-/// The only payload version this worker reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
-/// Stream holding every event the master publishes.
-pub const EVENTS_STREAM: &str = "ITG_EVENTS";
-/// Stream holding every reply the workers publish.
-pub const REPLIES_STREAM: &str = "ITG_REPLIES";
-/// Subjects captured by [`EVENTS_STREAM`].
-pub const EVENTS_SUBJECTS: &str = "itg.events.>";
-/// Subjects captured by [`REPLIES_STREAM`].
-pub const REPLIES_SUBJECTS: &str = "itg.replies.>";
-/// Stream holding events given up on after the consumer's maximum deliveries, for an operator to inspect
-/// and send back.
-pub const DEAD_LETTER_STREAM: &str = "ITG_DEADLETTER";
-/// Subjects captured by [`DEAD_LETTER_STREAM`]: `itg.deadletter.<rm>.<kind>`.
-pub const DEAD_LETTER_SUBJECTS: &str = "itg.deadletter.>";
-/// Header of a dead letter: why the event could not be served.
-pub const DEAD_LETTER_ERROR_HEADER: &str = "Itg-Error";
-/// Header of a dead letter: the subject the event was published to.
-pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Itg-Original-Subject";
-/// Header of a dead letter: the event's sequence in `ITG_EVENTS`.
-pub const DEAD_LETTER_SEQUENCE_HEADER: &str = "Itg-Original-Sequence";
 /// Larger payloads are refused unread: an event is a few hundred bytes, so this bounds what a hostile
 /// publisher can make a worker parse.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 const MAX_SELECTOR_PAIRS: usize = 16;
 const MAX_PROXY_PORTS: usize = 16;
-
-/// The two events the master publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A task started: expose its proxy ports.
-    Started,
-    /// The task ended: remove everything made for it.
-    Ended,
-}
-
-impl EventKind {
-    /// The last token of the event's subject.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Started => "started",
-            EventKind::Ended => "ended",
-        }
-    }
-}
-
-/// The three replies a worker publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
-    /// The allocation's ports are exposed.
-    Ready,
-    /// An event could not be served.
-    Failed,
-    /// Everything made for an allocation is gone.
-    Removed,
-}
-
-impl ReplyKind {
-    /// The last token of the reply's subject.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplyKind::Ready => "ready",
-            ReplyKind::Failed => "failed",
-            ReplyKind::Removed => "removed",
-        }
-    }
-}
-
-/// `itg.events.<rm>.<kind>`
-pub fn event_subject(rm: &str, kind: EventKind) -> String {
-    format!("itg.events.{rm}.{}", kind.as_str())
-}
-
-/// `itg.replies.<rm>.<kind>`
-pub fn reply_subject(rm: &str, kind: ReplyKind) -> String {
-    format!("itg.replies.{rm}.{}", kind.as_str())
-}
-
-/// Splits an event subject into its resource manager and kind; `None` for any other subject.
-pub fn parse_event_subject(subject: &str) -> Option<(&str, EventKind)> {
-    let rest = subject.strip_prefix("itg.events.")?;
-    let (rm, kind) = rest.split_once('.')?;
-    let kind = match kind {
-        "started" => EventKind::Started,
-        "ended" => EventKind::Ended,
-        _ => return None,
-    };
-    validate::is_subject_token(rm).then_some((rm, kind))
-}
 
 /// One proxy port a task asks to expose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,138 +338,4 @@ pub fn decode_event(kind: EventKind, payload: &[u8]) -> Result<Event, InvalidEve
         proxy_ports,
         occurred_at,
     }))
-}
-
-/// Which Gateway a reply's addresses belong to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GatewayRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-/// One exposed proxy port in a `ready` reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proxy {
-    pub name: String,
-    pub container_port: u16,
-    pub gateway_port: u16,
-    /// `gateway_ip:gateway_port`, or `[v6]:port` for an IPv6 literal.
-    pub address: String,
-}
-
-/// `itg.replies.<rm>.ready`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ready {
-    pub schema_version: u64,
-    pub resource_manager: String,
-    pub allocation_id: String,
-    pub source_event_id: String,
-    pub gateway: GatewayRef,
-    pub proxies: Vec<Proxy>,
-}
-
-/// The contract's closed set of failure reasons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureReason {
-    InvalidEvent,
-    UnknownResourceManager,
-    NamespaceNotAllowed,
-    CapacityExhausted,
-    KubernetesError,
-    Timeout,
-    /// (added) The Gateway's controller refused the listener or the route; the message carries its reason.
-    GatewayRejected,
-}
-
-impl fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            FailureReason::InvalidEvent => "invalid_event",
-            FailureReason::UnknownResourceManager => "unknown_resource_manager",
-            FailureReason::NamespaceNotAllowed => "namespace_not_allowed",
-            FailureReason::CapacityExhausted => "capacity_exhausted",
-            FailureReason::KubernetesError => "kubernetes_error",
-            FailureReason::Timeout => "timeout",
-            FailureReason::GatewayRejected => "gateway_rejected",
-        };
-        f.write_str(s)
-    }
-}
-
-/// `itg.replies.<rm>.failed`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failed {
-    pub schema_version: u64,
-    pub resource_manager: String,
-    pub allocation_id: Option<String>,
-    pub source_event_id: Option<String>,
-    pub reason: FailureReason,
-    pub message: String,
-    pub retryable: bool,
-}
-
-/// One freed port in a `removed` reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Released {
-    pub name: String,
-    pub gateway_port: u16,
-}
-
-/// `itg.replies.<rm>.removed`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removed {
-    pub schema_version: u64,
-    pub resource_manager: String,
-    pub allocation_id: String,
-    pub source_event_id: String,
-    pub released: Vec<Released>,
-}
-
-/// A reply of any kind, ready to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Ready(Ready),
-    Failed(Failed),
-    Removed(Removed),
-}
-
-impl Reply {
-    /// Which subject the reply goes to.
-    pub fn kind(&self) -> ReplyKind {
-        match self {
-            Reply::Ready(_) => ReplyKind::Ready,
-            Reply::Failed(_) => ReplyKind::Failed,
-            Reply::Removed(_) => ReplyKind::Removed,
-        }
-    }
-
-    /// The resource manager the reply is for.
-    pub fn resource_manager(&self) -> &str {
-        match self {
-            Reply::Ready(r) => &r.resource_manager,
-            Reply::Failed(r) => &r.resource_manager,
-            Reply::Removed(r) => &r.resource_manager,
-        }
-    }
-
-    /// The JSON body.
-    pub fn to_json(&self) -> Vec<u8> {
-        let v = match self {
-            Reply::Ready(r) => serde_json::to_vec(r),
-            Reply::Failed(r) => serde_json::to_vec(r),
-            Reply::Removed(r) => serde_json::to_vec(r),
-        };
-        // Plain structs of strings and integers always serialize.
-        v.unwrap_or_default()
-    }
-}
-
-/// `host:port` for an IPv4 address or DNS name, `[host]:port` for an IPv6 literal.
-pub fn proxy_address(gateway_ip: &str, port: u16) -> String {
-    if gateway_ip.contains(':') {
-        format!("[{gateway_ip}]:{port}")
-    } else {
-        format!("{gateway_ip}:{port}")
-    }
 }

@@ -1,7 +1,7 @@
 //! Whether the Gateway's controller has made an exposure reachable: a pure verdict over the status the
 //! controller wrote on the Gateway (our listener) and on the TCPRoute (its parent entry for our Gateway).
 //!
-//! The adapter ([`crate::gateway`]) copies those conditions out of the objects its watches hold; this module
+//! The Kubernetes adapter copies those conditions out of the objects its watches hold; this module
 //! decides, so every rule is unit-tested without a server. A verdict is one of: reachable (answer `ready`),
 //! pending (wait and look again) or refused (a condition that will not pass by waiting: answer `failed`).
 

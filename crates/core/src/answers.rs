@@ -1,12 +1,24 @@
-//! The replies a handler answers with, and their message ids: the same outcome of the same event always
-//! gets the same `Nats-Msg-Id`, so a redelivered or raced event stores its reply once.
+//! What a handler answers for one delivery: the reply and its message id, or "done", or "retry". The same
+//! outcome of the same event always gets the same `Nats-Msg-Id`, so a redelivered or raced event stores its
+//! reply once.
 
 use uuid::Uuid;
 
 use crate::contract::{self, Failed, FailureReason, InvalidEvent, Proxy, Ready, Removed, Reply};
 use crate::names;
+use crate::resource_manager::RmContext;
 use crate::state::{Failure, Record};
-use crate::worker::{Handled, RmContext};
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Publish this reply under this message id, then acknowledge.
+    Answer { reply: Reply, msg_id: String },
+    /// The event was served and needs no reply; acknowledge.
+    Done,
+    /// Not served yet (capacity, apiserver or NATS trouble); redeliver later.
+    Retry { why: String },
+}
 
 /// `failed` for an event that could not be read or broke the contract.
 pub fn invalid(rm: &RmContext, invalid: &InvalidEvent, payload: &[u8]) -> Handled {

@@ -1,0 +1,277 @@
+//! The claim protocol: which ports look free, how one is claimed and released, with compare-and-set on
+//! one key per Gateway port. Exclusivity comes from the create alone; everything else (the allocator's
+//! order, the [`PortIndex`] hint) only makes a free port likely to be found first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::{self, PortView};
+use crate::crashpoint;
+use crate::names;
+use crate::resource_manager::RmContext;
+use crate::store::{Outcome, Store, StoreError, encode};
+
+/// Compare-and-set rounds a claim or a release may spend before it reports the key as contended.
+const MAX_ROUNDS: usize = 16;
+
+/// Who holds a port: the value of a port key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortClaim {
+    /// The allocation record's key.
+    pub allocation: String,
+    /// The proxy port name within the allocation.
+    pub proxy: String,
+    /// Unix seconds of the claim, for the reconciler's hold-off.
+    #[serde(default)]
+    pub claimed_at: i64,
+}
+
+impl PortClaim {
+    /// Whether this claim is held by `allocation_key` for `proxy`.
+    pub fn held_by(&self, allocation_key: &str, proxy: &str) -> bool {
+        self.allocation == allocation_key && self.proxy == proxy
+    }
+}
+
+/// Up to `n` ports of the resource manager's range that look free: allowed by config, not in `view`'s
+/// foreign or taken ports, and unclaimed. The search starts at `start`, so concurrent workers spread out.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn choose<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    view: &PortView,
+    start: u32,
+    n: usize,
+) -> Result<Vec<u16>, StoreError> {
+    let candidates = allocator::candidates(rm.range.clone(), view, start);
+    unclaimed(store, &rm.port_key_prefix(), candidates, n).await
+}
+
+/// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
+/// for the port search: the create that follows is what makes a claim exclusive.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn unclaimed<S: Store>(
+    store: &S,
+    prefix: &str,
+    candidates: impl Iterator<Item = u16> + Clone,
+    n: usize,
+) -> Result<Vec<u16>, StoreError> {
+    if let Some(index) = store.port_index(prefix).await {
+        let hinted: Vec<u16> = candidates
+            .clone()
+            .filter(|p| !index.is_claimed(*p))
+            .take(n)
+            .collect();
+        if hinted.len() == n {
+            return Ok(hinted);
+        }
+        // Too few look free: the index may not have seen a release yet, and nobody is told to wait for
+        // capacity on a hint, so the bucket itself is asked.
+    }
+    let mut chosen = Vec::with_capacity(n);
+    for port in candidates {
+        if chosen.len() == n {
+            break;
+        }
+        if store
+            .get(&names::port_key_at(prefix, port))
+            .await?
+            .is_none()
+        {
+            chosen.push(port);
+        }
+    }
+    Ok(chosen)
+}
+
+/// Makes the port key of `port` owned by `allocation_key` for `proxy`. `false` when someone else holds it.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read or written.
+pub async fn claim<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    allocation_key: &str,
+    proxy: &str,
+    port: u16,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let pkey = rm.port_key(port);
+    let claim = PortClaim {
+        allocation: allocation_key.to_owned(),
+        proxy: proxy.to_owned(),
+        claimed_at: now,
+    };
+    for _ in 0..MAX_ROUNDS {
+        if let Outcome::Written(_) = store.create(&pkey, encode(&claim)).await? {
+            return Ok(true);
+        }
+        match store.get(&pkey).await? {
+            Some(e) => {
+                return Ok(serde_json::from_slice::<PortClaim>(&e.value)
+                    .is_ok_and(|c| c.held_by(allocation_key, proxy)));
+            }
+            None => continue,
+        }
+    }
+    Ok(false)
+}
+
+/// Frees the port key of `port` only if `allocation_key` still holds it for `proxy`.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read or written, or the key kept changing.
+pub async fn release<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    allocation_key: &str,
+    proxy: &str,
+    port: u16,
+) -> Result<(), StoreError> {
+    let pkey = rm.port_key(port);
+    for _ in 0..MAX_ROUNDS {
+        let Some(e) = store.get(&pkey).await? else {
+            return Ok(());
+        };
+        let ours = serde_json::from_slice::<PortClaim>(&e.value)
+            .is_ok_and(|c| c.held_by(allocation_key, proxy));
+        if !ours {
+            return Ok(());
+        }
+        if let Outcome::Written(_) = store.delete(&pkey, e.revision).await? {
+            crashpoint::reach("withdraw.port_released");
+            return Ok(());
+        }
+    }
+    Err(StoreError {
+        bucket: String::new(),
+        op: "release",
+        key: pkey,
+        message: "the port key kept changing".into(),
+    })
+}
+
+/// Frees the claim of `port` whoever holds it, only if it is still at `revision`: for the reconciler,
+/// which decided from that revision that its holder is gone.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be written.
+pub async fn release_at<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    port: u16,
+    revision: u64,
+) -> Result<Outcome, StoreError> {
+    store.delete(&rm.port_key(port), revision).await
+}
+
+/// The ports claimed on the resource manager's Gateway.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn claimed_ports<S: Store>(
+    store: &S,
+    rm: &RmContext,
+) -> Result<BTreeSet<u16>, StoreError> {
+    let prefix = rm.port_key_prefix();
+    Ok(store
+        .keys(&prefix)
+        .await?
+        .iter()
+        .filter_map(|k| names::parse_port_key(k, &prefix))
+        .collect())
+}
+
+/// Every readable claim on the resource manager's Gateway, with its revision. A claim that cannot be read
+/// is left out: it is never released, which is the safe side.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn claims<S: Store>(
+    store: &S,
+    rm: &RmContext,
+) -> Result<BTreeMap<u16, (PortClaim, u64)>, StoreError> {
+    let prefix = rm.port_key_prefix();
+    let mut out = BTreeMap::new();
+    for key in store.keys(&prefix).await? {
+        let (Some(port), Some(e)) = (names::parse_port_key(&key, &prefix), store.get(&key).await?)
+        else {
+            continue;
+        };
+        if let Ok(c) = serde_json::from_slice::<PortClaim>(&e.value) {
+            out.insert(port, (c, e.revision));
+        }
+    }
+    Ok(out)
+}
+
+/// The claimed ports of one Gateway, kept from a watch of its port keys, so the port search reads memory
+/// instead of making a KV get per candidate. A hint only: the create decides, and a search that finds too
+/// few ports here checks the bucket itself before anyone is told to wait for capacity.
+#[derive(Debug)]
+pub struct PortIndex {
+    claimed: std::sync::RwLock<BTreeSet<u16>>,
+    /// True once the watch has caught up with the bucket, false again while it restarts.
+    current: tokio::sync::watch::Sender<bool>,
+}
+
+impl PortIndex {
+    /// Whether the watch last saw `port` claimed.
+    pub fn is_claimed(&self, port: u16) -> bool {
+        self.claimed.read().map_or(true, |set| set.contains(&port))
+    }
+
+    /// A port claimed (`live`) or released, as the watch reports it.
+    pub fn set(&self, port: u16, live: bool) {
+        if let Ok(mut set) = self.claimed.write() {
+            if live {
+                set.insert(port);
+            } else {
+                set.remove(&port);
+            }
+        }
+    }
+
+    /// Replaces the whole set with `fresh`, once the watch has caught up with the bucket.
+    pub fn catch_up(&self, fresh: &mut Option<BTreeSet<u16>>) {
+        if let (Some(set), Ok(mut claimed)) = (fresh.take(), self.claimed.write()) {
+            *claimed = set;
+        }
+        self.current.send_replace(true);
+    }
+}
+
+impl Default for PortIndex {
+    fn default() -> Self {
+        PortIndex {
+            claimed: std::sync::RwLock::default(),
+            current: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl PortIndex {
+    /// Counts the index as behind the bucket (its watch restarts): searches go to the bucket meanwhile.
+    pub fn stale(&self) {
+        self.current.send_replace(false);
+    }
+
+    /// Whether the index has caught up with the bucket.
+    pub fn is_current(&self) -> bool {
+        *self.current.borrow()
+    }
+
+    /// Waits until the index has caught up, for at most `limit`; `false` when it has not.
+    pub async fn wait_current(&self, limit: std::time::Duration) -> bool {
+        let mut current = self.current.subscribe();
+        matches!(
+            tokio::time::timeout(limit, current.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        )
+    }
+}

@@ -1,0 +1,88 @@
+//! The seam to the store of allocation records and port claims: a narrow compare-and-set trait.
+//!
+//! Every write is conditional. A refused condition is an [`Outcome::Conflict`], never an error: the caller
+//! reads again and decides again. The JetStream KV bucket of the NATS adapter implements it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::claims::PortIndex;
+
+/// A failed KV call that is not a conflict: the server is unreachable, timed out or refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "KV bucket {bucket}: {op} {key}: {message}; check that NATS is up and JetStream is enabled"
+)]
+pub struct StoreError {
+    pub bucket: String,
+    pub op: &'static str,
+    pub key: String,
+    pub message: String,
+}
+
+/// The result of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written; the key's new revision.
+    Written(u64),
+    /// The key was not at the expected revision (or, for create, already existed).
+    Conflict,
+}
+
+/// One live value and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    pub revision: u64,
+}
+
+/// Compare-and-set storage. Implemented by a JetStream KV bucket; the worker is generic over it.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The live value of `key`, or `None` when absent or deleted.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+    /// Writes `key` only if it is absent (or deleted).
+    fn create(
+        &self,
+        key: &str,
+        value: Bytes,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+    /// Writes `key` only if it is at `revision`.
+    fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+    /// Deletes `key` only if it is at `revision`.
+    fn delete(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+    /// Removes `key` and its history for good, only if it is at `revision` (a later write survives). For
+    /// tombstones past any replay: unlike a delete, it leaves no marker behind, so the bucket stops growing.
+    fn purge(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
+        self.delete(key, revision)
+    }
+    /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
+    fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The claimed ports under `prefix` as a watch last saw them, when this store keeps such an index and
+    /// it has caught up; `None` sends the port search to the bucket itself.
+    fn port_index(&self, prefix: &str) -> impl Future<Output = Option<Arc<PortIndex>>> + Send {
+        let _ = prefix;
+        async { None }
+    }
+}
+
+/// The JSON of a record or a claim, as stored.
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    // Records and claims are plain structs of strings and numbers: serializing them cannot fail.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}

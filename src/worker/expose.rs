@@ -1,0 +1,297 @@
+//! Exposing: choose and claim ports (all or none), apply the objects through the cluster seam, wait for
+//! the controller's verdict, record `Ready`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{DriveError, Handler, Pass, Purpose, REFUSAL_SETTLE, WAIT_SLICE, add_touched, now};
+use crate::allocator::{self, PortView};
+use crate::claims;
+use crate::cluster::{Cluster, ClusterError, Exposure};
+use crate::contract::FailureReason;
+use crate::crashpoint;
+use crate::names;
+use crate::readiness::Verdict;
+use crate::state::{Binding, Failure, Phase, Record};
+use crate::store::{Outcome, Store, encode};
+
+impl<S: Store, C: Cluster> Handler<S, C> {
+    /// Claims ports for every proxy port of the record, applies the Kubernetes objects and, once the
+    /// Gateway's controller reports them reachable (or the resource manager does not wait for it), marks it
+    /// Ready.
+    pub(super) async fn expose(
+        &self,
+        key: &str,
+        mut rec: Record,
+        mut rev: u64,
+        touched: &mut Vec<Binding>,
+        purpose: Purpose,
+    ) -> Result<Pass, DriveError> {
+        let Some(spec) = rec.spec.clone() else {
+            return Err(DriveError::Fail(Failure {
+                reason: FailureReason::InvalidEvent,
+                message: "the allocation record has no spec; publish ended and started again"
+                    .into(),
+                retryable: false,
+            }));
+        };
+        loop {
+            let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
+            if !unbound.is_empty() {
+                let chosen = match self.choose_ports(&rec, unbound.len()).await {
+                    Ok(chosen) => chosen,
+                    // All or none: an allocation that waits gives back what it holds, so two half-served
+                    // allocations never wait on each other.
+                    Err(DriveError::Capacity(m))
+                        if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
+                    {
+                        let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
+                        return self.give_back(key, &rec, rev, ns.as_deref(), m).await;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut next = rec.clone();
+                for (p, port) in unbound.iter().zip(chosen) {
+                    next.ports.push(Binding {
+                        name: p.name.clone(),
+                        container_port: p.port,
+                        gateway_port: port,
+                    });
+                }
+                next.updated_at = now();
+                // Intent first: a port key is only ever created after the record lists it, so cleanup finds it.
+                match self.store.update(key, encode(&next), rev).await? {
+                    Outcome::Written(r) => (rec, rev) = (next, r),
+                    Outcome::Conflict => return Ok(Pass::Moved),
+                }
+                crashpoint::reach("expose.ports_recorded");
+            }
+            let mut lost = Vec::new();
+            for b in &rec.ports {
+                add_touched(touched, b);
+                if !claims::claim(&self.store, &self.rm, key, &b.name, b.gateway_port, now())
+                    .await?
+                {
+                    lost.push(b.name.clone());
+                }
+                crashpoint::reach("expose.port_claimed");
+            }
+            if lost.is_empty() {
+                break;
+            }
+            let mut next = rec.clone();
+            next.ports.retain(|b| !lost.contains(&b.name));
+            match self.store.update(key, encode(&next), rev).await? {
+                Outcome::Written(r) => (rec, rev) = (next, r),
+                Outcome::Conflict => return Ok(Pass::Moved),
+            }
+        }
+        if !self.cluster.view().present {
+            let g = &self.rm.gateway;
+            return Err(DriveError::Kube(format!(
+                "Gateway {}/{} was not found; create it or fix internal_task_gateway",
+                g.namespace, g.name
+            )));
+        }
+        let exposures: Vec<Exposure<'_>> = rec
+            .ports
+            .iter()
+            .map(|b| Exposure {
+                rm: &self.rm.name,
+                allocation_id: &rec.allocation_id,
+                spec: &spec,
+                binding: b,
+            })
+            .collect();
+        for e in &exposures {
+            match self.cluster.expose(e).await {
+                Ok(()) => {}
+                // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
+                // still exposing gives back everything it holds, as when no port is free, so two of them
+                // never wait on each other's slots; a port found taken is not chosen again for a while.
+                Err(ClusterError::Capacity(m)) if rec.phase == Phase::Exposing => {
+                    if ClusterError::Capacity(m.clone()).is_port_taken() {
+                        self.refused
+                            .note(e.binding.gateway_port, self.timing.capacity_deadline.0);
+                    }
+                    return self
+                        .give_back(key, &rec, rev, Some(&spec.namespace), m)
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let waits = self.rm.config.wait_for_controller;
+        match purpose {
+            // The started's own delivery moves it to Ready once the controller agrees; a repair only
+            // puts objects back.
+            Purpose::Repair if waits && rec.phase == Phase::Exposing => {
+                return Ok(Pass::Settled(Box::new(rec.clone())));
+            }
+            Purpose::Answer if waits => {
+                // A Ready allocation asked again waits a whole slice; an exposing one no longer than its
+                // deadline allows.
+                let since = (rec.phase == Phase::Exposing).then_some(rec.updated_at);
+                match self.await_controller(&exposures, since).await {
+                    Verdict::Reachable => {}
+                    Verdict::Refused { reason, message } => {
+                        return Err(DriveError::Fail(Failure {
+                            reason: FailureReason::GatewayRejected,
+                            message: format!(
+                                "the Gateway's controller refused it ({reason}): {message}; fix the Gateway or the task's Service, then publish the started event again"
+                            ),
+                            retryable: false,
+                        }));
+                    }
+                    Verdict::Pending(message) => {
+                        return Err(DriveError::Waiting {
+                            message,
+                            since: rec.updated_at,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        // The record must not have moved while the objects were applied: if an ended slipped in, its
+        // cleanup may have run before these applies, and the next pass must undo them.
+        if rec.phase == Phase::Exposing {
+            let mut next = rec.clone();
+            next.phase = Phase::Ready;
+            next.updated_at = now();
+            match self.store.update(key, encode(&next), rev).await? {
+                Outcome::Written(_) => rec = next,
+                Outcome::Conflict => return Ok(Pass::Moved),
+            }
+            crashpoint::reach("expose.ready_recorded");
+        } else if self.store.get(key).await?.map(|e| e.revision) != Some(rev) {
+            return Ok(Pass::Moved);
+        }
+        Ok(Pass::Settled(Box::new(rec)))
+    }
+
+    /// Waits, for at most one slice (less when the deadline counted from `since` is nearer), until the
+    /// controller's verdict on `exposures` is reachable or a refusal has stood for [`REFUSAL_SETTLE`].
+    /// It reads the watches' views on every change they report; it neither polls the apiserver nor holds
+    /// the Gateway write lock.
+    pub(super) async fn await_controller(
+        &self,
+        exposures: &[Exposure<'_>],
+        since: Option<i64>,
+    ) -> Verdict {
+        let budget = since.map_or(WAIT_SLICE, |since| {
+            let waited = u64::try_from(now().saturating_sub(since)).unwrap_or(0);
+            self.timing
+                .controller_deadline
+                .0
+                .saturating_sub(Duration::from_secs(waited))
+                .min(WAIT_SLICE)
+        });
+        let start = tokio::time::Instant::now();
+        let mut changes = self.cluster.changes();
+        let mut refused_at: Option<tokio::time::Instant> = None;
+        loop {
+            changes.borrow_and_update();
+            let verdict = self.cluster.controller_verdict(exposures);
+            let until = match &verdict {
+                Verdict::Reachable => return verdict,
+                Verdict::Refused { .. } => {
+                    let at = *refused_at.get_or_insert_with(tokio::time::Instant::now);
+                    at + REFUSAL_SETTLE
+                }
+                Verdict::Pending(_) => {
+                    refused_at = None;
+                    start + budget
+                }
+            };
+            if tokio::time::Instant::now() >= until {
+                return verdict;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Picks `n` ports that look free: allowed by config, not a foreign listener's, not claimed in KV.
+    pub(super) async fn choose_ports(
+        &self,
+        rec: &Record,
+        n: usize,
+    ) -> Result<Vec<u16>, DriveError> {
+        let view = self.cluster.view();
+        let g = &self.rm.gateway;
+        if !view.present {
+            return Err(DriveError::Kube(format!(
+                "Gateway {}/{} was not found; create it or fix internal_task_gateway",
+                g.namespace, g.name
+            )));
+        }
+        let ours_present = rec
+            .ports
+            .iter()
+            .filter(|b| {
+                view.listeners.contains(&names::object_name(
+                    &self.rm.name,
+                    &rec.allocation_id,
+                    &b.name,
+                ))
+            })
+            .count();
+        let wanted = rec.spec.as_ref().map_or(0, |s| s.proxy_ports.len());
+        if view.listeners.len() + wanted.saturating_sub(ours_present) > self.rm.listener_limit {
+            return Err(DriveError::Capacity(format!(
+                "Gateway {}/{} has {} of {} listeners in use",
+                g.namespace,
+                g.name,
+                view.listeners.len(),
+                self.rm.listener_limit
+            )));
+        }
+        let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
+        taken.extend(self.refused.current());
+        let pv = PortView {
+            excluded: self.rm.excluded.clone(),
+            foreign: view.foreign_ports,
+            taken,
+        };
+        let chosen = claims::choose(&self.store, &self.rm, &pv, rand::random(), n).await?;
+        if chosen.len() < n {
+            return Err(DriveError::Capacity(format!(
+                "no free port in {}-{} on Gateway {}/{} ({} usable)",
+                self.rm.range.start(),
+                self.rm.range.end(),
+                g.namespace,
+                g.name,
+                allocator::capacity(self.rm.range.clone(), &pv)
+            )));
+        }
+        Ok(chosen)
+    }
+
+    /// Gives back every binding of an allocation still exposing, and asks for redelivery once capacity
+    /// frees: one holding some ports while it waits for others could wait on another doing the same.
+    pub(super) async fn give_back(
+        &self,
+        key: &str,
+        rec: &Record,
+        rev: u64,
+        ns: Option<&str>,
+        why: String,
+    ) -> Result<Pass, DriveError> {
+        self.withdraw_all(&rec.allocation_id, &rec.ports, ns, false)
+            .await?;
+        let mut next = rec.clone();
+        next.ports.clear();
+        next.updated_at = now();
+        if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
+            return Ok(Pass::Moved);
+        }
+        Err(DriveError::Capacity(why))
+    }
+}

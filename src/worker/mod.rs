@@ -1,0 +1,238 @@
+//! The event handler: turns one validated event into compare-and-sets on the store, calls on the cluster
+//! and one answer. One file per way in: [`started`](Handler::handle) exposes, [`ended`] removes,
+//! [`repair`] puts back what the reconciler finds missing; [`expose`] and [`withdraw`] are the two
+//! directions they drive the cluster in.
+//!
+//! It is generic over the core's [`Store`] and [`Cluster`] seams, and level-triggered: each pass reads the
+//! allocation's record, drives the port claims and the cluster toward what the record wants, and writes
+//! back with compare-and-set. When the record moved underneath (another worker, a duplicate, an `ended`),
+//! the pass starts again from the new record and undoes whatever this pass applied that is no longer
+//! wanted.
+
+mod ended;
+mod expose;
+mod repair;
+mod started;
+mod withdraw;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::answers::{self, Handled};
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::WorkerConfig;
+use crate::contract::{self, Event, EventKind, FailureReason};
+use crate::resource_manager::RmContext;
+use crate::state::{Binding, Failure, Phase, Record};
+use crate::store::{Store, StoreError};
+
+/// Compare-and-set rounds one delivery may spend before it gives the event back for redelivery.
+const MAX_ROUNDS: usize = 16;
+/// How long one delivery waits for the Gateway's controller before it gives the event back with a delay: a
+/// controller usually answers within it, and a longer wait would hold a handler slot that other events need.
+const WAIT_SLICE: Duration = Duration::from_secs(5);
+/// How long a refusal must stand before it is answered: a controller that sees the route before the
+/// listener it names reports `NoMatchingParent` for a moment, then corrects it.
+const REFUSAL_SETTLE: Duration = Duration::from_secs(2);
+
+enum DriveError {
+    /// Wait for a free port or listener slot.
+    Capacity(String),
+    /// The apiserver failed in a way that may pass.
+    Kube(String),
+    /// The request can never succeed.
+    Fail(Failure),
+    /// The objects are applied; the Gateway's controller has not reported them reachable yet. `since` is
+    /// when the allocation's ports were bound (unix seconds), where the controller deadline counts from.
+    Waiting { message: String, since: i64 },
+    /// NATS failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for DriveError {
+    fn from(e: StoreError) -> Self {
+        DriveError::Store(e)
+    }
+}
+
+impl From<ClusterError> for DriveError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Capacity(m) => DriveError::Capacity(m),
+            ClusterError::Transient(m) => DriveError::Kube(m),
+            ClusterError::Permanent(m) => DriveError::Fail(Failure {
+                reason: FailureReason::KubernetesError,
+                message: format!("{m}; fix the cause and publish the started event again"),
+                retryable: false,
+            }),
+        }
+    }
+}
+
+/// Why a pass drives an allocation: to answer its started (and wait for the controller) or, for the
+/// reconciler, only to put its objects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Answer,
+    Repair,
+}
+
+/// Where a pass left the record.
+enum Pass {
+    /// Done; the record as written.
+    Settled(Box<Record>),
+    /// The record changed underneath; read it again.
+    Moved,
+}
+
+/// Serves the events of one resource manager.
+#[derive(Clone)]
+pub struct Handler<S, C> {
+    rm: Arc<RmContext>,
+    store: S,
+    cluster: C,
+    timing: WorkerConfig,
+    refused: Refused,
+}
+
+/// Ports the Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
+/// the port search skips them, shared by every clone of a handler.
+#[derive(Clone, Default)]
+struct Refused(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, std::time::Instant>>>,
+);
+
+impl Refused {
+    fn note(&self, port: u16, for_: Duration) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(port, std::time::Instant::now() + for_);
+        }
+    }
+
+    fn current(&self) -> Vec<u16> {
+        let now = std::time::Instant::now();
+        self.0.lock().map_or_else(
+            |_| Vec::new(),
+            |mut m| {
+                m.retain(|_, until| *until > now);
+                m.keys().copied().collect()
+            },
+        )
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Every binding the record knows of: the ports it holds and those its cleanup released.
+fn known_bindings(rec: &Record) -> Vec<Binding> {
+    let mut all = rec.ports.clone();
+    for r in &rec.released {
+        let container_port = rec
+            .spec
+            .as_ref()
+            .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
+            .map_or(0, |p| p.port);
+        add_touched(
+            &mut all,
+            &Binding {
+                name: r.name.clone(),
+                container_port,
+                gateway_port: r.gateway_port,
+            },
+        );
+    }
+    all
+}
+
+fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
+    if !touched.contains(b) {
+        touched.push(b.clone());
+    }
+}
+
+impl<S: Store, C: Cluster> Handler<S, C> {
+    /// A handler for one resource manager.
+    pub fn new(rm: RmContext, store: S, cluster: C, timing: WorkerConfig) -> Self {
+        Handler {
+            rm: Arc::new(rm),
+            store,
+            cluster,
+            timing,
+            refused: Refused::default(),
+        }
+    }
+
+    /// The resource manager this handler serves.
+    pub fn rm(&self) -> &RmContext {
+        &self.rm
+    }
+
+    /// Serves one delivery of an event payload.
+    pub async fn handle(&self, kind: EventKind, payload: &[u8]) -> Handled {
+        let event = match contract::decode_event(kind, payload) {
+            Ok(ev) => ev,
+            Err(invalid) => return answers::invalid(&self.rm, &invalid, payload),
+        };
+        let span = tracing::Span::current();
+        span.record("allocation_id", event.allocation_id());
+        span.record("event_id", event.event_id().to_string());
+        let result = match &event {
+            Event::Started(ev) => {
+                if !self.rm.config.namespace_allowed(&ev.namespace) {
+                    let f = Failure {
+                        reason: FailureReason::NamespaceNotAllowed,
+                        message: format!(
+                            "namespace {:?} is not allowed for resource manager {}; add it to allowed_namespaces or run the task elsewhere",
+                            ev.namespace, self.rm.name
+                        ),
+                        retryable: false,
+                    };
+                    return answers::failed(&self.rm, &ev.allocation_id, ev.event_id, &f);
+                }
+                self.started(ev).await
+            }
+            Event::Ended(ev) => self.ended(ev).await,
+        };
+        result.unwrap_or_else(|why| Handled::Retry { why })
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
+        let Some(entry) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Record>(&entry.value) {
+            Ok(r) => Ok(Some((r, entry.revision))),
+            Err(e) => Err(StoreError {
+                bucket: String::new(),
+                op: "decode",
+                key: key.to_owned(),
+                message: format!(
+                    "the record is not valid JSON ({e}); inspect it with `nats kv get`"
+                ),
+            }),
+        }
+    }
+}
+
+/// Whether the allocation failed because its task namespace refused it (403): then nothing of it is there.
+fn refused_ns(rec: &Record) -> bool {
+    rec.phase == Phase::Failed
+        && rec
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.message.contains("(403 "))
+}
+
+fn drive_msg(e: DriveError) -> String {
+    match e {
+        DriveError::Capacity(m) | DriveError::Kube(m) => m,
+        DriveError::Waiting { message, .. } => message,
+        DriveError::Fail(f) => f.message,
+        DriveError::Store(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,217 @@
+//! A started: create the record, expose, answer `ready` once reachable, or `failed` with the reason once
+//! a deadline passed; and the answer for a started given up on after the maximum deliveries.
+
+use std::time::Duration;
+
+use super::{
+    DriveError, Handler, MAX_ROUNDS, Pass, Purpose, add_touched, drive_msg, now, refused_ns,
+};
+use crate::answers::{self, Handled};
+use crate::cluster::Cluster;
+use crate::contract::{self, Event, EventKind, FailureReason, Started};
+use crate::crashpoint;
+use crate::state::{self, Binding, Failure, Phase, Record, StartedStep};
+use crate::store::{Outcome, Store, encode};
+
+impl<S: Store, C: Cluster> Handler<S, C> {
+    pub(super) async fn started(&self, ev: &Started) -> Result<Handled, String> {
+        let key = self.rm.allocation_key(&ev.allocation_id);
+        let mut touched: Vec<Binding> = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let current = self.read(&key).await.map_err(|e| e.to_string())?;
+            let step = state::on_started(current.as_ref().map(|c| &c.0), &self.rm.name, ev, now());
+            let (rec, rev) = match (step, current) {
+                (StartedStep::Create(r), _) => match self
+                    .store
+                    .create(&key, encode(&r))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Outcome::Written(rev) => {
+                        crashpoint::reach("started.record_created");
+                        (*r, rev)
+                    }
+                    Outcome::Conflict => continue,
+                },
+                (StartedStep::Expose, Some(cur)) => cur,
+                (StartedStep::Expose, None) => continue,
+                (step @ (StartedStep::RepeatFailure(_) | StartedStep::AlreadyEnded), cur) => {
+                    // An earlier pass (this one, or one that gave up mid-way and whose apply the apiserver
+                    // finished late) may have applied objects after the cleanup: withdraw them all again.
+                    let mut all = cur
+                        .as_ref()
+                        .map(|(r, _)| self.to_withdraw(r))
+                        .unwrap_or_default();
+                    for b in &touched {
+                        add_touched(&mut all, b);
+                    }
+                    // Where the objects were applied: the record's namespace, not what this event says.
+                    let ns = cur
+                        .as_ref()
+                        .and_then(|(r, _)| r.spec.as_ref())
+                        .map_or(ev.namespace.as_str(), |s| s.namespace.as_str());
+                    let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
+                    self.withdraw_all(&ev.allocation_id, &all, Some(ns), refused)
+                        .await
+                        .map_err(drive_msg)?;
+                    let f = match step {
+                        StartedStep::RepeatFailure(f) => f,
+                        _ => Failure {
+                            reason: FailureReason::InvalidEvent,
+                            message: format!(
+                                "allocation {:?} has already ended{}; a started after its ended exposes nothing",
+                                ev.allocation_id,
+                                cur.and_then(|(r, _)| r.ended_event_id)
+                                    .map(|id| format!(" (ended event {id})"))
+                                    .unwrap_or_default()
+                            ),
+                            retryable: false,
+                        },
+                    };
+                    return Ok(answers::failed(
+                        &self.rm,
+                        &ev.allocation_id,
+                        ev.event_id,
+                        &f,
+                    ));
+                }
+            };
+            let failure = match self
+                .expose(&key, rec.clone(), rev, &mut touched, Purpose::Answer)
+                .await
+            {
+                Ok(Pass::Settled(rec)) => return Ok(answers::ready(&self.rm, ev.event_id, &rec)),
+                Ok(Pass::Moved) => continue,
+                Err(DriveError::Store(e)) => return Err(e.to_string()),
+                Err(DriveError::Fail(f)) if rec.phase == Phase::Exposing => f,
+                // A live allocation is never torn down by a failed repair: retry it instead.
+                Err(DriveError::Fail(f)) => return Err(f.message),
+                Err(DriveError::Capacity(m))
+                    if self.past(&rec, self.timing.capacity_deadline.0) =>
+                {
+                    Failure {
+                        reason: FailureReason::CapacityExhausted,
+                        message: format!(
+                            "{m}; waited {} for capacity. End idle tasks or widen the port range",
+                            humantime::format_duration(self.timing.capacity_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
+                Err(DriveError::Kube(m)) if self.past(&rec, self.timing.kubernetes_deadline.0) => {
+                    Failure {
+                        reason: FailureReason::KubernetesError,
+                        message: format!(
+                            "{m}; retried for {}. Check the apiserver and the worker's RBAC",
+                            humantime::format_duration(self.timing.kubernetes_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
+                Err(DriveError::Waiting { message, since })
+                    if rec.phase == Phase::Exposing
+                        && now().saturating_sub(since)
+                            >= i64::try_from(self.timing.controller_deadline.0.as_secs())
+                                .unwrap_or(i64::MAX) =>
+                {
+                    Failure {
+                        reason: FailureReason::Timeout,
+                        message: format!(
+                            "the Gateway's controller did not report the exposure reachable within {}: {message}. Check that a controller serves the Gateway's class and read the Gateway's and the TCPRoute's status; for a controller that writes no status set wait_for_controller: false",
+                            humantime::format_duration(self.timing.controller_deadline.0)
+                        ),
+                        retryable: true,
+                    }
+                }
+                Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
+                Err(DriveError::Waiting { message, .. }) => {
+                    return Err(format!("waiting for the Gateway's controller: {message}"));
+                }
+            };
+            match self
+                .fail(&key, &rec, rev, failure.clone(), &mut touched)
+                .await
+            {
+                Ok(Pass::Settled(_)) => {
+                    return Ok(answers::failed(
+                        &self.rm,
+                        &ev.allocation_id,
+                        ev.event_id,
+                        &failure,
+                    ));
+                }
+                Ok(Pass::Moved) => continue,
+                Err(e) => return Err(drive_msg(e)),
+            }
+        }
+        Err(format!(
+            "allocation {:?}: the record kept changing for {MAX_ROUNDS} rounds",
+            ev.allocation_id
+        ))
+    }
+
+    pub(super) fn past(&self, rec: &Record, deadline: Duration) -> bool {
+        rec.phase == Phase::Exposing
+            && now().saturating_sub(rec.created_at)
+                >= i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// The `failed` answer for a started given up on after the maximum deliveries; `None` when the payload
+    /// is not a readable started (it was answered as invalid on its first delivery). Answered `failed`, the
+    /// allocation keeps nothing: its objects are withdrawn, its ports released and its record removed, so a
+    /// resend starts afresh. What cannot be withdrawn now stays recorded as failed, for the reconciler.
+    pub async fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
+        let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
+            return None;
+        };
+        let f = Failure {
+            reason: FailureReason::Timeout,
+            message: format!(
+                "gave up after the maximum deliveries: {why}; the event is kept in {} (events sequence {sequence}): fix the cause and send it back with `itgctl deadletter resend`",
+                contract::DEAD_LETTER_STREAM
+            ),
+            retryable: true,
+        };
+        if let Err(e) = self.abandon(&ev.allocation_id, &f).await {
+            tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+        }
+        Some(answers::failed(
+            &self.rm,
+            &ev.allocation_id,
+            ev.event_id,
+            &f,
+        ))
+    }
+
+    pub(super) async fn abandon(&self, allocation_id: &str, f: &Failure) -> Result<(), String> {
+        let key = self.rm.allocation_key(allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if !rec.phase.wants_exposure() && rec.phase != Phase::Failed {
+                // Ending or removed: the ended's own cleanup owns the record.
+                return Ok(());
+            }
+            let pass = if rec.phase == Phase::Failed {
+                self.cleanup(&key, &rec, rev, &mut Vec::new()).await
+            } else {
+                self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await
+            };
+            match pass.map_err(drive_msg)? {
+                Pass::Moved => continue,
+                Pass::Settled(_) => {}
+            }
+            let Some(entry) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let deleted = self.store.delete(&key, entry.revision).await;
+            if let Outcome::Written(_) = deleted.map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "allocation {allocation_id:?}: the record kept changing"
+        ))
+    }
+}
