@@ -151,6 +151,11 @@ pub fn parse_allocation_key(key: &str) -> Option<(String, String)> {
     Some((rm.to_owned(), String::from_utf8(id).ok()?))
 }
 
+/// KV key prefix of every allocation record of every resource manager.
+pub fn all_allocations_prefix() -> String {
+    "alloc.".to_owned()
+}
+
 /// KV key prefix of every allocation record of one resource manager.
 pub fn allocation_key_prefix(rm: &str) -> String {
     format!("alloc.{rm}.")
@@ -208,6 +213,12 @@ pub fn consumer_name(prefix: &str, rm: &str) -> String {
 /// Message id of an `ended` published again after its maximum deliveries: one per original event.
 pub fn requeue_msg_id(original_sequence: u64) -> String {
     format!("requeue-{original_sequence}")
+}
+
+/// Message id of a dead letter sent back by an operator: a second resend within the duplicate window is
+/// dropped.
+pub fn resend_msg_id(dead_letter_sequence: u64) -> String {
+    format!("resend-{dead_letter_sequence}")
 }
 
 /// Message id of a dead letter: one per original event, however often storing it is retried.

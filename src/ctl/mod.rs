@@ -1,0 +1,333 @@
+//! `itgctl`: publish started/ended events, watch replies, inspect allocations, capacity and dead letters,
+//! replay, reconcile, and run a demo lifecycle; one file per subcommand. Exit codes: 0 done, 1 an error,
+//! 2 bad arguments (clap), 3 a demo reply did not arrive in time, 4 a replay could not serve some events.
+
+mod allocations;
+mod capacity;
+mod deadletter;
+mod demo;
+mod publish;
+mod reconcile;
+mod replay;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::contract::EventKind;
+use crate::nats;
+
+pub use publish::{ended_payload, started_payload};
+
+/// Publishes events to, and reads replies from, the Internal Task Gateway's streams.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:
+  itgctl publish started --rm k8s-west --allocation-id 6f1c.1 --namespace team-a \\
+      --selector app=notebook --port jupyter=8888
+  itgctl publish ended --rm k8s-west --allocation-id 6f1c.1
+  itgctl watch --rm k8s-west --output json
+  itgctl demo --rm local --namespace default"
+)]
+pub struct Args {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats_url: String,
+    /// How to print replies.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Reply output format.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one event, as the master would.
+    #[command(
+        after_help = "Examples:\n  itgctl publish started --rm k8s-west --allocation-id 6f1c.1 --namespace team-a --selector app=nb --port jupyter=8888\n  itgctl publish ended --rm k8s-west --allocation-id 6f1c.1"
+    )]
+    #[command(subcommand)]
+    Publish(Publish),
+    /// Print replies as they arrive.
+    #[command(
+        after_help = "Examples:\n  itgctl watch --rm k8s-west\n  itgctl watch --all --count 10 --output json"
+    )]
+    Watch {
+        /// Only this resource manager's replies.
+        #[arg(long)]
+        rm: Option<String>,
+        /// Also print replies stored before the watch started.
+        #[arg(long)]
+        all: bool,
+        /// Stop after this many replies.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// List allocations, their phase and ports, from the KV bucket.
+    #[command(
+        after_help = "Examples:\n  itgctl allocations --rm k8s-west\n  itgctl allocations --output json"
+    )]
+    Allocations {
+        /// Only this resource manager's.
+        #[arg(long)]
+        rm: Option<String>,
+        /// The KV bucket (jetstream.state_bucket).
+        #[arg(long, default_value = "ITG_STATE")]
+        bucket: String,
+    },
+    /// Show, per Gateway, the ports free in the range and the listener slots free under the cap.
+    #[command(after_help = "Example:\n  itgctl capacity --config config.yaml --output json")]
+    Capacity {
+        /// The worker's config file: it names the Gateways and how to reach them.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+    },
+    /// Serve a resource manager's events again from a sequence or a time; prints what was already right
+    /// and what was repaired. Exit code 4 when some events could not be served.
+    #[command(
+        after_help = "Examples:\n  itgctl replay --config config.yaml --rm k8s-west --from-seq 1\n  itgctl replay --config config.yaml --rm k8s-west --since 2026-11-23T08:00:00Z --output json"
+    )]
+    Replay {
+        /// The worker's config file.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+        /// The resource manager whose events to replay.
+        #[arg(long)]
+        rm: String,
+        /// The first ITG_EVENTS sequence to replay.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        from_seq: Option<u64>,
+        /// Replay events stored at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<jiff::Timestamp>,
+    },
+    /// Compare KV, the Gateways and the objects once; repair live allocations and remove orphans.
+    #[command(
+        after_help = "Examples:\n  itgctl reconcile --config config.yaml --dry-run\n  itgctl reconcile --config config.yaml"
+    )]
+    Reconcile {
+        /// The worker's config file.
+        #[arg(long, env = "ITG_CONFIG")]
+        config: std::path::PathBuf,
+        /// Only print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave alone what was touched more recently than this (default: the config's
+        /// worker.reconcile_hold_off). Shorter than the config allows acts on what was just left behind:
+        /// only with every worker of these resource managers stopped.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold_off: Option<std::time::Duration>,
+    },
+    /// Inspect and send back events given up on after the consumer's maximum deliveries.
+    #[command(
+        after_help = "Examples:\n  itgctl deadletter list --rm k8s-west\n  itgctl deadletter resend --seq 42"
+    )]
+    #[command(subcommand)]
+    Deadletter(DeadLetterCommand),
+    /// Run a few task lifecycles end to end: started, wait for ready, ended, wait for removed.
+    #[command(after_help = "Example:\n  itgctl demo --rm local --namespace default --tasks 3")]
+    Demo {
+        #[arg(long)]
+        rm: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// How many tasks to start.
+        #[arg(long, default_value_t = 3)]
+        tasks: usize,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// A shell command to run once every task is exposed, before they are ended (to look around).
+        #[arg(long)]
+        between: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeadLetterCommand {
+    /// List the dead letters, oldest first, with why each was given up on.
+    List {
+        /// Only this resource manager's.
+        #[arg(long)]
+        rm: Option<String>,
+    },
+    /// Publish a dead letter's event again to its original subject, then delete the dead letter.
+    Resend {
+        /// The dead letter's sequence in ITG_DEADLETTER (from `itgctl deadletter list`).
+        #[arg(long)]
+        seq: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Publish {
+    /// A task started: expose its proxy ports.
+    Started {
+        #[command(flatten)]
+        common: Common,
+        /// Namespace of the task's pods.
+        #[arg(long)]
+        namespace: String,
+        /// Pod label `key=value`; repeat for more.
+        #[arg(long = "selector", required = true)]
+        selector: Vec<String>,
+        /// Proxy port `name=port`; repeat for more.
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+    },
+    /// The task ended: remove everything made for it.
+    Ended {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(ClapArgs)]
+struct Common {
+    /// Resource manager (subject token).
+    #[arg(long)]
+    rm: String,
+    /// Allocation id.
+    #[arg(long)]
+    allocation_id: String,
+    /// Event id; a new UUID when absent. Reuse one to test deduplication.
+    #[arg(long)]
+    event_id: Option<Uuid>,
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{what} {s:?} must be written key=value"))
+        })
+        .collect()
+}
+
+/// Runs one `itgctl` command.
+///
+/// # Errors
+/// NATS unreachable, a stream missing, or a malformed argument.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Command::Capacity { config } = &args.command {
+        capacity::run(args.output, config).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Replay {
+        config,
+        rm,
+        from_seq,
+        since,
+    } = &args.command
+    {
+        return replay::run(args.output, config, rm, *from_seq, *since).await;
+    }
+    if let Command::Reconcile {
+        config,
+        dry_run,
+        hold_off,
+    } = &args.command
+    {
+        reconcile::run(args.output, config, *dry_run, *hold_off).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let addrs = nats::server_addrs(&args.nats_url).map_err(anyhow::Error::msg)?;
+    let client = async_nats::connect(addrs)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = jetstream::new(client);
+    match args.command {
+        Command::Publish(Publish::Started {
+            common,
+            namespace,
+            selector,
+            ports,
+        }) => {
+            let selector: BTreeMap<String, String> =
+                pairs(&selector, "--selector")?.into_iter().collect();
+            let ports = pairs(&ports, "--port")?
+                .into_iter()
+                .map(|(n, p)| {
+                    Ok((
+                        n,
+                        p.parse::<u16>()
+                            .with_context(|| format!("--port {p:?} is not a port number"))?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let id = common.event_id.unwrap_or_else(Uuid::new_v4);
+            let body =
+                publish::started_payload(id, &common.allocation_id, &namespace, &selector, &ports);
+            let seq = publish::publish(&js, &common.rm, EventKind::Started, id, &body).await?;
+            println!("published started {id} as sequence {seq}");
+        }
+        Command::Publish(Publish::Ended { common }) => {
+            let id = common.event_id.unwrap_or_else(Uuid::new_v4);
+            let seq = publish::publish(
+                &js,
+                &common.rm,
+                EventKind::Ended,
+                id,
+                &publish::ended_payload(id, &common.allocation_id),
+            )
+            .await?;
+            println!("published ended {id} as sequence {seq}");
+        }
+        Command::Allocations { rm, bucket } => {
+            allocations::run(&js, args.output, rm.as_deref(), &bucket).await?
+        }
+        Command::Capacity { .. } | Command::Reconcile { .. } | Command::Replay { .. } => {}
+        Command::Deadletter(cmd) => deadletter::run(&js, args.output, cmd).await?,
+        Command::Watch { rm, all, count } => {
+            let mut msgs = watch::replies(&js, rm.as_deref(), all).await?;
+            let mut seen = 0;
+            while let Some(m) = msgs.next().await {
+                let m = m?;
+                watch::print_reply(args.output, &m.subject, &m.payload);
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Command::Demo {
+            rm,
+            namespace,
+            tasks,
+            timeout,
+            between,
+        } => {
+            let d = demo::Demo {
+                rm: &rm,
+                ns: &namespace,
+                tasks,
+                timeout: Duration::from_secs(timeout),
+                between,
+            };
+            return demo::run(&js, args.output, d).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,67 @@
+//! `itgctl replay`: serve a resource manager's events again from a sequence or a time.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+
+use super::Output;
+
+pub(super) async fn run(
+    output: Output,
+    path: &std::path::Path,
+    rm: &str,
+    from_seq: Option<u64>,
+    since: Option<jiff::Timestamp>,
+) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let servers = crate::app::connect(&config).await?;
+    let c = servers
+        .rms
+        .iter()
+        .find(|c| c.config.name == rm)
+        .with_context(|| format!("resource manager {rm:?} is not in {}", path.display()))?;
+    let handler = crate::worker::Handler::new(
+        crate::resource_manager::RmContext::new(&c.config),
+        servers.store.clone(),
+        c.gateway.clone(),
+        config.worker.clone(),
+    );
+    let replier = crate::nats::JetStreamReplier::new(servers.js.clone());
+    let from = match (from_seq, since) {
+        (Some(s), _) => crate::replay::From::Sequence(s),
+        (None, Some(t)) => crate::replay::From::Since(t),
+        (None, None) => bail!("give --from-seq or --since"),
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let summary = crate::replay::replay(
+        &servers.js,
+        &handler,
+        &servers.store,
+        &replier,
+        from,
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&summary)?),
+        Output::Table => println!(
+            "events seen {}, already right {}, repaired {}, failed {}",
+            summary.seen, summary.already_right, summary.repaired, summary.failed
+        ),
+    }
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
