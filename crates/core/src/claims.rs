@@ -1,6 +1,6 @@
 //! The claim protocol: which ports look free, how one is claimed and released, with compare-and-set on
 //! one key per Gateway port. Exclusivity comes from the create alone; everything else (the allocator's
-//! order, the [`PortIndex`] hint) only makes a free port likely to be found first.
+//! order, the store's [`PortIndex`](crate::store::PortIndex) hint) only makes a free port likely to be found first.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -208,70 +208,4 @@ pub async fn claims<S: Store>(
         }
     }
     Ok(out)
-}
-
-/// The claimed ports of one Gateway, kept from a watch of its port keys, so the port search reads memory
-/// instead of making a KV get per candidate. A hint only: the create decides, and a search that finds too
-/// few ports here checks the bucket itself before anyone is told to wait for capacity.
-#[derive(Debug)]
-pub struct PortIndex {
-    claimed: std::sync::RwLock<BTreeSet<u16>>,
-    /// True once the watch has caught up with the bucket, false again while it restarts.
-    current: tokio::sync::watch::Sender<bool>,
-}
-
-impl PortIndex {
-    /// Whether the watch last saw `port` claimed.
-    pub fn is_claimed(&self, port: u16) -> bool {
-        self.claimed.read().map_or(true, |set| set.contains(&port))
-    }
-
-    /// A port claimed (`live`) or released, as the watch reports it.
-    pub fn set(&self, port: u16, live: bool) {
-        if let Ok(mut set) = self.claimed.write() {
-            if live {
-                set.insert(port);
-            } else {
-                set.remove(&port);
-            }
-        }
-    }
-
-    /// Replaces the whole set with `fresh`, once the watch has caught up with the bucket.
-    pub fn catch_up(&self, fresh: &mut Option<BTreeSet<u16>>) {
-        if let (Some(set), Ok(mut claimed)) = (fresh.take(), self.claimed.write()) {
-            *claimed = set;
-        }
-        self.current.send_replace(true);
-    }
-}
-
-impl Default for PortIndex {
-    fn default() -> Self {
-        PortIndex {
-            claimed: std::sync::RwLock::default(),
-            current: tokio::sync::watch::channel(false).0,
-        }
-    }
-}
-
-impl PortIndex {
-    /// Counts the index as behind the bucket (its watch restarts): searches go to the bucket meanwhile.
-    pub fn stale(&self) {
-        self.current.send_replace(false);
-    }
-
-    /// Whether the index has caught up with the bucket.
-    pub fn is_current(&self) -> bool {
-        *self.current.borrow()
-    }
-
-    /// Waits until the index has caught up, for at most `limit`; `false` when it has not.
-    pub async fn wait_current(&self, limit: std::time::Duration) -> bool {
-        let mut current = self.current.subscribe();
-        matches!(
-            tokio::time::timeout(limit, current.wait_for(|c| *c)).await,
-            Ok(Ok(_))
-        )
-    }
 }

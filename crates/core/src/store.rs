@@ -3,13 +3,12 @@
 //! Every write is conditional. A refused condition is an [`Outcome::Conflict`], never an error: the caller
 //! reads again and decides again. The JetStream KV bucket of the NATS adapter implements it.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
-
-use crate::claims::PortIndex;
 
 /// A failed KV call that is not a conflict: the server is unreachable, timed out or refused.
 #[derive(Debug, thiserror::Error)]
@@ -85,4 +84,70 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub fn encode<T: Serialize>(v: &T) -> Bytes {
     // Records and claims are plain structs of strings and numbers: serializing them cannot fail.
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// The claimed ports of one Gateway, kept from a watch of its port keys, so the port search reads memory
+/// instead of making a KV get per candidate. A hint only: the create decides, and a search that finds too
+/// few ports here checks the bucket itself before anyone is told to wait for capacity.
+#[derive(Debug)]
+pub struct PortIndex {
+    claimed: std::sync::RwLock<BTreeSet<u16>>,
+    /// True once the watch has caught up with the bucket, false again while it restarts.
+    current: tokio::sync::watch::Sender<bool>,
+}
+
+impl PortIndex {
+    /// Whether the watch last saw `port` claimed.
+    pub fn is_claimed(&self, port: u16) -> bool {
+        self.claimed.read().map_or(true, |set| set.contains(&port))
+    }
+
+    /// A port claimed (`live`) or released, as the watch reports it.
+    pub fn set(&self, port: u16, live: bool) {
+        if let Ok(mut set) = self.claimed.write() {
+            if live {
+                set.insert(port);
+            } else {
+                set.remove(&port);
+            }
+        }
+    }
+
+    /// Replaces the whole set with `fresh`, once the watch has caught up with the bucket.
+    pub fn catch_up(&self, fresh: &mut Option<BTreeSet<u16>>) {
+        if let (Some(set), Ok(mut claimed)) = (fresh.take(), self.claimed.write()) {
+            *claimed = set;
+        }
+        self.current.send_replace(true);
+    }
+}
+
+impl Default for PortIndex {
+    fn default() -> Self {
+        PortIndex {
+            claimed: std::sync::RwLock::default(),
+            current: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl PortIndex {
+    /// Counts the index as behind the bucket (its watch restarts): searches go to the bucket meanwhile.
+    pub fn stale(&self) {
+        self.current.send_replace(false);
+    }
+
+    /// Whether the index has caught up with the bucket.
+    pub fn is_current(&self) -> bool {
+        *self.current.borrow()
+    }
+
+    /// Waits until the index has caught up, for at most `limit`; `false` when it has not.
+    pub async fn wait_current(&self, limit: std::time::Duration) -> bool {
+        let mut current = self.current.subscribe();
+        matches!(
+            tokio::time::timeout(limit, current.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        )
+    }
 }

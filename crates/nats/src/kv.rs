@@ -12,9 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use itg_core::claims::PortIndex;
 use itg_core::config::JetStreamConfig;
-use itg_core::store::{Entry, Outcome, Store, StoreError};
+use itg_core::store::{Entry, Outcome, PortIndex, Store, StoreError};
 
 /// Why the bucket could not be opened.
 #[derive(Debug, thiserror::Error)]
