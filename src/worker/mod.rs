@@ -1,7 +1,7 @@
 //! The event handler: turns one validated event into compare-and-sets on the store, calls on the cluster
-//! and one answer. One file per way in: [`started`](Handler::handle) exposes, [`ended`] removes,
-//! [`repair`] puts back what the reconciler finds missing; [`expose`] and [`withdraw`] are the two
-//! directions they drive the cluster in.
+//! and one answer. One file per way in: `started.rs` exposes, `ended.rs` removes, `repair.rs` puts back
+//! what the reconciler finds missing; `expose.rs` and `withdraw.rs` are the two directions they drive the
+//! cluster in.
 //!
 //! It is generic over the core's [`Store`] and [`Cluster`] seams, and level-triggered: each pass reads the
 //! allocation's record, drives the port claims and the cluster toward what the record wants, and writes

@@ -1,5 +1,5 @@
 //! Port choice: which gateway ports an allocation may try, in what order. Pure; the KV compare-and-set that
-//! makes a choice exclusive lives in [`crate::worker`], over the [`crate::store::Store`] trait.
+//! makes a choice exclusive lives in the claim protocol ([`crate::claims`]), over the [`crate::store::Store`] trait.
 //!
 //! The search starts at a random point of the range and wraps, so concurrent workers rarely try the same
 //! port first, and ports freed by one allocation are not handed straight to the next.
