@@ -20,6 +20,28 @@ impl JetStreamReplier {
     }
 }
 
+impl JetStreamReplier {
+    /// Publishes `payload` to `subject` with `headers` and waits until the stream has stored it.
+    async fn stored(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let fail = |e: &dyn std::fmt::Display| SinkError {
+            what: format!("publishing {subject}"),
+            message: e.to_string(),
+        };
+        self.js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| fail(&e))?
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+}
+
 impl Replier for JetStreamReplier {
     async fn requeue(
         &self,
@@ -32,17 +54,8 @@ impl Replier for JetStreamReplier {
             "Nats-Msg-Id",
             names::requeue_msg_id(original_sequence).as_str(),
         );
-        let fail = |e: &dyn std::fmt::Display| SinkError {
-            what: format!("publishing {subject}"),
-            message: e.to_string(),
-        };
-        self.js
-            .publish_with_headers(subject.to_owned(), headers, payload.to_vec().into())
+        self.stored(subject.to_owned(), headers, payload.to_vec())
             .await
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| fail(&e))?;
-        Ok(())
     }
 
     async fn dead_letter(&self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
@@ -65,33 +78,13 @@ impl Replier for JetStreamReplier {
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
         headers.insert(contract::DEAD_LETTER_ERROR_HEADER, error.as_str());
-        let fail = |e: &dyn std::fmt::Display| SinkError {
-            what: format!("publishing {subject}"),
-            message: e.to_string(),
-        };
-        self.js
-            .publish_with_headers(subject.clone(), headers, d.payload.to_vec().into())
-            .await
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| fail(&e))?;
-        Ok(())
+        self.stored(subject, headers, d.payload.to_vec()).await
     }
 
     async fn publish(&self, reply: &Reply, msg_id: &str) -> Result<(), SinkError> {
         let subject = contract::reply_subject(reply.resource_manager(), reply.kind());
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
-        let fail = |e: &dyn std::fmt::Display| SinkError {
-            what: format!("publishing {subject}"),
-            message: e.to_string(),
-        };
-        self.js
-            .publish_with_headers(subject.clone(), headers, reply.to_json().into())
-            .await
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| fail(&e))?;
-        Ok(())
+        self.stored(subject, headers, reply.to_json()).await
     }
 }
