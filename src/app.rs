@@ -13,7 +13,7 @@ use crate::allocator::{self, PortView};
 use crate::claims;
 use crate::cluster::{ClassStatus, Cluster, Inventory};
 use crate::config::{Config, ResourceManagerConfig};
-use crate::k8s::KubeGateway;
+use crate::k8s::Backend;
 use crate::nats::{self, JetStreamReplier, KvStore};
 use crate::plan::Action;
 use crate::reconciler::Reconciler;
@@ -40,7 +40,7 @@ pub enum StartError {
 /// One resource manager, connected.
 pub struct Connected {
     pub config: ResourceManagerConfig,
-    pub gateway: KubeGateway,
+    pub gateway: Backend,
     pub server: String,
     /// Whether a controller accepted the Gateway's class, read at start.
     pub class: ClassStatus,
@@ -85,6 +85,11 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");
         } else {
             tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, exposes = %gateway.describe(), "Gateway class");
+        }
+        if let Backend::ListenerSets(sets) = &gateway
+            && sets.allowed().starts_with("NOT")
+        {
+            tracing::warn!(resource_manager = %rm.name, allowed = %sets.allowed(), "the Gateway does not take this resource manager's ListenerSets: every exposure will be refused or time out until it allows them");
         }
         rms.push(Connected {
             config: rm.clone(),

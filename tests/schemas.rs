@@ -392,6 +392,9 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
     let (js, w, rm) = (&c.jetstream, &c.worker, &c.resource_managers[0]);
     let log_format: LogFormat = serde_json::from_value(documented_default("log_format")).unwrap();
     assert_eq!(c.log_format, log_format);
+    let mode: itg::config::ListenerMode =
+        serde_json::from_value(documented_default("resource_managers/*/listener_mode")).unwrap();
+    assert_eq!(rm.listener_mode, mode);
     let values = [
         ("jetstream/replicas", json!(js.replicas)),
         ("jetstream/state_bucket", json!(js.state_bucket)),
@@ -441,7 +444,10 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
         .iter()
         .map(|(k, _)| *k)
         .chain(durations.map(|(k, _)| k));
-    let checked: BTreeSet<String> = checked.chain(["log_format"]).map(str::to_owned).collect();
+    let checked: BTreeSet<String> = checked
+        .chain(["log_format", "resource_managers/*/listener_mode"])
+        .map(str::to_owned)
+        .collect();
     assert_eq!(documented, checked);
 }
 

@@ -93,6 +93,8 @@ pub trait Cluster: Clone + Send + Sync + 'static {
 pub enum ObjectKind {
     Service,
     TcpRoute,
+    /// An allocation's ListenerSet, in `listenerset` mode.
+    ListenerSet,
 }
 
 /// An object the worker made, as found by its labels.

@@ -270,7 +270,24 @@ pub struct ResourceManagerConfig {
     /// accepted. Off only for a Gateway whose controller writes no status.
     #[serde(default = "default_true")]
     pub wait_for_controller: bool,
+    /// Where an allocation's listeners go: on the Gateway itself, or in a ListenerSet of its own.
+    #[serde(default)]
+    pub listener_mode: ListenerMode,
+    /// Where the ListenerSets are made, in `listenerset` mode; the Gateway's namespace when unset.
+    pub listenerset_namespace: Option<String>,
     pub internal_task_gateway: InternalTaskGatewayConfig,
+}
+
+/// Where an allocation's listeners go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// One listener per proxy port on the shared Gateway (at most 64 per Gateway).
+    #[default]
+    Gateway,
+    /// One ListenerSet per allocation, attached to the Gateway: the Gateway itself is never written, and
+    /// the capacity is the port range.
+    Listenerset,
 }
 
 fn default_listener_limit() -> usize {
@@ -583,6 +600,15 @@ impl ResourceManagerConfig {
                 "must be 1 to 64, the Gateway's maxItems",
             ));
         }
+        if let Some(ns) = &self.listenerset_namespace
+            && !validate::is_dns1123_label(ns)
+        {
+            return Err(rule(
+                format!("{at}.listenerset_namespace"),
+                ns,
+                validate::DNS1123_LABEL_RULE,
+            ));
+        }
         if let Some(list) = &self.allowed_namespaces {
             for (j, ns) in list.iter().enumerate() {
                 if !validate::is_dns1123_label(ns) {
@@ -663,6 +689,22 @@ impl ResourceManagerConfig {
             .filter_map(|p| p.bounds().ok())
             .flat_map(|(a, b)| a..=b)
             .collect()
+    }
+
+    /// How many listeners this resource manager may have at once: `listener_limit` on the shared Gateway,
+    /// the whole port range in `listenerset` mode (each ListenerSet holds one allocation's few ports).
+    pub fn listener_capacity(&self) -> usize {
+        match self.listener_mode {
+            ListenerMode::Gateway => self.listener_limit,
+            ListenerMode::Listenerset => self.port_range().len(),
+        }
+    }
+
+    /// The namespace where this resource manager's ListenerSets are made.
+    pub fn listenerset_namespace(&self) -> &str {
+        self.listenerset_namespace
+            .as_deref()
+            .unwrap_or(&self.internal_task_gateway.gateway_namespace)
     }
 
     /// Whether a task may be exposed from this namespace.

@@ -47,6 +47,15 @@ pub fn object_name(rm: &str, allocation_id: &str, port_name: &str) -> String {
     )
 }
 
+/// The name of an allocation's ListenerSet, in `listenerset` mode: one per allocation, holding a listener
+/// per proxy port (each named by [`object_name`]).
+pub fn listenerset_name(rm: &str, allocation_id: &str) -> String {
+    format!(
+        "{NAME_PREFIX}{}",
+        &sha_hex(&["listenerset", rm, allocation_id])[..HASH_HEX]
+    )
+}
+
 /// Whether a listener name has the shape of one the worker creates. Anything else on the Gateway belongs to
 /// someone else: the worker neither touches it nor hands out its port.
 pub fn is_owned_listener_name(name: &str) -> bool {
@@ -134,6 +143,17 @@ pub fn annotations(rm: &str, allocation_id: &str, port_name: &str) -> BTreeMap<S
         ),
         (format!("{LABEL_PREFIX}/resource-manager"), rm.to_owned()),
         (format!("{LABEL_PREFIX}/proxy-port"), port_name.to_owned()),
+    ])
+}
+
+/// Annotations of an allocation's ListenerSet: the full ids, as on its other objects.
+pub fn set_annotations(rm: &str, allocation_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            format!("{LABEL_PREFIX}/allocation-id"),
+            allocation_id.to_owned(),
+        ),
+        (format!("{LABEL_PREFIX}/resource-manager"), rm.to_owned()),
     ])
 }
 

@@ -94,6 +94,14 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
                 protected.insert(n);
             }
         }
+        // In `listenerset` mode the allocation's listeners live in a ListenerSet of its own.
+        let set = names::listenerset_name(rm, id);
+        if r.phase.wants_exposure() {
+            wanted.insert(set.clone());
+        }
+        if recent(r.updated_at) {
+            protected.insert(set);
+        }
     }
     let mut actions = Vec::new();
     for (port, (claim, revision)) in &i.claims {

@@ -36,6 +36,9 @@ pub struct Observed {
     pub route_generation: Option<i64>,
     /// The conditions of the route's parent entry for our Gateway and listener, when there is one.
     pub route_parent: Option<Vec<Condition>>,
+    /// In `listenerset` mode, the ListenerSet's own conditions (whether its Gateway accepted it), from the
+    /// generation where the listener was first seen; `None` for a listener on the Gateway.
+    pub set_conditions: Option<Vec<Condition>>,
 }
 
 /// The controller's answer for an exposure.
@@ -84,6 +87,14 @@ pub fn evaluate(o: &Observed) -> Verdict {
     let Some(since) = o.listener_generation else {
         return Verdict::Pending(format!("{what} is not on the Gateway yet"));
     };
+    // A Gateway that does not allow the ListenerSet writes no listener status at all: say why at once.
+    if let Some(set) = &o.set_conditions
+        && let Some(c) = find(set, "Accepted").filter(|c| {
+            c.status == "False" && c.reason != "Pending" && c.observed_generation.unwrap_or(0) >= since
+        })
+    {
+        return refused(&format!("the ListenerSet of {what}"), c);
+    }
     let Some(ls) = &o.listener_status else {
         return Verdict::Pending(format!("{what} has no status from the controller yet"));
     };
@@ -227,6 +238,7 @@ mod tests {
             listener_status: Some(mk_listener_ok(6)),
             route_generation: Some(1),
             route_parent: Some(mk_route_ok(1)),
+            set_conditions: None,
         }
     }
 
@@ -405,5 +417,24 @@ mod tests {
             evaluate_all(&[waiting, ok, bad]),
             Verdict::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_listenerset_its_gateway_does_not_allow_is_refused_and_one_not_yet_judged_waits() {
+        let mut o = mk_reachable();
+        o.set_conditions = Some(vec![mk_cond("Accepted", "True", "Accepted", 5)]);
+        assert_eq!(evaluate(&o), Verdict::Reachable);
+        o.set_conditions = Some(vec![mk_cond("Accepted", "False", "NotAllowed", 5)]);
+        assert!(
+            matches!(evaluate(&o), Verdict::Refused { ref reason, ref message }
+                if reason == "NotAllowed" && message.contains("ListenerSet")),
+            "{:?}",
+            evaluate(&o)
+        );
+        // A refusal written before the listener was there is about another ListenerSet.
+        o.set_conditions = Some(vec![mk_cond("Accepted", "False", "NotAllowed", 4)]);
+        assert_eq!(evaluate(&o), Verdict::Reachable);
+        o.set_conditions = Some(vec![mk_cond("Accepted", "False", "Pending", 5)]);
+        assert_eq!(evaluate(&o), Verdict::Reachable);
     }
 }

@@ -32,7 +32,7 @@ impl RmContext {
             gateway_ip: g.gateway_ip.clone(),
             range: config.port_range(),
             excluded: config.excluded_port_set(),
-            listener_limit: config.listener_limit,
+            listener_limit: config.listener_capacity(),
             config: config.clone(),
         }
     }

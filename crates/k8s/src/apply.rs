@@ -14,10 +14,79 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 
 use crate::KubeGateway;
 use crate::client::classify;
-use crate::objects::{listener_patch, listener_removal, route_body, route_object, service_object};
+use crate::objects::{
+    Parent, listener_patch, listener_removal, route_body, route_object_to, service_object,
+};
 use crate::watch::listener_managers;
 
 impl KubeGateway {
+    /// The Gateway as the parent of this resource manager's listeners, in `gateway` mode.
+    fn gateway_parent(&self) -> Parent {
+        Parent {
+            kind: "Gateway",
+            namespace: self.gateway_namespace.clone(),
+            name: self.gateway_name.clone(),
+        }
+    }
+
+    /// Exposes one proxy port: its Service, then its listener (`listener`, which each backend writes in its
+    /// own way), then its route to `parent`. Service first, else the route reports BackendNotFound;
+    /// listener before route, else NoMatchingParent.
+    pub(crate) async fn expose_with(
+        &self,
+        e: &Exposure<'_>,
+        name: &str,
+        parent: &Parent,
+        listener: impl std::future::Future<Output = Result<(), ClusterError>>,
+    ) -> Result<(), ClusterError> {
+        self.timed("apply_service", self.apply_service(e, name))
+            .await?;
+        crashpoint::reach("expose.service_applied");
+        self.timed("apply_listener", listener).await?;
+        crashpoint::reach("expose.listener_applied");
+        self.timed("apply_route", self.apply_route(e, name, parent))
+            .await?;
+        crashpoint::reach("expose.route_applied");
+        Ok(())
+    }
+
+    /// Withdraws one proxy port: its route, its listener (`listener`), its Service. A delete the namespace
+    /// forbids does not stop the rest: the listener still goes, then the refusal is reported.
+    pub(crate) async fn withdraw_with(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        listener: impl std::future::Future<Output = Result<(), ClusterError>>,
+    ) -> Result<(), ClusterError> {
+        let mut forbidden = None;
+        let mut keep_forbidden = |r: Result<(), ClusterError>| match r {
+            Err(e) if e.is_forbidden() => {
+                forbidden = Some(e);
+                Ok(())
+            }
+            other => other,
+        };
+        if let Some(ns) = namespace {
+            let what = format!("deleting TCPRoute {ns}/{name}");
+            let delete = self.bounded(
+                &what,
+                delete_ignoring_absent(self.routes(ns), name, what.clone()),
+            );
+            keep_forbidden(self.timed("delete_route", delete).await)?;
+            crashpoint::reach("withdraw.route_deleted");
+        }
+        self.timed("remove_listener", listener).await?;
+        crashpoint::reach("withdraw.listener_removed");
+        if let Some(ns) = namespace {
+            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            let what = format!("deleting Service {ns}/{name}");
+            let delete = self.bounded(&what, delete_ignoring_absent(services, name, what.clone()));
+            keep_forbidden(self.timed("delete_service", delete).await)?;
+            crashpoint::reach("withdraw.service_deleted");
+        }
+        forbidden.map_or(Ok(()), Err)
+    }
+
     async fn apply_service(&self, e: &Exposure<'_>, name: &str) -> Result<(), ClusterError> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &e.spec.namespace);
         let what = format!("applying Service {}/{name}", e.spec.namespace);
@@ -47,10 +116,15 @@ impl KubeGateway {
         .await
     }
 
-    async fn apply_route(&self, e: &Exposure<'_>, name: &str) -> Result<(), ClusterError> {
+    async fn apply_route(
+        &self,
+        e: &Exposure<'_>,
+        name: &str,
+        parent: &Parent,
+    ) -> Result<(), ClusterError> {
         let route = route_body(
             &self.route_resource.api_version,
-            &route_object(&self.gateway_namespace, &self.gateway_name, e, name),
+            &route_object_to(parent, e, name),
         );
         let pp = PatchParams::apply(names::OBJECT_FIELD_MANAGER).force();
         let what = format!(
@@ -188,17 +262,9 @@ impl Cluster for KubeGateway {
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {
         let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
-        // Service first (else the route reports BackendNotFound), listener before route (else NoMatchingParent).
-        self.timed("apply_service", self.apply_service(e, &name))
-            .await?;
-        crashpoint::reach("expose.service_applied");
-        self.timed("apply_listener", self.apply_listener(e, &name))
-            .await?;
-        crashpoint::reach("expose.listener_applied");
-        self.timed("apply_route", self.apply_route(e, &name))
-            .await?;
-        crashpoint::reach("expose.route_applied");
-        Ok(())
+        let parent = self.gateway_parent();
+        self.expose_with(e, &name, &parent, self.apply_listener(e, &name))
+            .await
     }
 
     async fn withdraw(
@@ -209,36 +275,8 @@ impl Cluster for KubeGateway {
         binding: &Binding,
     ) -> Result<(), ClusterError> {
         let name = names::object_name(rm, allocation_id, &binding.name);
-        // A delete the namespace forbids does not stop the rest: the listener still goes, then the refusal
-        // is reported.
-        let mut forbidden = None;
-        let mut keep_forbidden = |r: Result<(), ClusterError>| match r {
-            Err(e) if e.is_forbidden() => {
-                forbidden = Some(e);
-                Ok(())
-            }
-            other => other,
-        };
-        if let Some(ns) = namespace {
-            let what = format!("deleting TCPRoute {ns}/{name}");
-            let delete = self.bounded(
-                &what,
-                delete_ignoring_absent(self.routes(ns), &name, what.clone()),
-            );
-            keep_forbidden(self.timed("delete_route", delete).await)?;
-            crashpoint::reach("withdraw.route_deleted");
-        }
-        self.timed("remove_listener", self.remove_listener(&name))
-            .await?;
-        crashpoint::reach("withdraw.listener_removed");
-        if let Some(ns) = namespace {
-            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
-            let what = format!("deleting Service {ns}/{name}");
-            let delete = self.bounded(&what, delete_ignoring_absent(services, &name, what.clone()));
-            keep_forbidden(self.timed("delete_service", delete).await)?;
-            crashpoint::reach("withdraw.service_deleted");
-        }
-        forbidden.map_or(Ok(()), Err)
+        self.withdraw_with(&name, namespace, self.remove_listener(&name))
+            .await
     }
 
     fn controller_verdict(&self, exposures: &[Exposure<'_>]) -> Verdict {

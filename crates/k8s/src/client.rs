@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use gateway_api::experimental::gateways::Gateway;
 use itg_core::cluster::ClusterError;
-use itg_core::config::ResourceManagerConfig;
+use itg_core::config::{ListenerMode, ResourceManagerConfig};
 use itg_core::metrics;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 
-use crate::KubeGateway;
+use crate::{Backend, KubeGateway, ListenerSets};
 use crate::objects::{GATEWAY_GROUP, TCPROUTE_VERSIONS};
 
 /// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
@@ -78,14 +78,14 @@ pub fn classify(what: &str, err: kube::Error) -> ClusterError {
 }
 
 /// Connects to the apiserver of `rm`, checks that it answers and that the Gateway exists, and starts the
-/// watches. Returns the cluster and where its apiserver was found.
+/// watches of the backend its `listener_mode` chooses. Returns the backend and where its apiserver was found.
 ///
 /// # Errors
 /// A message naming the apiserver or the Gateway, and what to fix.
 pub async fn connect(
     rm: &ResourceManagerConfig,
     call_timeout: Duration,
-) -> Result<(KubeGateway, String), String> {
+) -> Result<(Backend, String), String> {
     let (client, server) = client_for(rm).await?;
     let silent = || format!("apiserver from {server} gave no answer in {call_timeout:?}");
     tokio::time::timeout(call_timeout, client.apiserver_version())
@@ -116,7 +116,15 @@ pub async fn connect(
         .await
         .map_err(|e| e.to_string())?
         .with_call_timeout(call_timeout);
-    Ok((gateway, server))
+    let backend = match rm.listener_mode {
+        ListenerMode::Gateway => Backend::Gateway(Box::new(gateway)),
+        ListenerMode::Listenerset => Backend::ListenerSets(Box::new(
+            ListenerSets::start(gateway, rm)
+                .await
+                .map_err(|e| e.to_string())?,
+        )),
+    };
+    Ok((backend, server))
 }
 
 /// Finds which TCPRoute version the apiserver serves, preferring `v1`.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use itg_core::cluster::{ClassStatus, ClusterError, Inventory, ObjectKind, OwnedObject};
+use gateway_api::experimental::listenersets::ListenerSet;
 use itg_core::names;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -84,6 +85,10 @@ impl Inventory for KubeGateway {
                 }
                 ObjectKind::TcpRoute => {
                     delete_ignoring_absent(self.routes(&o.namespace), &o.name, what).await
+                }
+                ObjectKind::ListenerSet => {
+                    let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &o.namespace);
+                    delete_ignoring_absent(api, &o.name, what).await
                 }
             }
         })

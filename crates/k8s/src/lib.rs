@@ -25,12 +25,16 @@ use kube::runtime::reflector::Store as Reflector;
 use kube::{Api, Client};
 
 pub mod apply;
+pub mod backend;
 pub mod client;
 pub mod inventory;
+pub mod listenerset;
 pub mod objects;
 pub mod watch;
 
+pub use backend::Backend;
 pub use client::{classify, client_for, connect, route_resource};
+pub use listenerset::ListenerSets;
 pub use objects::{
     TCPROUTE_VERSIONS, listener_patch, listener_removal, route_body, route_object, service_object,
 };
@@ -55,6 +59,8 @@ pub struct KubeGateway {
     /// Listener name -> (port, the Gateway generation in which the watch first saw it with that port).
     listener_generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>>,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Ticks `changes`: every watch of this resource manager's objects sends here.
+    tick: Arc<tokio::sync::watch::Sender<u64>>,
     /// One Gateway write at a time from this process. Concurrent applies to the one object make the
     /// apiserver retry each against the others, re-running the listener validation every time; measured,
     /// removals went from ~0.2 s to ~30 s with 32 in flight.

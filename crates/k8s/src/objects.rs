@@ -72,21 +72,40 @@ pub fn listener_removal(gateway_namespace: &str, gateway_name: &str) -> serde_js
     })
 }
 
-/// The TCPRoute of one proxy port: parent is our listener, backend our Service.
+/// What a listener belongs to, and so what a route names as its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// `Gateway` or `ListenerSet`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The TCPRoute of one proxy port: parent is our listener on the Gateway, backend our Service.
 pub fn route_object(
     gateway_namespace: &str,
     gateway_name: &str,
     e: &Exposure<'_>,
     name: &str,
 ) -> TcpRoute {
+    let parent = Parent {
+        kind: "Gateway",
+        namespace: gateway_namespace.to_owned(),
+        name: gateway_name.to_owned(),
+    };
+    route_object_to(&parent, e, name)
+}
+
+/// The TCPRoute of one proxy port: parent is our listener in `parent`, backend our Service.
+pub fn route_object_to(parent: &Parent, e: &Exposure<'_>, name: &str) -> TcpRoute {
     TcpRoute {
         metadata: exposure_meta(e, name),
         spec: TcpRouteSpec {
             parent_refs: Some(vec![TcpRouteParentRefs {
                 group: Some(GATEWAY_GROUP.into()),
-                kind: Some("Gateway".into()),
-                name: gateway_name.to_owned(),
-                namespace: Some(gateway_namespace.to_owned()),
+                kind: Some(parent.kind.into()),
+                name: parent.name.clone(),
+                namespace: Some(parent.namespace.clone()),
                 section_name: Some(name.to_owned()),
                 port: Some(i32::from(e.binding.gateway_port)),
             }]),
@@ -104,6 +123,59 @@ pub fn route_object(
         },
         status: None,
     }
+}
+
+/// A partial ListenerSet holding one listener of an allocation, attached to the Gateway: applied under the
+/// listener's own field manager, so the apiserver merges the allocation's listeners by name and the first
+/// apply creates the set.
+pub fn listenerset_patch(
+    set_namespace: &str,
+    set_name: &str,
+    gateway_namespace: &str,
+    gateway_name: &str,
+    e: &Exposure<'_>,
+    name: &str,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+        "kind": "ListenerSet",
+        "metadata": {
+            "name": set_name,
+            "namespace": set_namespace,
+            "labels": names::labels(e.rm, e.allocation_id),
+            "annotations": names::set_annotations(e.rm, e.allocation_id),
+        },
+        "spec": {
+            "parentRef": {
+                "group": GATEWAY_GROUP,
+                "kind": "Gateway",
+                "name": gateway_name,
+                "namespace": gateway_namespace,
+            },
+            "listeners": [{
+                "name": name,
+                "port": e.binding.gateway_port,
+                "protocol": "TCP",
+                "allowedRoutes": {
+                    "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
+                    "namespaces": {
+                        "from": "Selector",
+                        "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
+                    }
+                }
+            }]
+        }
+    })
+}
+
+/// The body that, applied under a listener's own field manager, drops exactly that listener from its
+/// ListenerSet (the others stay; the last one goes with a delete of the set, which may not be empty).
+pub fn listenerset_removal(set_namespace: &str, set_name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+        "kind": "ListenerSet",
+        "metadata": { "name": set_name, "namespace": set_namespace }
+    })
 }
 
 /// The TCPRoute as applied: `route` (whose type knows only `v1alpha2`) under the served `api_version`. The

@@ -136,6 +136,7 @@ impl KubeGateway {
             route_stores,
             listener_generations,
             changes,
+            tick,
             write_lock: Arc::default(),
             call_timeout: std::time::Duration::from_secs(15),
         })
@@ -203,11 +204,13 @@ impl KubeGateway {
                     route_parent: route.as_ref().and_then(|r| {
                         route_parent_conditions(
                             r,
+                            "Gateway",
                             &self.gateway_namespace,
                             &self.gateway_name,
                             &name,
                         )
                     }),
+                    set_conditions: None,
                 }
             })
             .collect();
@@ -215,7 +218,7 @@ impl KubeGateway {
     }
 
     /// The worker's route `ns/name` as its watch last saw it.
-    fn route(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+    pub(crate) fn route(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
         let key = reflector::ObjectRef::new_with(name, self.route_resource.clone()).within(ns);
         self.route_stores.iter().find_map(|s| s.get(&key))
     }
@@ -248,7 +251,7 @@ fn note_listener_generations(gw: &Gateway, seen: &Mutex<BTreeMap<String, (u16, i
     seen.retain(|name, _| present.contains(name));
 }
 
-fn conditions_of(v: &serde_json::Value) -> Vec<readiness::Condition> {
+pub(crate) fn conditions_of(v: &serde_json::Value) -> Vec<readiness::Condition> {
     let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_owned();
     v.as_array()
         .map(|a| {
@@ -265,11 +268,13 @@ fn conditions_of(v: &serde_json::Value) -> Vec<readiness::Condition> {
         .unwrap_or_default()
 }
 
-/// The conditions of a route's parent entry for `listener` on Gateway `gw_ns/gw_name`.
-fn route_parent_conditions(
+/// The conditions of a route's parent entry for `listener` on the parent `parent_ns/parent_name` of kind
+/// `parent_kind` (a Gateway, or a ListenerSet).
+pub(crate) fn route_parent_conditions(
     route: &DynamicObject,
-    gw_ns: &str,
-    gw_name: &str,
+    parent_kind: &str,
+    parent_ns: &str,
+    parent_name: &str,
     listener: &str,
 ) -> Option<Vec<readiness::Condition>> {
     let route_ns = route.metadata.namespace.as_deref().unwrap_or_default();
@@ -278,9 +283,9 @@ fn route_parent_conditions(
         .iter()
         .find(|p| {
             let r = &p["parentRef"];
-            r["name"].as_str() == Some(gw_name)
-                && r["namespace"].as_str().unwrap_or(route_ns) == gw_ns
-                && r["kind"].as_str().unwrap_or("Gateway") == "Gateway"
+            r["name"].as_str() == Some(parent_name)
+                && r["namespace"].as_str().unwrap_or(route_ns) == parent_ns
+                && r["kind"].as_str().unwrap_or("Gateway") == parent_kind
                 && r["sectionName"].as_str().is_none_or(|s| s == listener)
         })
         .map(|p| conditions_of(&p["conditions"]))

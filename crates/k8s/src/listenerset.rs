@@ -1,0 +1,513 @@
+//! The ListenerSet backend (`listener_mode: listenerset`): each allocation gets one ListenerSet attached to
+//! the Gateway, with a listener per proxy port; its TCPRoutes attach to their own listener in it. The
+//! Gateway object itself is never written, so exposures no longer queue on it and its 64-listener cap is
+//! no limit: the capacity is the port range.
+//!
+//! Listeners are applied into the set under a field manager each, as on the Gateway, so two passes over one
+//! allocation merge instead of replacing each other; the first apply creates the set. A set may not be
+//! empty, so the last listener goes with a delete of the whole set (guarded by its resourceVersion). The
+//! sets live in one namespace (`listenerset_namespace`, by default the Gateway's), which the Gateway must
+//! allow (`spec.allowedListeners`); start-up says whether it does.
+//!
+//! Port exclusivity stays with the KV claims. A watch of the sets in that namespace feeds the view (ports
+//! of other sets attached to the Gateway are foreign) and the controller's verdict, read from each set's
+//! status.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use gateway_api::experimental::gateways::GatewayAllowedListenersNamespacesFrom;
+use gateway_api::experimental::listenersets::ListenerSet;
+use itg_core::cluster::{
+    ClassStatus, Cluster, ClusterError, Exposure, GatewayView, Inventory, ObjectKind, OwnedObject,
+};
+use itg_core::config::ResourceManagerConfig;
+use itg_core::names;
+use itg_core::readiness::{self, Observed, Verdict};
+use itg_core::state::Binding;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{self, Store as Reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+
+use crate::KubeGateway;
+use crate::client::classify;
+use crate::objects::{Parent, listenerset_patch, listenerset_removal};
+use crate::watch::{conditions_of, route_parent_conditions};
+
+/// A resource manager's apiserver, Gateway and ListenerSets.
+#[derive(Clone)]
+pub struct ListenerSets {
+    base: KubeGateway,
+    /// Where the sets are made.
+    namespace: String,
+    sets: Api<ListenerSet>,
+    reflector: Reflector<ListenerSet>,
+    /// Listener name -> (port, the set's generation in which the watch first saw it with that port).
+    generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>>,
+    /// Whether the Gateway allows sets from `namespace`, as read at start, for the report.
+    allowed: Arc<String>,
+}
+
+impl ListenerSets {
+    /// Starts watching the sets of `rm`'s namespace for ListenerSets. Returns once the first list has
+    /// been seen.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when the watch cannot start.
+    pub async fn start(
+        base: KubeGateway,
+        rm: &ResourceManagerConfig,
+    ) -> Result<ListenerSets, ClusterError> {
+        let namespace = rm.listenerset_namespace().to_owned();
+        let sets: Api<ListenerSet> = Api::namespaced(base.client.clone(), &namespace);
+        let (reader, writer) = reflector::store();
+        let generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>> = Arc::default();
+        // Every set in the namespace, not only ours: another's listeners on the same Gateway hold ports.
+        let stream = watcher(sets.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        {
+            let (tick, generations, rm) = (base.tick.clone(), generations.clone(), rm.name.clone());
+            let what = namespace.clone();
+            tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(set) => {
+                            if ours(&set, &rm) {
+                                note_generations(&set, &generations);
+                            }
+                            tick.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        Err(e) => {
+                            tracing::warn!(namespace = %what, error = %e, "ListenerSet watch error; retrying");
+                        }
+                    }
+                }
+            });
+        }
+        let what = format!(
+            "watching ListenerSets in {namespace}; the worker needs get, list, watch, create, patch and delete on listenersets there"
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(30), reader.wait_until_ready())
+            .await
+        {
+            Ok(r) => r.map_err(|e| ClusterError::Transient(format!("{what}: {e}")))?,
+            Err(_) => {
+                return Err(ClusterError::Transient(format!(
+                    "{what}: no answer from the apiserver in 30 s"
+                )));
+            }
+        }
+        let allowed = Arc::new(allows(&base, &namespace).await);
+        Ok(ListenerSets {
+            base,
+            namespace,
+            sets,
+            reflector: reader,
+            generations,
+            allowed,
+        })
+    }
+
+    /// The Gateway-and-routes part this backend shares with the Gateway mode.
+    pub fn base(&self) -> &KubeGateway {
+        &self.base
+    }
+
+    /// Whether the Gateway allows ListenerSets from the namespace where they are made, as read at start.
+    pub fn allowed(&self) -> &str {
+        &self.allowed
+    }
+
+    fn set(&self, name: &str) -> Option<Arc<ListenerSet>> {
+        let key = reflector::ObjectRef::new(name).within(&self.namespace);
+        self.reflector.get(&key)
+    }
+
+    fn parent(&self, set: &str) -> Parent {
+        Parent {
+            kind: "ListenerSet",
+            namespace: self.namespace.clone(),
+            name: set.to_owned(),
+        }
+    }
+
+    async fn apply_listener(
+        &self,
+        e: &Exposure<'_>,
+        set: &str,
+        name: &str,
+    ) -> Result<(), ClusterError> {
+        let body = listenerset_patch(
+            &self.namespace,
+            set,
+            &self.base.gateway_namespace,
+            &self.base.gateway_name,
+            e,
+            name,
+        );
+        let pp = PatchParams::apply(&names::listener_field_manager(&self.base.rm, name)).force();
+        let what = format!(
+            "applying listener {name} (port {}) to ListenerSet {}/{set}",
+            e.binding.gateway_port, self.namespace
+        );
+        self.base
+            .bounded(&what, async {
+                self.sets
+                    .patch(set, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(drop)
+                    .map_err(|err| classify(&what, err))
+            })
+            .await
+    }
+
+    /// Removes listener `name` from set `set`: a delete of the set when it is the last one there (the
+    /// watch's copy says so, and its resourceVersion guards the delete), else an apply that drops it.
+    async fn remove_listener(&self, set: &str, name: &str) -> Result<(), ClusterError> {
+        let what = format!("removing listener {name} from ListenerSet {}/{set}", self.namespace);
+        let current = match self.set(set) {
+            Some(s) => Some(s),
+            // The watch may not have seen a set just made: ask.
+            None => self
+                .base
+                .bounded(&what, async {
+                    self.sets
+                        .get_opt(set)
+                        .await
+                        .map(|s| s.map(Arc::new))
+                        .map_err(|err| classify(&what, err))
+                })
+                .await?,
+        };
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let listeners: Vec<&str> = current
+            .spec
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        if !listeners.contains(&name) {
+            return Ok(());
+        }
+        if listeners.len() == 1 {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: current.meta().resource_version.clone(),
+                    uid: current.meta().uid.clone(),
+                }),
+                ..DeleteParams::background()
+            };
+            return self
+                .base
+                .bounded(&what, async {
+                    match self.sets.delete(set, &dp).await {
+                        Ok(_) => Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                        // The set changed since the watch saw it (a listener was added): the next try reads
+                        // it again.
+                        Err(kube::Error::Api(s)) if s.code == 409 => Err(ClusterError::Transient(
+                            format!("{what}: the ListenerSet changed meanwhile ({}); retrying", s.message),
+                        )),
+                        Err(err) => Err(classify(&what, err)),
+                    }
+                })
+                .await;
+        }
+        let pp = PatchParams::apply(&names::listener_field_manager(&self.base.rm, name)).force();
+        let body = listenerset_removal(&self.namespace, set);
+        let after = self
+            .base
+            .bounded(&what, async {
+                match self.sets.patch(set, &pp, &Patch::Apply(&body)).await {
+                    Ok(s) => Ok(Some(s)),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                    Err(err) => Err(classify(&what, err)),
+                }
+            })
+            .await?;
+        match after {
+            Some(s) if s.spec.listeners.iter().any(|l| l.name == name) => {
+                Err(ClusterError::Transient(format!(
+                    "{what}: it is still there, other field managers own it too; remove it from the ListenerSet, or have them stop managing it"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The set holding listener `name`, among this resource manager's.
+    fn set_holding(&self, name: &str) -> Option<String> {
+        self.reflector
+            .state()
+            .into_iter()
+            .filter(|s| ours(s, &self.base.rm))
+            .find(|s| s.spec.listeners.iter().any(|l| l.name == name))
+            .and_then(|s| s.metadata.name.clone())
+    }
+
+    fn attached(&self, set: &ListenerSet) -> bool {
+        let p = &set.spec.parent_ref;
+        p.name == self.base.gateway_name
+            && p.namespace.as_deref().unwrap_or(&self.namespace) == self.base.gateway_namespace
+            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+    }
+}
+
+/// Whether `set` was made by resource manager `rm` (by its labels).
+fn ours(set: &ListenerSet, rm: &str) -> bool {
+    let labels = set.metadata.labels.as_ref();
+    labels.is_some_and(|l| {
+        l.get("app.kubernetes.io/managed-by").map(String::as_str) == Some(names::MANAGER)
+            && l.get(&names::rm_label_key()) == Some(&names::rm_label_value(rm))
+    })
+}
+
+/// Records, for each listener of a set of ours, the set's generation in which it was first seen with its
+/// port: never older than the real one, so conditions written before it are known stale.
+fn note_generations(set: &ListenerSet, seen: &Mutex<BTreeMap<String, (u16, i64)>>) {
+    let generation = set.metadata.generation.unwrap_or(0);
+    let Ok(mut seen) = seen.lock() else {
+        return;
+    };
+    for l in &set.spec.listeners {
+        let Ok(port) = u16::try_from(l.port) else {
+            continue;
+        };
+        match seen.get(&l.name) {
+            Some((p, _)) if *p == port => {}
+            _ => {
+                seen.insert(l.name.clone(), (port, generation));
+            }
+        }
+    }
+}
+
+/// What the Gateway's `spec.allowedListeners` says of sets made in `namespace`.
+async fn allows(base: &KubeGateway, namespace: &str) -> String {
+    let Some(gw) = base.gateway() else {
+        return "cannot tell: the Gateway is not found".into();
+    };
+    let from = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    let gw_ns = &base.gateway_namespace;
+    match from.and_then(|n| n.from.as_ref()) {
+        Some(GatewayAllowedListenersNamespacesFrom::All) => "allowed (from: All)".into(),
+        Some(GatewayAllowedListenersNamespacesFrom::Same) if namespace == gw_ns => {
+            "allowed (from: Same)".into()
+        }
+        Some(GatewayAllowedListenersNamespacesFrom::Same) => format!(
+            "NOT allowed: the Gateway takes ListenerSets only from its own namespace {gw_ns}; set listenerset_namespace: {gw_ns}"
+        ),
+        Some(GatewayAllowedListenersNamespacesFrom::Selector) => {
+            let wanted = from
+                .and_then(|n| n.selector.as_ref())
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            let api: Api<Namespace> = Api::all(base.client.clone());
+            match api.get_opt(namespace).await {
+                Ok(Some(ns)) => {
+                    let have = ns.metadata.labels.unwrap_or_default();
+                    if wanted.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                        "allowed (from: Selector, its matchLabels match)".into()
+                    } else {
+                        format!("NOT allowed: namespace {namespace} lacks the Gateway's allowedListeners labels {wanted:?}")
+                    }
+                }
+                Ok(None) => format!("NOT allowed: namespace {namespace} does not exist"),
+                Err(e) => format!("cannot tell (reading namespace {namespace}: {e})"),
+            }
+        }
+        Some(GatewayAllowedListenersNamespacesFrom::None) | None => format!(
+            "NOT allowed: the Gateway has no spec.allowedListeners; set allowedListeners.namespaces.from: Same (sets are made in {namespace})"
+        ),
+    }
+}
+
+impl Cluster for ListenerSets {
+    fn view(&self) -> GatewayView {
+        let Some(gw) = self.base.gateway() else {
+            return GatewayView::default();
+        };
+        let mut v = GatewayView {
+            present: true,
+            ..Default::default()
+        };
+        let managers = crate::watch::listener_managers(&gw);
+        // The Gateway's own listeners are foreign, except ours from a time in `gateway` mode, which the
+        // reconciler may still remove.
+        for l in &gw.spec.listeners {
+            let Ok(p) = u16::try_from(l.port) else {
+                continue;
+            };
+            let held_by: Vec<&str> = managers
+                .get(&l.name)
+                .map(|ms| ms.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            if names::owns_listener(&self.base.rm, &l.name, p, &held_by, &self.base.range) {
+                v.listeners.insert(l.name.clone());
+                v.owned.insert(l.name.clone());
+                v.owned_ports.insert(p);
+            } else {
+                v.foreign_ports.insert(p);
+            }
+        }
+        for set in self.reflector.state() {
+            if !self.attached(&set) {
+                continue;
+            }
+            let mine = ours(&set, &self.base.rm);
+            for l in &set.spec.listeners {
+                let Ok(p) = u16::try_from(l.port) else {
+                    continue;
+                };
+                if mine && names::is_owned_listener_name(&l.name) {
+                    v.listeners.insert(l.name.clone());
+                    v.owned.insert(l.name.clone());
+                    v.owned_ports.insert(p);
+                } else {
+                    v.foreign_ports.insert(p);
+                }
+            }
+        }
+        v
+    }
+
+    async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {
+        let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
+        let set = names::listenerset_name(e.rm, e.allocation_id);
+        let parent = self.parent(&set);
+        self.base
+            .expose_with(e, &name, &parent, self.apply_listener(e, &set, &name))
+            .await
+    }
+
+    async fn withdraw(
+        &self,
+        rm: &str,
+        allocation_id: &str,
+        namespace: Option<&str>,
+        binding: &Binding,
+    ) -> Result<(), ClusterError> {
+        let name = names::object_name(rm, allocation_id, &binding.name);
+        let set = names::listenerset_name(rm, allocation_id);
+        self.base
+            .withdraw_with(&name, namespace, self.remove_listener(&set, &name))
+            .await
+    }
+
+    fn controller_verdict(&self, exposures: &[Exposure<'_>]) -> Verdict {
+        let observed: Vec<Observed> = exposures
+            .iter()
+            .map(|e| {
+                let name = names::object_name(e.rm, e.allocation_id, &e.binding.name);
+                let set_name = names::listenerset_name(e.rm, e.allocation_id);
+                let set = self.set(&set_name);
+                let listener_generation = self
+                    .generations
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.get(&name).copied())
+                    .filter(|(port, _)| *port == e.binding.gateway_port)
+                    .map(|(_, generation)| generation);
+                let status = set.as_ref().and_then(|s| s.status.as_ref());
+                let listener_status = status
+                    .and_then(|s| s.listeners.as_ref())
+                    .and_then(|ls| ls.iter().find(|l| l.name == name))
+                    .map(|l| readiness::ListenerStatus {
+                        conditions: conditions_of(
+                            &serde_json::to_value(&l.conditions).unwrap_or_default(),
+                        ),
+                        attached_routes: i64::from(l.attached_routes),
+                    });
+                let set_conditions = status.and_then(|s| s.conditions.as_ref()).map(|c| {
+                    conditions_of(&serde_json::to_value(c).unwrap_or_default())
+                });
+                let route = self.base.route(&e.spec.namespace, &name);
+                Observed {
+                    listener: name.clone(),
+                    listener_generation,
+                    listener_status,
+                    route_generation: route.as_ref().map(|r| r.metadata.generation.unwrap_or(0)),
+                    route_parent: route.as_ref().and_then(|r| {
+                        route_parent_conditions(r, "ListenerSet", &self.namespace, &set_name, &name)
+                    }),
+                    set_conditions: Some(set_conditions.unwrap_or_default()),
+                }
+            })
+            .collect();
+        readiness::evaluate_all(&observed)
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.base.changes()
+    }
+}
+
+impl Inventory for ListenerSets {
+    async fn check(&self) -> Result<(), String> {
+        self.base.check().await
+    }
+
+    async fn class_status(&self) -> ClassStatus {
+        self.base.class_status().await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ListenerSets in {} ({}); {}",
+            self.namespace,
+            self.allowed,
+            self.base.describe()
+        )
+    }
+
+    async fn owned_objects(
+        &self,
+        namespaces: Option<&[String]>,
+    ) -> Result<Vec<OwnedObject>, ClusterError> {
+        let mut out = self.base.owned_objects(namespaces).await?;
+        let lp = ListParams::default().labels(&names::owned_selector(&self.base.rm));
+        let what = format!("listing ListenerSets in {}", self.namespace);
+        let found = self
+            .base
+            .bounded(&what, async {
+                self.sets.list(&lp).await.map_err(|e| classify(&what, e))
+            })
+            .await?;
+        for s in found {
+            let m = s.meta();
+            if let Some(name) = m.name.clone() {
+                out.push(OwnedObject {
+                    kind: ObjectKind::ListenerSet,
+                    namespace: self.namespace.clone(),
+                    name,
+                    created: m.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_object(&self, o: &OwnedObject) -> Result<(), ClusterError> {
+        self.base.delete_object(o).await
+    }
+
+    async fn remove_owned_listener(&self, name: &str) -> Result<(), ClusterError> {
+        match self.set_holding(name) {
+            Some(set) => self.remove_listener(&set, name).await,
+            // Not in a set: one of ours on the Gateway, left from `gateway` mode.
+            None => self.base.remove_listener(name).await,
+        }
+    }
+}
