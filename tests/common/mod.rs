@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::listenersets::ListenerSet;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use itg::config::Config;
 use itg::contract::{self, EventKind};
@@ -124,6 +125,8 @@ pub async fn make_gateway_of_class(
         "metadata": { "name": name, "namespace": ns },
         "spec": {
             "gatewayClassName": class,
+            // ListenerSets from the Gateway's own namespace, where `listener_mode: listenerset` makes them.
+            "allowedListeners": { "namespaces": { "from": "Same" } },
             "listeners": [{ "name": "placeholder", "port": placeholder_port, "protocol": "TCP" }]
         }
     });
@@ -506,6 +509,9 @@ pub struct Observed {
     pub foreign: BTreeMap<String, u16>,
     pub services: Vec<String>,
     pub routes: Vec<String>,
+    /// The resource manager's ListenerSets (`listener_mode: listenerset`); their listeners are in
+    /// `listeners`.
+    pub sets: Vec<String>,
     /// port -> claiming allocation key.
     pub claims: BTreeMap<u16, String>,
 }
@@ -514,6 +520,7 @@ impl Observed {
     /// No owned listener, Service, route or port claim: nothing left behind.
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty()
+            && self.sets.is_empty()
             && self.services.is_empty()
             && self.routes.is_empty()
             && self.claims.is_empty()
@@ -535,6 +542,17 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
         }
     }
     let lp = ListParams::default().labels(&itg::names::owned_selector(&rm.name));
+    let sets = Api::<ListenerSet>::namespaced(client.clone(), &rm.gateway_ns)
+        .list(&lp)
+        .await
+        .expect("listenersets");
+    for set in sets.items {
+        for l in &set.spec.listeners {
+            o.listeners.insert(l.name.clone(), l.port as u16);
+        }
+        o.sets.extend(set.metadata.name);
+    }
+    o.sets.sort();
     o.services = Api::<Service>::namespaced(client.clone(), &rm.task_ns)
         .list(&lp)
         .await

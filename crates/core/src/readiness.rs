@@ -90,7 +90,9 @@ pub fn evaluate(o: &Observed) -> Verdict {
     // A Gateway that does not allow the ListenerSet writes no listener status at all: say why at once.
     if let Some(set) = &o.set_conditions
         && let Some(c) = find(set, "Accepted").filter(|c| {
-            c.status == "False" && c.reason != "Pending" && c.observed_generation.unwrap_or(0) >= since
+            c.status == "False"
+                && c.reason != "Pending"
+                && c.observed_generation.unwrap_or(0) >= since
         })
     {
         return refused(&format!("the ListenerSet of {what}"), c);

@@ -13,8 +13,8 @@ use itg_core::metrics;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 
-use crate::{Backend, KubeGateway, ListenerSets};
 use crate::objects::{GATEWAY_GROUP, TCPROUTE_VERSIONS};
+use crate::{Backend, KubeGateway, ListenerSets};
 
 /// Builds the client for a resource manager: its kubeconfig when set, else in-cluster config, else
 /// `$KUBECONFIG` / `~/.kube/config`.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use itg_core::cluster::{ClassStatus, ClusterError, Inventory, ObjectKind, OwnedObject};
 use gateway_api::experimental::listenersets::ListenerSet;
+use itg_core::cluster::{ClassStatus, ClusterError, Inventory, ObjectKind, OwnedObject};
 use itg_core::names;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;

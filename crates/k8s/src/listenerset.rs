@@ -93,8 +93,11 @@ impl ListenerSets {
         let what = format!(
             "watching ListenerSets in {namespace}; the worker needs get, list, watch, create, patch and delete on listenersets there"
         );
-        match tokio::time::timeout(std::time::Duration::from_secs(30), reader.wait_until_ready())
-            .await
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            reader.wait_until_ready(),
+        )
+        .await
         {
             Ok(r) => r.map_err(|e| ClusterError::Transient(format!("{what}: {e}")))?,
             Err(_) => {
@@ -170,20 +173,24 @@ impl ListenerSets {
     /// Removes listener `name` from set `set`: a delete of the set when it is the last one there (the
     /// watch's copy says so, and its resourceVersion guards the delete), else an apply that drops it.
     async fn remove_listener(&self, set: &str, name: &str) -> Result<(), ClusterError> {
-        let what = format!("removing listener {name} from ListenerSet {}/{set}", self.namespace);
+        let what = format!(
+            "removing listener {name} from ListenerSet {}/{set}",
+            self.namespace
+        );
         let current = match self.set(set) {
             Some(s) => Some(s),
             // The watch may not have seen a set just made: ask.
-            None => self
-                .base
-                .bounded(&what, async {
-                    self.sets
-                        .get_opt(set)
-                        .await
-                        .map(|s| s.map(Arc::new))
-                        .map_err(|err| classify(&what, err))
-                })
-                .await?,
+            None => {
+                self.base
+                    .bounded(&what, async {
+                        self.sets
+                            .get_opt(set)
+                            .await
+                            .map(|s| s.map(Arc::new))
+                            .map_err(|err| classify(&what, err))
+                    })
+                    .await?
+            }
         };
         let Some(current) = current else {
             return Ok(());
@@ -213,9 +220,12 @@ impl ListenerSets {
                         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                         // The set changed since the watch saw it (a listener was added): the next try reads
                         // it again.
-                        Err(kube::Error::Api(s)) if s.code == 409 => Err(ClusterError::Transient(
-                            format!("{what}: the ListenerSet changed meanwhile ({}); retrying", s.message),
-                        )),
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            Err(ClusterError::Transient(format!(
+                                "{what}: the ListenerSet changed meanwhile ({}); retrying",
+                                s.message
+                            )))
+                        }
                         Err(err) => Err(classify(&what, err)),
                     }
                 })
@@ -321,7 +331,9 @@ async fn allows(base: &KubeGateway, namespace: &str) -> String {
                     if wanted.iter().all(|(k, v)| have.get(k) == Some(v)) {
                         "allowed (from: Selector, its matchLabels match)".into()
                     } else {
-                        format!("NOT allowed: namespace {namespace} lacks the Gateway's allowedListeners labels {wanted:?}")
+                        format!(
+                            "NOT allowed: namespace {namespace} lacks the Gateway's allowedListeners labels {wanted:?}"
+                        )
                     }
                 }
                 Ok(None) => format!("NOT allowed: namespace {namespace} does not exist"),
@@ -430,9 +442,9 @@ impl Cluster for ListenerSets {
                         ),
                         attached_routes: i64::from(l.attached_routes),
                     });
-                let set_conditions = status.and_then(|s| s.conditions.as_ref()).map(|c| {
-                    conditions_of(&serde_json::to_value(c).unwrap_or_default())
-                });
+                let set_conditions = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .map(|c| conditions_of(&serde_json::to_value(c).unwrap_or_default()));
                 let route = self.base.route(&e.spec.namespace, &name);
                 Observed {
                     listener: name.clone(),
