@@ -2,9 +2,13 @@
 //! backend is a small server in a network namespace (tests/common/backend.rs). Every address in a `ready`
 //! must carry bytes to its own task's backend, and stop accepting connections once `removed` is sent.
 //!
+//! Each runs in both listener modes: listeners on the Gateway (`gateway`), and a ListenerSet per allocation
+//! (`listenerset`); the last test keeps 500 allocations live on one Gateway in ListenerSet mode.
+//!
 //! Each test has its own Gateway on the Envoy Gateway class. In Host mode every Gateway is an envoy process
-//! binding 0.0.0.0:<port>, so the placeholder ports and ranges here (32100-32399) are disjoint from each
-//! other and from every other Gateway on the host, and below the ephemeral range the servers' ports come from.
+//! binding 0.0.0.0:<port>, so the placeholder ports and ranges here are disjoint from each other and from
+//! every other Gateway on the host (32100-32399 for the Gateway mode, 32500-32599 for the ListenerSet mode,
+//! 30000-30999 for the 500), and below the ephemeral range the servers' ports come from.
 
 mod common;
 
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::backend::{Netns, endpoint_slice, exchange};
 use common::process::WorkerProcess;
-use common::{Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class};
+use common::{
+    Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
+};
 use gateway_api::experimental::gateways::Gateway;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -131,6 +137,29 @@ async fn refused(port: u16, since: Instant, secs: u64) -> Duration {
     }
 }
 
+/// Where the listeners go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Gateway,
+    ListenerSet,
+}
+
+/// A resource manager on its own Gateway of `class`, in `mode`.
+async fn rm_in(
+    env: &Env,
+    prefix: &str,
+    range: (u16, u16),
+    class: &str,
+    placeholder: u16,
+    mode: Mode,
+) -> TestRm {
+    let mut rm = TestRm::on_class(env, prefix, range, class, placeholder).await;
+    if mode == Mode::ListenerSet {
+        rm.extra.push_str("    listener_mode: listenerset\n");
+    }
+    rm
+}
+
 /// `ready` for `alloc`, and when this test first saw it.
 async fn ready(replies: &Replies, alloc: &str) -> (Seen, Instant) {
     let r = replies.first(120, alloc, "ready").await;
@@ -148,10 +177,20 @@ fn port_of(ready: &Seen, name: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_port_of_every_task_reaches_its_own_backend_through_envoy() {
+    every_port_reaches_its_backend(Mode::Gateway, 32100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_listenerset_mode_every_port_of_every_task_reaches_its_own_backend() {
+    every_port_reaches_its_backend(Mode::ListenerSet, 32500).await;
+}
+
+/// Two tasks of two ports each, on ports `base`+1 to `base`+9 (`base` is the placeholder's).
+async fn every_port_reaches_its_backend(mode: Mode, base: u16) {
     let env = Env::load();
     let class = envoy_class();
-    clear_ports(&env, &class, (32100, 32109)).await;
-    let rm = TestRm::on_class(&env, "e2e", (32101, 32109), &class, 32100).await;
+    clear_ports(&env, &class, (base, base + 9)).await;
+    let rm = rm_in(&env, "e2e", (base + 1, base + 9), &class, base, mode).await;
     let client = env.kube().await;
     let mut ns = Netns::create();
     // Two tasks with two ports each: four backends, told apart by name.
@@ -197,7 +236,7 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_envoy() {
             gateway_ports.push(port);
             let (p50, max) = round_trips(port, b, 20).await;
             println!(
-                "e2e: {b} through :{port} first answered {} ms after ready (failed before: {failures:?}); \
+                "e2e ({mode:?}): {b} through :{port} first answered {} ms after ready (failed before: {failures:?}); \
                  round trip p50 {p50:.2} ms, max {max:.2} ms",
                 after.as_millis()
             );
@@ -212,10 +251,19 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_envoy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_task_s_port_refuses_connections_soon_after_removed() {
+    ended_port_refuses(Mode::Gateway, 32200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_listenerset_mode_an_ended_task_s_port_refuses_connections_soon_after_removed() {
+    ended_port_refuses(Mode::ListenerSet, 32510).await;
+}
+
+async fn ended_port_refuses(mode: Mode, base: u16) {
     let env = Env::load();
     let class = envoy_class();
-    clear_ports(&env, &class, (32200, 32209)).await;
-    let rm = TestRm::on_class(&env, "e2eend", (32201, 32209), &class, 32200).await;
+    clear_ports(&env, &class, (base, base + 9)).await;
+    let rm = rm_in(&env, "e2eend", (base + 1, base + 9), &class, base, mode).await;
     let client = env.kube().await;
     let mut ns = Netns::create();
     let alloc = format!("{}.1", Uuid::new_v4());
@@ -230,7 +278,7 @@ async fn an_ended_task_s_port_refuses_connections_soon_after_removed() {
     let port = port_of(&r, "web");
     let (after, failures) = first_answer(port, "ending", at, 60).await;
     println!(
-        "e2e: :{port} first answered {} ms after ready (failed before: {failures:?})",
+        "e2e ({mode:?}): :{port} first answered {} ms after ready (failed before: {failures:?})",
         after.as_millis()
     );
 
@@ -240,7 +288,7 @@ async fn an_ended_task_s_port_refuses_connections_soon_after_removed() {
     // The spec's bound on a controller reaching consistency is 30 s.
     let took = refused(port, removed_at, 30).await;
     println!(
-        "e2e: :{port} refused connections {} ms after removed",
+        "e2e ({mode:?}): :{port} refused connections {} ms after removed",
         took.as_millis()
     );
     worker.stop().await;
@@ -249,13 +297,24 @@ async fn an_ended_task_s_port_refuses_connections_soon_after_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_duplicates_and_a_kill_leave_every_live_address_answering() {
+    duplicates_and_a_kill(Mode::Gateway, 32300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_listenerset_mode_two_workers_duplicates_and_a_kill_leave_every_live_address_answering()
+{
+    duplicates_and_a_kill(Mode::ListenerSet, 32520).await;
+}
+
+/// On ports `base`+1 to `base`+39.
+async fn duplicates_and_a_kill(mode: Mode, base: u16) {
     const FIRST: u16 = 8;
     const SECOND: u16 = 4;
     const ENDED: u16 = 3;
     let env = Env::load();
     let class = envoy_class();
-    clear_ports(&env, &class, (32300, 32339)).await;
-    let rm = TestRm::on_class(&env, "e2ekill", (32301, 32339), &class, 32300).await;
+    clear_ports(&env, &class, (base, base + 39)).await;
+    let rm = rm_in(&env, "e2ekill", (base + 1, base + 39), &class, base, mode).await;
     let client = env.kube().await;
     let mut ns = Netns::create();
     let allocs: Vec<String> = (0..FIRST + SECOND)
@@ -325,7 +384,7 @@ async fn two_workers_duplicates_and_a_kill_leave_every_live_address_answering() 
     for (i, port) in (0u16..).zip(&ports).skip(usize::from(ENDED)) {
         let (after, failures) = first_answer(*port, &format!("t{i}"), killed, 60).await;
         println!(
-            "e2e: t{i} through :{port} answers, {} ms after the kill (failed before: {failures:?})",
+            "e2e ({mode:?}): t{i} through :{port} answers, {} ms after the kill (failed before: {failures:?})",
             after.as_millis()
         );
     }
@@ -337,7 +396,7 @@ async fn two_workers_duplicates_and_a_kill_leave_every_live_address_answering() 
     {
         let took = refused(*port, removed, 30).await;
         println!(
-            "e2e: ended :{port} refuses (first seen {} ms after its removed)",
+            "e2e ({mode:?}): ended :{port} refuses (first seen {} ms after its removed)",
             took.as_millis()
         );
     }
@@ -348,5 +407,97 @@ async fn two_workers_duplicates_and_a_kill_leave_every_live_address_answering() 
         replies.first(120, a, "removed").await;
     }
     drop(workers);
+    rm.teardown(&env).await;
+}
+
+/// How many allocations the ListenerSet-mode test keeps live at once on one Gateway.
+fn live_allocations() -> u16 {
+    std::env::var("ITG_E2E_LIVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_listenerset_mode_500_live_allocations_on_one_gateway_are_all_reachable() {
+    let n = live_allocations();
+    let (base, top) = (30000u16, 30999u16);
+    assert!(
+        n < top - base,
+        "ITG_E2E_LIVE={n} does not fit in {base}-{top}"
+    );
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (base, base)).await;
+    let rm = rm_in(
+        &env,
+        "e2elive",
+        (base + 1, top),
+        &class,
+        base,
+        Mode::ListenerSet,
+    )
+    .await;
+    let client = env.kube().await;
+    let mut ns = Netns::create();
+    ns.serve(7500, "live");
+    let allocs: Vec<String> = (0..n).map(|i| format!("{}.{i}", Uuid::new_v4())).collect();
+    for a in &allocs {
+        let svc = itg::names::object_name(&rm.name, a, "web");
+        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7500).await;
+    }
+    let worker = Worker::start(config(&env, &[&rm], "  concurrency: 32\n")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let t = Instant::now();
+    for a in &allocs {
+        master.started(a, &rm.task_ns, &[("web", 7500)]).await;
+    }
+    let mut ports = Vec::new();
+    for a in &allocs {
+        let r = replies.first(600, a, "ready").await;
+        ports.push(port_of(&r, "web"));
+    }
+    let all_ready = t.elapsed();
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        usize::from(n),
+        "every allocation has its own port"
+    );
+    // Every address carries bytes while all of them are live.
+    let t = Instant::now();
+    let mut slow = Vec::new();
+    for port in &ports {
+        let (after, failures) = first_answer(*port, "live", Instant::now(), 30).await;
+        if !failures.is_empty() {
+            slow.push((*port, after.as_millis(), failures.len()));
+        }
+    }
+    println!(
+        "e2e (ListenerSet): {n} allocations live on one Gateway, all ready {:.1} s after the first \
+         started; every one answered through envoy, checked in {:.1} s; ports that failed before \
+         answering (port, ms, failures): {slow:?}",
+        all_ready.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    let sets = observe(&env, &rm).await.sets.len();
+    assert_eq!(sets, usize::from(n), "one ListenerSet per live allocation");
+    let t = Instant::now();
+    for a in &allocs {
+        master.ended(a).await;
+    }
+    for a in &allocs {
+        replies.first(600, a, "removed").await;
+    }
+    println!(
+        "e2e (ListenerSet): {n} allocations removed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let left = observe(&env, &rm).await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    worker.stop().await;
     rm.teardown(&env).await;
 }
