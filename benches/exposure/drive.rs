@@ -71,8 +71,19 @@ async fn answer(rx: oneshot::Receiver<(String, Instant)>, what: &str) -> (String
 
 /// Publishes a started and waits for its ready; the time from just before the publish to the reply.
 pub async fn expose(m: &Master, w: &Waiter, alloc: &str, ns: &str) -> Result<Duration, String> {
+    expose_from(m, w, alloc, ns, Instant::now()).await
+}
+
+/// [`expose`], timed from `t0`, an instant the caller took just before, so that something it starts at the
+/// same time is timed from the same instant.
+pub async fn expose_from(
+    m: &Master,
+    w: &Waiter,
+    alloc: &str,
+    ns: &str,
+    t0: Instant,
+) -> Result<Duration, String> {
     let rx = w.expect(alloc, false);
-    let t0 = Instant::now();
     m.started_with(Uuid::new_v4(), alloc, ns, &[("jupyter", 8888)])
         .await;
     let (kind, at) = answer(rx, &format!("started {alloc}")).await;

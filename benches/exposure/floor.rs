@@ -74,6 +74,14 @@ impl Floor {
         }
     }
 
+    /// The name of the Service, listener and TCPRoute the floor makes for `alloc` (its port is `jupyter`).
+    pub fn object_name(&self, alloc: &str) -> String {
+        format!(
+            "floor-{}",
+            &names::object_name(&self.rm, alloc, "jupyter")[4..]
+        )
+    }
+
     /// One exposure's unavoidable calls, timed end to end.
     pub async fn expose(&self, alloc: &str, port: u16) -> Duration {
         let b = Self::binding(port);
@@ -83,10 +91,7 @@ impl Floor {
             spec: &self.spec,
             binding: &b,
         };
-        let name = format!(
-            "floor-{}",
-            &names::object_name(&self.rm, alloc, "jupyter")[4..]
-        );
+        let name = self.object_name(alloc);
         let record = serde_json::json!({
             "allocation_id": alloc, "resource_manager": self.rm, "phase": "ready",
             "spec": self.spec, "ports": [b], "released": [],
@@ -174,10 +179,7 @@ impl Floor {
 
     /// Removes what [`Floor::expose`] made (not timed).
     pub async fn withdraw(&self, alloc: &str, port: u16) {
-        let name = format!(
-            "floor-{}",
-            &names::object_name(&self.rm, alloc, "jupyter")[4..]
-        );
+        let name = self.object_name(alloc);
         let dp = DeleteParams::background();
         let _ = Api::<TcpRoute>::namespaced(self.client.clone(), &self.task_ns)
             .delete(&name, &dp)

@@ -1,8 +1,9 @@
 //! What an exposure costs, against the calls it cannot avoid, on the real servers of `scripts/testenv`.
 //!
-//! `scripts/bench [--size ci|small|full] [--json]` runs it; see BENCHMARKS.md. Workers run in this process
-//! (each with its own NATS and apiserver clients), except for the memory figure, which is read from a real
-//! `itg-worker` process. Every ratio is taken within one run, because the machine is noisy.
+//! `scripts/bench [--size ci|small|full] [--json] [--only <sections>]` runs it; see BENCHMARKS.md. Workers
+//! run in this process (each with its own NATS and apiserver clients), except for the memory figure, which
+//! is read from a real `itg-worker` process. Every ratio is taken within one run, because the machine is
+//! noisy.
 
 mod alloc;
 mod apiserver;
@@ -12,6 +13,7 @@ mod common;
 mod cpu;
 mod drive;
 mod floor;
+mod reachable;
 mod report;
 mod rss;
 
@@ -39,6 +41,11 @@ struct Size {
     live_many: usize,
     /// Timed exposures at each of those.
     probes: usize,
+    /// Timed exposures through envoy, each beside one of the floor's (after a warm-up of 2 each).
+    reachable: usize,
+    /// The size's name: at `ci`, what `scripts/test` runs, a section that cannot run fails instead of
+    /// printing why it was skipped, as the tests do.
+    name: &'static str,
 }
 
 impl Size {
@@ -53,6 +60,8 @@ impl Size {
                 live_few: 10,
                 live_many: 40,
                 probes: 5,
+                reachable: 5,
+                name: "ci",
             },
             "small" => Size {
                 latency: 100,
@@ -63,6 +72,8 @@ impl Size {
                 live_few: 10,
                 live_many: 500,
                 probes: 50,
+                reachable: 50,
+                name: "small",
             },
             "full" => Size {
                 latency: 300,
@@ -73,6 +84,8 @@ impl Size {
                 live_few: 10,
                 live_many: 2000,
                 probes: 100,
+                reachable: 300,
+                name: "full",
             },
             other => panic!("unknown --size {other:?}: ci, small or full"),
         }
@@ -465,6 +478,143 @@ impl Bench {
         ));
     }
 
+    /// Time to reachable through Envoy Gateway, with one worker, beside the time to ready in the same
+    /// samples and the floor's own time to reachable on the same Gateway, the two interleaved.
+    async fn reachable(&mut self) {
+        if let Some(why) = reachable::unavailable() {
+            if self.size.name == "ci" {
+                panic!("time to reachable: {why} (at --size ci, as in the tests, it must run)");
+            }
+            self.rows
+                .push(info("time to reachable", format!("skipped: {why}")));
+            return;
+        }
+        let class = common::envoy_class();
+        common::backend::clear_ports(&self.env, &class, reachable::PORTS).await;
+        let port = reachable::WORKER_PORT;
+        let rm = TestRm::on_class(
+            &self.env,
+            "reach",
+            (port, port),
+            &class,
+            reachable::PLACEHOLDER,
+        )
+        .await;
+        self.rms.push(rm);
+        let i = self.rms.len() - 1;
+        let ns = reachable::backend();
+        let client = self.env.kube().await;
+        let ws = self.workers(&[i], 1).await;
+        let rm = &self.rms[i];
+        let m = Master::new(&self.env, &rm.name).await;
+        // After the worker has started: it creates the state bucket.
+        let fl = floor::Floor::new(
+            self.env.nats().await,
+            client.clone(),
+            &rm.gateway_ns,
+            &rm.gateway,
+            &rm.task_ns,
+        )
+        .await;
+        let calls = calls::snapshot();
+        let (mut wk, mut fr) = (Vec::new(), Vec::new());
+        let mut cold = None;
+        const WARM_UP: usize = 2;
+        let n = self.size.reachable;
+        for j in 0..n + WARM_UP {
+            // Alternate which goes first, as the latency section does.
+            let (w, f) = if j % 2 == 0 {
+                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm).await;
+                let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
+                (w, f)
+            } else {
+                let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
+                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm).await;
+                (w, f)
+            };
+            if j == 0 {
+                cold = Some((w.answered, w.reachable));
+            }
+            if j >= WARM_UP {
+                wk.push(w);
+                fr.push(f);
+            }
+        }
+        let calls = calls.since();
+        for w in ws {
+            w.stop().await;
+        }
+        let steps = fl.breakdown();
+        let p = |s: &[reachable::Sample], f: fn(&reachable::Sample) -> Duration| {
+            pcts(&s.iter().map(f).collect::<Vec<_>>())
+        };
+        let reach = p(&wk, |s| s.reachable);
+        let ready = p(&wk, |s| s.answered);
+        let floor_reach = p(&fr, |s| s.reachable);
+        let floor_calls = p(&fr, |s| s.answered);
+        let before = wk.iter().filter(|s| s.reachable < s.answered).count();
+        let both = |x: drive::Pcts| format!("{} / {}", ms(x.p50), ms(x.p99));
+        let mut r = info(
+            format!(
+                "time to reachable p50 / p99, 1 worker, Envoy Gateway ({n} samples): started published -> first byte through envoy"
+            ),
+            both(reach),
+        );
+        r.reference = format!(
+            "floor p50 {} / p99 {}",
+            ms(floor_reach.p50),
+            ms(floor_reach.p99)
+        );
+        r.ratio = Some(reach.p50.as_secs_f64() / floor_reach.p50.as_secs_f64());
+        self.rows.push(r);
+        let mut r = info(
+            "  ready p50 / p99, same samples: started published -> ready",
+            both(ready),
+        );
+        let mut gaps: Vec<f64> = wk
+            .iter()
+            .map(|s| (s.answered.as_secs_f64() - s.reachable.as_secs_f64()) * 1e3)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let gap = gaps
+            .get(gaps.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0.0);
+        r.reference = format!(
+            "time to reachable p50 {}; first byte before ready in {before} of {n}, ready - first byte p50 {gap:+.2} ms",
+            ms(reach.p50)
+        );
+        r.ratio = Some(ready.p50.as_secs_f64() / reach.p50.as_secs_f64());
+        self.rows.push(r);
+        let mut r = info(
+            "floor p50 / p99: its calls (KV, Service, listener, TCPRoute, reply), from the first -> first byte through envoy",
+            both(floor_reach),
+        );
+        r.reference = format!(
+            "the floor's calls alone p50 {} / p99 {}",
+            ms(floor_calls.p50),
+            ms(floor_calls.p99)
+        );
+        self.rows.push(r);
+        self.rows.push(info("  floor steps p50", steps));
+        self.rows.push(info(
+            "  failures before the first byte, in how many samples",
+            format!(
+                "worker: {}; floor: {}",
+                reachable::failures(&wk),
+                reachable::failures(&fr)
+            ),
+        ));
+        if let Some((ready, reach)) = cold {
+            self.rows.push(info(
+                "  first exposure on the new Gateway (warm-up, not counted): ready / first byte",
+                format!("{} / {}", ms(ready), ms(reach)),
+            ));
+        }
+        self.rows
+            .push(info("  worker's apiserver calls (count x mean)", calls));
+    }
+
     async fn teardown(&self) {
         let js = jetstream::new(self.env.nats().await);
         for rm in &self.rms {
@@ -544,6 +694,10 @@ async fn main() {
     if want("growth") {
         eprintln!("[bench] growth ({:.0} s)", t0.elapsed().as_secs_f64());
         b.growth().await;
+    }
+    if want("reachable") {
+        eprintln!("[bench] reachable ({:.0} s)", t0.elapsed().as_secs_f64());
+        b.reachable().await;
     }
     b.teardown().await;
     let nats = b.env.nats().await.server_info().version;

@@ -228,3 +228,113 @@ pub async fn endpoint_slice(
         .await
         .unwrap_or_else(|e| panic!("EndpointSlice {ns}/{name}: {e}"));
 }
+
+/// Removes the EndpointSlice [`endpoint_slice`] made for `service`, if any.
+pub async fn delete_endpoint_slice(client: &kube::Client, ns: &str, service: &str) {
+    let _ = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .delete(&format!("{service}-backend"), &Default::default())
+        .await;
+}
+
+/// A Gateway left by an earlier run that failed keeps its envoy and its ports: removes any Gateway of the
+/// envoy class `class` with a listener in `ports`, and waits until nothing listens there.
+pub async fn clear_ports(env: &super::Env, class: &str, ports: (u16, u16)) {
+    use gateway_api::experimental::gateways::Gateway;
+    let api: Api<Gateway> = Api::namespaced(env.kube().await, "gateway-system");
+    let stale: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .expect("list Gateways")
+        .items
+        .into_iter()
+        .filter(|g| g.spec.gateway_class_name == class)
+        .filter(|g| {
+            g.spec
+                .listeners
+                .iter()
+                .any(|l| (i32::from(ports.0)..=i32::from(ports.1)).contains(&l.port))
+        })
+        .filter_map(|g| g.metadata.name)
+        .collect();
+    for name in &stale {
+        println!("removing Gateway {name} left by an earlier run");
+        let _ = api.delete(name, &Default::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in ports.0..=ports.1 {
+        while TcpStream::connect(("127.0.0.1", p)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "port {p} still accepts connections 30 s after its Gateway was removed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Sends lines to 127.0.0.1:`port`, 10 ms apart, until one comes back from `backend`; returns how long
+/// after `since` that was and the kinds of failure before it, in order (repeats folded). An answer from any
+/// other backend panics at once, and so does no answer within `secs`.
+pub async fn first_answer(
+    port: u16,
+    backend: &str,
+    since: Instant,
+    secs: u64,
+) -> (Duration, Vec<String>) {
+    first_answer_every(port, backend, since, secs, Duration::from_millis(10)).await
+}
+
+/// [`first_answer`], with `every` between tries.
+pub async fn first_answer_every(
+    port: u16,
+    backend: &str,
+    since: Instant,
+    secs: u64,
+    every: Duration,
+) -> (Duration, Vec<String>) {
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let line = format!("hello {port}");
+        let reply = tokio::task::spawn_blocking({
+            let line = line.clone();
+            move || exchange(to, &line)
+        })
+        .await
+        .expect("exchange task");
+        match reply {
+            Ok(r) if r == format!("{backend} {line}") => return (since.elapsed(), failures),
+            Ok(r) => panic!("port {port} reached the wrong backend: {r:?}, expected {backend}"),
+            Err(e) => {
+                if failures.last() != Some(&e.kind().to_string()) {
+                    failures.push(e.kind().to_string());
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not reach {backend} within {secs} s; failures: {failures:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits until 127.0.0.1:`port` refuses connections; returns how long after `since`. Panics after `secs`.
+pub async fn refused(port: u16, since: Instant, secs: u64) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_secs(1),
+        ) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return since.elapsed(),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still accepts connections {secs} s after it was withdrawn"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
