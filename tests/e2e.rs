@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, endpoint_slice, exchange};
+use common::backend::{Netns, clear_ports, endpoint_slice, exchange, first_answer, refused};
 use common::process::WorkerProcess;
 use common::{
     Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
@@ -25,78 +25,6 @@ use gateway_api::experimental::gateways::Gateway;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use uuid::Uuid;
-
-/// A Gateway left by an earlier run that failed keeps its envoy and its ports: remove any Gateway of the
-/// envoy class with a listener in `ports`, and wait until nothing listens there.
-async fn clear_ports(env: &Env, class: &str, ports: (u16, u16)) {
-    let client = env.kube().await;
-    let api: Api<Gateway> = Api::namespaced(client, "gateway-system");
-    let stale: Vec<String> = api
-        .list(&ListParams::default())
-        .await
-        .expect("list Gateways")
-        .items
-        .into_iter()
-        .filter(|g| g.spec.gateway_class_name == class)
-        .filter(|g| {
-            g.spec
-                .listeners
-                .iter()
-                .any(|l| (i32::from(ports.0)..=i32::from(ports.1)).contains(&l.port))
-        })
-        .filter_map(|g| g.metadata.name)
-        .collect();
-    for name in &stale {
-        println!("e2e: removing Gateway {name} left by an earlier run");
-        let _ = api.delete(name, &DeleteParams::default()).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for p in ports.0..=ports.1 {
-        while std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "port {p} still accepts connections 30 s after its Gateway was removed"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Sends lines to 127.0.0.1:`port` until one comes back from `backend`; returns how long after `since`
-/// that was and the failed tries. An answer from any other backend fails the test at once.
-async fn first_answer(
-    port: u16,
-    backend: &str,
-    since: Instant,
-    secs: u64,
-) -> (Duration, Vec<String>) {
-    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut failures = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let line = format!("hello {port}");
-        let reply = tokio::task::spawn_blocking({
-            let line = line.clone();
-            move || exchange(to, &line)
-        })
-        .await
-        .unwrap();
-        match reply {
-            Ok(r) if r == format!("{backend} {line}") => return (since.elapsed(), failures),
-            Ok(r) => panic!("port {port} reached the wrong backend: {r:?}, expected {backend}"),
-            Err(e) => {
-                if failures.last() != Some(&e.kind().to_string()) {
-                    failures.push(e.kind().to_string());
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} did not reach {backend} within {secs} s; failures: {failures:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Round trips of one line through `port` once it works, in ms: (p50, max) of `n`.
 async fn round_trips(port: u16, backend: &str, n: usize) -> (f64, f64) {
@@ -116,25 +44,6 @@ async fn round_trips(port: u16, backend: &str, n: usize) -> (f64, f64) {
     .unwrap();
     ms.sort_by(f64::total_cmp);
     (ms[n / 2], ms[n - 1])
-}
-
-/// Waits until 127.0.0.1:`port` refuses connections; returns how long after `since`.
-async fn refused(port: u16, since: Instant, secs: u64) -> Duration {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match std::net::TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_secs(1),
-        ) {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return since.elapsed(),
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} still accepts connections {secs} s after removed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Where the listeners go.
