@@ -14,16 +14,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::backend::{Netns, clear_ports, endpoint_slice, exchange, first_answer, refused};
 use common::process::WorkerProcess;
 use common::{
     Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
 };
-use gateway_api::experimental::gateways::Gateway;
-use kube::Api;
-use kube::api::{DeleteParams, ListParams};
 use uuid::Uuid;
 
 /// Round trips of one line through `port` once it works, in ms: (p50, max) of `n`.
