@@ -56,11 +56,12 @@ impl Health {
         }
     }
 
-    /// Checks NATS, each apiserver and each Gateway every `every`, and refreshes the port gauges.
+    /// Checks NATS, each apiserver and each Gateway every `every`, and refreshes the port gauges. `rms`
+    /// holds each resource manager with its pool's clusters, in the order of [`RmContext::pool`].
     pub async fn watch<C: Inventory>(
         self: Arc<Self>,
         nats: async_nats::Client,
-        rms: Vec<(RmContext, C)>,
+        rms: Vec<(RmContext, Vec<C>)>,
         every: Duration,
     ) {
         loop {
@@ -68,36 +69,42 @@ impl Health {
             if nats.connection_state() != async_nats::connection::State::Connected {
                 problems.push(format!("NATS is {}", nats.connection_state()));
             }
-            for (rm, gw) in &rms {
-                if let Err(e) = gw.check().await {
+            for (rm, pool) in &rms {
+                // One apiserver per resource manager: its pool's Gateways are all in that cluster.
+                if let Some(first) = pool.first()
+                    && let Err(e) = first.check().await
+                {
                     problems.push(format!("apiserver of {}: {e}", rm.name));
                 }
-                let view = gw.view();
-                if !view.present {
-                    problems.push(format!(
-                        "Gateway {}/{} of {} not found",
-                        rm.gateway.namespace, rm.gateway.name, rm.name
-                    ));
+                for (gw, target) in pool.iter().zip(&rm.pool) {
+                    let g = &target.gateway;
+                    let view = gw.view();
+                    if !view.present {
+                        problems.push(format!(
+                            "Gateway {}/{} of {} not found",
+                            g.namespace, g.name, rm.name
+                        ));
+                    }
+                    let labels = metrics::gateway(&rm.name, &g.namespace, &g.name);
+                    let in_use = view.owned_ports.len();
+                    let pv = PortView {
+                        excluded: rm.excluded.clone(),
+                        foreign: view.foreign_ports.clone(),
+                        taken: view.owned_ports.clone(),
+                    };
+                    let free = allocator::candidates(rm.range.clone(), &pv, 0).count();
+                    let m = metrics::get();
+                    m.ports_in_use
+                        .get_or_create(&labels)
+                        .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+                    m.ports_free
+                        .get_or_create(&labels)
+                        .set(i64::try_from(free).unwrap_or(i64::MAX));
+                    let slots = rm.listener_limit.saturating_sub(view.listeners.len());
+                    m.listener_slots_free
+                        .get_or_create(&labels)
+                        .set(i64::try_from(slots).unwrap_or(i64::MAX));
                 }
-                let labels = metrics::rm(&rm.name);
-                let in_use = view.owned_ports.len();
-                let pv = PortView {
-                    excluded: rm.excluded.clone(),
-                    foreign: view.foreign_ports.clone(),
-                    taken: view.owned_ports.clone(),
-                };
-                let free = allocator::candidates(rm.range.clone(), &pv, 0).count();
-                let m = metrics::get();
-                m.ports_in_use
-                    .get_or_create(&labels)
-                    .set(i64::try_from(in_use).unwrap_or(i64::MAX));
-                m.ports_free
-                    .get_or_create(&labels)
-                    .set(i64::try_from(free).unwrap_or(i64::MAX));
-                let slots = rm.listener_limit.saturating_sub(view.listeners.len());
-                m.listener_slots_free
-                    .get_or_create(&labels)
-                    .set(i64::try_from(slots).unwrap_or(i64::MAX));
             }
             if let Ok(mut p) = self.problems.lock() {
                 *p = problems;

@@ -40,7 +40,10 @@ pub enum StartError {
 /// One resource manager, connected.
 pub struct Connected {
     pub config: ResourceManagerConfig,
+    /// Its own Gateway (`internal_task_gateway`): the first of `pool`.
     pub gateway: Backend,
+    /// Every Gateway of its pool, in the order of `RmContext::pool`.
+    pub pool: Vec<Backend>,
     pub server: String,
     /// Whether a controller accepted the Gateway's class, read at start.
     pub class: ClassStatus,
@@ -77,23 +80,29 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             rm: rm.name.clone(),
             message,
         };
-        let (gateway, server) = crate::k8s::connect(rm, config.worker.kubernetes_call_timeout.0)
+        let (pool, server) = crate::k8s::connect(rm, config.worker.kubernetes_call_timeout.0)
             .await
             .map_err(kerr)?;
+        let Some(gateway) = pool.first().cloned() else {
+            return Err(kerr("no Gateway configured".into()));
+        };
         let class = gateway.class_status().await;
         if rm.wait_for_controller && !class.accepted() {
             tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");
         } else {
             tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, exposes = %gateway.describe(), "Gateway class");
         }
-        if let Backend::ListenerSets(sets) = &gateway
-            && sets.allowed().starts_with("NOT")
-        {
-            tracing::warn!(resource_manager = %rm.name, allowed = %sets.allowed(), "the Gateway does not take this resource manager's ListenerSets: every exposure will be refused or time out until it allows them");
+        for member in &pool {
+            if let Backend::ListenerSets(sets) = member
+                && sets.allowed().starts_with("NOT")
+            {
+                tracing::warn!(resource_manager = %rm.name, allowed = %sets.allowed(), "a Gateway does not take this resource manager's ListenerSets: every exposure placed there will be refused or time out until it allows them");
+            }
         }
         rms.push(Connected {
             config: rm.clone(),
             gateway,
+            pool,
             server,
             class,
         });
@@ -129,28 +138,32 @@ pub async fn capacity(servers: &Servers) -> Result<Vec<Capacity>, StartError> {
     let mut out = Vec::new();
     for c in &servers.rms {
         let g = &c.config.internal_task_gateway;
-        let view = c.gateway.view();
-        let claimed = claims::claimed_ports(&servers.store, &RmContext::new(&c.config)).await?;
-        let pv = PortView {
-            excluded: c.config.excluded_port_set(),
-            foreign: view.foreign_ports.clone(),
-            taken: claimed.clone(),
-        };
-        out.push(Capacity {
-            resource_manager: c.config.name.clone(),
-            apiserver: c.server.clone(),
-            gateway: format!("{}/{}", g.gateway_namespace, g.gateway_name),
-            listeners: view.listeners.len(),
-            listener_limit: c.config.listener_limit,
-            foreign_ports: view.foreign_ports.iter().copied().collect(),
-            range: format!(
-                "{}-{}",
-                g.gateway_port_range_start, g.gateway_port_range_end
-            ),
-            excluded: pv.excluded.len(),
-            claimed: claimed.len(),
-            free: allocator::candidates(c.config.port_range(), &pv, 0).count(),
-        });
+        let rm = RmContext::new(&c.config);
+        for (member, target) in c.pool.iter().zip(&rm.pool) {
+            let on = &target.gateway;
+            let view = member.view();
+            let claimed = claims::claimed_ports(&servers.store, &rm, on).await?;
+            let pv = PortView {
+                excluded: c.config.excluded_port_set(),
+                foreign: view.foreign_ports.clone(),
+                taken: claimed.clone(),
+            };
+            out.push(Capacity {
+                resource_manager: c.config.name.clone(),
+                apiserver: c.server.clone(),
+                gateway: format!("{}/{}", on.namespace, on.name),
+                listeners: view.listeners.len(),
+                listener_limit: rm.listener_limit,
+                foreign_ports: view.foreign_ports.iter().copied().collect(),
+                range: format!(
+                    "{}-{}",
+                    g.gateway_port_range_start, g.gateway_port_range_end
+                ),
+                excluded: pv.excluded.len(),
+                claimed: claimed.len(),
+                free: allocator::candidates(c.config.port_range(), &pv, 0).count(),
+            });
+        }
     }
     Ok(out)
 }
@@ -180,17 +193,47 @@ pub async fn reconcile_once_with(
 ) -> Result<Vec<(String, Vec<Action>)>, String> {
     let mut out = Vec::new();
     for c in &servers.rms {
-        let handler = Handler::new(
-            RmContext::new(&c.config),
-            servers.store.clone(),
-            c.gateway.clone(),
-            config.worker.clone(),
-        );
-        let mut r = Reconciler::new(handler, servers.store.clone(), c.gateway.clone(), hold_off)
-            .purging_tombstones_after(config.jetstream.events_max_age.0);
-        out.push((c.config.name.clone(), r.pass(dry_run).await?));
+        let mut actions = Vec::new();
+        for mut r in reconcilers(config, servers, c, hold_off) {
+            actions.extend(r.pass(dry_run).await?);
+        }
+        out.push((c.config.name.clone(), actions));
     }
     Ok(out)
+}
+
+/// The handler of one resource manager, over every Gateway of its pool.
+fn handler(config: &Config, servers: &Servers, c: &Connected) -> Handler<KvStore, Backend> {
+    Handler::with_pool(
+        RmContext::new(&c.config),
+        servers.store.clone(),
+        c.pool.clone(),
+        config.worker.clone(),
+    )
+}
+
+/// One reconciler per Gateway of the resource manager's pool, its own Gateway's first.
+fn reconcilers(
+    config: &Config,
+    servers: &Servers,
+    c: &Connected,
+    hold_off: Duration,
+) -> Vec<Reconciler<KvStore, Backend>> {
+    let handler = handler(config, servers, c);
+    c.pool
+        .iter()
+        .enumerate()
+        .map(|(at, member)| {
+            Reconciler::new(
+                handler.clone(),
+                servers.store.clone(),
+                member.clone(),
+                hold_off,
+            )
+            .purging_tombstones_after(config.jetstream.events_max_age.0)
+            .judging(at)
+        })
+        .collect()
 }
 
 /// A human-readable report of what was found: JetStream, each Gateway, its listeners and free ports.
@@ -207,11 +250,12 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
         crate::config::redacted_url(&config.nats.url),
         info.server_name
     );
-    for (c, rm) in capacity(servers).await?.into_iter().zip(&servers.rms) {
+    let rows = capacity(servers).await?;
+    for rm in &servers.rms {
         let _ = writeln!(
             out,
             "resource manager {}: {}; {}; ready {}",
-            c.resource_manager,
+            rm.config.name,
             rm.class,
             rm.gateway.describe(),
             if rm.config.wait_for_controller {
@@ -220,21 +264,23 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
                 "does not wait for a controller (wait_for_controller: false)"
             }
         );
-        let _ = writeln!(
-            out,
-            "resource manager {}: apiserver via {}; Gateway {} present with {} listener(s) ({} foreign on ports {:?}); ports {}: {} free, {} claimed, listener slots {} of {}",
-            c.resource_manager,
-            c.apiserver,
-            c.gateway,
-            c.listeners,
-            c.foreign_ports.len(),
-            c.foreign_ports,
-            c.range,
-            c.free,
-            c.claimed,
-            c.listeners,
-            c.listener_limit,
-        );
+        for c in rows.iter().filter(|c| c.resource_manager == rm.config.name) {
+            let _ = writeln!(
+                out,
+                "resource manager {}: apiserver via {}; Gateway {} present with {} listener(s) ({} foreign on ports {:?}); ports {}: {} free, {} claimed, listener slots {} of {}",
+                c.resource_manager,
+                c.apiserver,
+                c.gateway,
+                c.listeners,
+                c.foreign_ports.len(),
+                c.foreign_ports,
+                c.range,
+                c.free,
+                c.claimed,
+                c.listeners,
+                c.listener_limit,
+            );
+        }
     }
     Ok(out)
 }
@@ -266,7 +312,7 @@ pub async fn run(
     let watched = servers
         .rms
         .iter()
-        .map(|c| (RmContext::new(&c.config), c.gateway.clone()))
+        .map(|c| (RmContext::new(&c.config), c.pool.clone()))
         .collect();
     let checks = tokio::spawn(health.clone().watch(
         servers.nats.clone(),
@@ -287,7 +333,7 @@ pub async fn run(
         ack_wait: config.jetstream.ack_wait.0,
         max_deliver: config.jetstream.max_deliver,
     };
-    for c in servers.rms {
+    for c in &servers.rms {
         let max_ack_pending = i64::try_from(config.worker.concurrency * 64).unwrap_or(i64::MAX);
         let consumer = nats::ensure_consumer(
             &servers.js,
@@ -296,26 +342,17 @@ pub async fn run(
             max_ack_pending,
         )
         .await?;
-        let handler = Handler::new(
-            RmContext::new(&c.config),
-            servers.store.clone(),
-            c.gateway.clone(),
-            config.worker.clone(),
-        );
-        let mut reconciler = Reconciler::new(
-            handler.clone(),
-            servers.store.clone(),
-            c.gateway,
-            config.worker.reconcile_hold_off.0,
-        )
-        .purging_tombstones_after(config.jetstream.events_max_age.0);
+        let handler = handler(&config, &servers, c);
+        let mut reconcilers = reconcilers(&config, &servers, c, config.worker.reconcile_hold_off.0);
         let (every, mut stop) = (config.worker.reconcile_interval.0, shutdown.clone());
         side_tasks.push(tokio::spawn(tracing::Instrument::instrument(
             async move {
                 // At start, then every interval, until shutdown.
                 loop {
-                    if let Err(e) = reconciler.pass(false).await {
-                        tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
+                    for reconciler in &mut reconcilers {
+                        if let Err(e) = reconciler.pass(false).await {
+                            tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
+                        }
                     }
                     tokio::select! {
                         () = tokio::time::sleep(every) => {}

@@ -36,6 +36,10 @@ pub struct Reconciler<S, C> {
     /// Task namespaces named by the records of earlier passes.
     known_namespaces: BTreeSet<String>,
     tombstone_max_age: Option<Duration>,
+    /// Which Gateway of the resource manager's pool this reconciler judges (its `gateway`), and whether
+    /// there is a pool at all.
+    at: usize,
+    pooled: bool,
 }
 
 fn now() -> i64 {
@@ -58,7 +62,17 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             per_namespace: false,
             known_namespaces: BTreeSet::new(),
             tombstone_max_age: None,
+            at: 0,
+            pooled: false,
         }
+    }
+
+    /// Judges Gateway `at` of the resource manager's pool (its `gateway` is that Gateway's cluster): its
+    /// claims and listeners, and, for the resource manager's own Gateway (0), what belongs to no Gateway.
+    pub fn judging(mut self, at: usize) -> Self {
+        self.pooled = self.handler.rm().pool.len() > 1;
+        self.at = at;
+        self
     }
 
     /// Purges finished allocations' records once they are older than `max_age`, the events stream's max
@@ -78,7 +92,13 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             suspects: self.suspects.clone(),
             ..Inputs::default()
         };
-        i.claims = claims::claims(&self.store, self.handler.rm())
+        let rm = self.handler.rm();
+        let on = &rm.pool[self.at.min(rm.pool.len() - 1)].gateway;
+        if self.pooled {
+            i.here = Some(on.clone());
+            i.secondary = self.at != 0;
+        }
+        i.claims = claims::claims(&self.store, rm, on)
             .await
             .map_err(|e| e.to_string())?;
         // Only listeners this resource manager provably owns: others on a shared Gateway are not ours.
@@ -210,7 +230,9 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
         for a in &actions {
             let result = match a {
                 Action::ReleaseClaim { port, revision, .. } => {
-                    claims::release_at(&self.store, self.handler.rm(), *port, *revision)
+                    let rm = self.handler.rm();
+                    let on = &rm.pool[self.at.min(rm.pool.len() - 1)].gateway;
+                    claims::release_at(&self.store, rm, on, *port, *revision)
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string())

@@ -533,3 +533,51 @@ fn the_delivery_budget_counts_the_backoff_ramp_not_retry_max_for_every_delivery(
     // 18 deliveries leave 17 waits: 31.75 s of ramp, then 10 x 30 s, which covers 300 s.
     accepted(&format!("jetstream.max_deliver = 18; {timing}"));
 }
+
+#[test]
+fn a_gateway_pool_lists_each_gateway_once_and_shares_no_ports_with_another_resource_manager() {
+    let mut doc = base();
+    doc["resource_managers"][0]["gateway_pool"] = json!([
+        {"gateway_name": "itg-2", "gateway_namespace": "gateway-system", "gateway_ip": "203.0.113.11"},
+    ]);
+    let c = parse(&doc).unwrap();
+    let names: Vec<String> = c.resource_managers[0]
+        .gateways()
+        .into_iter()
+        .map(|g| {
+            format!(
+                "{}/{} {}",
+                g.gateway_namespace, g.gateway_name, g.gateway_ip
+            )
+        })
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[1].starts_with("gateway-system/itg-2 203.0.113.11"),
+        "{names:?}"
+    );
+    // The resource manager's own Gateway again, or one twice, is refused naming it.
+    let mut again = doc.clone();
+    again["resource_managers"][0]["gateway_pool"][0]["gateway_name"] = json!("itg");
+    let text = parse(&again).unwrap_err().to_string();
+    assert!(
+        text.contains("resource_managers[0].gateway_pool[0].gateway_name") && text.contains("once"),
+        "{text}"
+    );
+    // A pool member's address must be an address.
+    let mut bad = doc.clone();
+    bad["resource_managers"][0]["gateway_pool"][0]["gateway_ip"] = json!("not an address!");
+    let text = parse(&bad).unwrap_err().to_string();
+    assert!(text.contains("gateway_pool[0].gateway_ip"), "{text}");
+    // Another resource manager whose own Gateway is in this pool must not overlap its range.
+    let mut east = doc["resource_managers"][0].clone();
+    east["name"] = json!("k8s-east");
+    east["gateway_pool"] = json!([]);
+    east["internal_task_gateway"]["gateway_name"] = json!("itg-2");
+    doc["resource_managers"].as_array_mut().unwrap().push(east);
+    let text = parse(&doc).unwrap_err().to_string();
+    assert!(
+        text.contains("gateway-system/itg-2") && text.contains("overlap"),
+        "{text}"
+    );
+}

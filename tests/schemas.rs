@@ -415,6 +415,7 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
             "resource_managers/*/wait_for_controller",
             json!(rm.wait_for_controller),
         ),
+        ("resource_managers/*/gateway_pool", json!(rm.gateway_pool)),
     ];
     for (key, got) in &values {
         assert_eq!(*got, documented_default(key), "{key}");

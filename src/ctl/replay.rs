@@ -20,10 +20,10 @@ pub(super) async fn run(
         .iter()
         .find(|c| c.config.name == rm)
         .with_context(|| format!("resource manager {rm:?} is not in {}", path.display()))?;
-    let handler = crate::worker::Handler::new(
+    let handler = crate::worker::Handler::with_pool(
         crate::resource_manager::RmContext::new(&c.config),
         servers.store.clone(),
-        c.gateway.clone(),
+        c.pool.clone(),
         config.worker.clone(),
     );
     let replier = crate::nats::JetStreamReplier::new(servers.js.clone());

@@ -38,7 +38,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         loop {
             let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
             if !unbound.is_empty() {
-                let chosen = match self.choose_ports(&rec, unbound.len()).await {
+                // An allocation holding no port yet is placed on the pool's roomiest Gateway.
+                let place =
+                    (rec.ports.is_empty() && self.clusters.len() > 1).then(|| self.roomiest());
+                let at = place.unwrap_or_else(|| self.placement(Some(&rec)));
+                let chosen = match self.choose_ports(&rec, at, unbound.len()).await {
                     Ok(chosen) => chosen,
                     // All or none: an allocation that waits gives back what it holds, so two half-served
                     // allocations never wait on each other.
@@ -51,6 +55,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     Err(e) => return Err(e),
                 };
                 let mut next = rec.clone();
+                if let Some(at) = place {
+                    next.gateway = Some(self.rm.pool[at].gateway.clone());
+                }
                 for (p, port) in unbound.iter().zip(chosen) {
                     next.ports.push(Binding {
                         name: p.name.clone(),
@@ -67,10 +74,19 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 crashpoint::reach("expose.ports_recorded");
             }
             let mut lost = Vec::new();
+            let on = &self.rm.pool[self.placement(Some(&rec))].gateway;
             for b in &rec.ports {
                 add_touched(touched, b);
-                if !claims::claim(&self.store, &self.rm, key, &b.name, b.gateway_port, now())
-                    .await?
+                if !claims::claim(
+                    &self.store,
+                    &self.rm,
+                    on,
+                    key,
+                    &b.name,
+                    b.gateway_port,
+                    now(),
+                )
+                .await?
                 {
                     lost.push(b.name.clone());
                 }
@@ -86,8 +102,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Outcome::Conflict => return Ok(Pass::Moved),
             }
         }
-        if !self.cluster.view().present {
-            let g = &self.rm.gateway;
+        let at = self.placement(Some(&rec));
+        let cluster = &self.clusters[at];
+        if !cluster.view().present {
+            let g = &self.rm.pool[at].gateway;
             return Err(DriveError::Kube(format!(
                 "Gateway {}/{} was not found; create it or fix internal_task_gateway",
                 g.namespace, g.name
@@ -104,7 +122,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             })
             .collect();
         for e in &exposures {
-            match self.cluster.expose(e).await {
+            match cluster.expose(e).await {
                 Ok(()) => {}
                 // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
                 // still exposing gives back everything it holds, as when no port is free, so two of them
@@ -132,7 +150,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 // A Ready allocation asked again waits a whole slice; an exposing one no longer than its
                 // deadline allows.
                 let since = (rec.phase == Phase::Exposing).then_some(rec.updated_at);
-                match self.await_controller(&exposures, since).await {
+                match self.await_controller(cluster, &exposures, since).await {
                     Verdict::Reachable => {}
                     Verdict::Refused { reason, message } => {
                         return Err(DriveError::Fail(Failure {
@@ -176,6 +194,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     /// the Gateway write lock.
     pub(super) async fn await_controller(
         &self,
+        cluster: &C,
         exposures: &[Exposure<'_>],
         since: Option<i64>,
     ) -> Verdict {
@@ -188,11 +207,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .min(WAIT_SLICE)
         });
         let start = tokio::time::Instant::now();
-        let mut changes = self.cluster.changes();
+        let mut changes = cluster.changes();
         let mut refused_at: Option<tokio::time::Instant> = None;
         loop {
             changes.borrow_and_update();
-            let verdict = self.cluster.controller_verdict(exposures);
+            let verdict = cluster.controller_verdict(exposures);
             let until = match &verdict {
                 Verdict::Reachable => return verdict,
                 Verdict::Refused { .. } => {
@@ -218,14 +237,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         }
     }
 
-    /// Picks `n` ports that look free: allowed by config, not a foreign listener's, not claimed in KV.
+    /// Picks `n` ports that look free on the pool's Gateway `at`: allowed by config, not a foreign
+    /// listener's, not claimed in KV.
     pub(super) async fn choose_ports(
         &self,
         rec: &Record,
+        at: usize,
         n: usize,
     ) -> Result<Vec<u16>, DriveError> {
-        let view = self.cluster.view();
-        let g = &self.rm.gateway;
+        let view = self.clusters[at].view();
+        let g = &self.rm.pool[at].gateway;
         if !view.present {
             return Err(DriveError::Kube(format!(
                 "Gateway {}/{} was not found; create it or fix internal_task_gateway",
@@ -260,7 +281,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             foreign: view.foreign_ports,
             taken,
         };
-        let chosen = claims::choose(&self.store, &self.rm, &pv, rand::random(), n).await?;
+        let chosen = claims::choose(&self.store, &self.rm, g, &pv, rand::random(), n).await?;
         if chosen.len() < n {
             return Err(DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",
@@ -284,8 +305,14 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         ns: Option<&str>,
         why: String,
     ) -> Result<Pass, DriveError> {
-        self.withdraw_all(&rec.allocation_id, &rec.ports, ns, false)
-            .await?;
+        self.withdraw_all(
+            self.placement(Some(rec)),
+            &rec.allocation_id,
+            &rec.ports,
+            ns,
+            false,
+        )
+        .await?;
         let mut next = rec.clone();
         next.ports.clear();
         next.updated_at = now();
@@ -293,5 +320,32 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             return Ok(Pass::Moved);
         }
         Err(DriveError::Capacity(why))
+    }
+
+    /// The Gateway of the pool with the most room: free listener slots and free ports, as its watch shows
+    /// them (the first on a tie). A hint: the port claims decide, and a full Gateway gives the allocation
+    /// back to be placed again.
+    pub(super) fn roomiest(&self) -> usize {
+        let room = |c: &C| {
+            let view = c.view();
+            if !view.present {
+                return 0;
+            }
+            let slots = self.rm.listener_limit.saturating_sub(view.listeners.len());
+            let pv = PortView {
+                excluded: self.rm.excluded.clone(),
+                foreign: view.foreign_ports,
+                taken: view.owned_ports,
+            };
+            slots.min(allocator::candidates(self.rm.range.clone(), &pv, 0).count())
+        };
+        let mut best = (0, 0);
+        for (at, c) in self.clusters.iter().enumerate() {
+            let r = room(c);
+            if r > best.1 {
+                best = (at, r);
+            }
+        }
+        best.0
     }
 }

@@ -90,7 +90,8 @@ enum Pass {
 pub struct Handler<S, C> {
     rm: Arc<RmContext>,
     store: S,
-    cluster: C,
+    /// One cluster per Gateway of the resource manager's pool, in the order of [`RmContext::pool`].
+    clusters: Arc<Vec<C>>,
     timing: WorkerConfig,
     refused: Refused,
 }
@@ -156,15 +157,30 @@ fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
 }
 
 impl<S: Store, C: Cluster> Handler<S, C> {
-    /// A handler for one resource manager.
+    /// A handler for one resource manager with one Gateway.
     pub fn new(rm: RmContext, store: S, cluster: C, timing: WorkerConfig) -> Self {
+        Handler::with_pool(rm, store, vec![cluster], timing)
+    }
+
+    /// A handler for one resource manager with a pool of Gateways: `clusters` in the order of
+    /// [`RmContext::pool`] (the resource manager's own Gateway first). Allocations are placed only on the
+    /// Gateways a cluster is given for.
+    pub fn with_pool(rm: RmContext, store: S, clusters: Vec<C>, timing: WorkerConfig) -> Self {
         Handler {
             rm: Arc::new(rm),
             store,
-            cluster,
+            clusters: Arc::new(clusters),
             timing,
             refused: Refused::default(),
         }
+    }
+
+    /// Which Gateway of the pool holds `rec`'s ports (the resource manager's own for a record naming
+    /// none, or a Gateway no longer in the pool).
+    fn placement(&self, rec: Option<&Record>) -> usize {
+        rec.and_then(|r| self.rm.placed(r.gateway.as_ref()))
+            .filter(|at| *at < self.clusters.len())
+            .unwrap_or(0)
     }
 
     /// The resource manager this handler serves.

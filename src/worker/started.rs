@@ -51,7 +51,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .and_then(|(r, _)| r.spec.as_ref())
                         .map_or(ev.namespace.as_str(), |s| s.namespace.as_str());
                     let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
-                    self.withdraw_all(&ev.allocation_id, &all, Some(ns), refused)
+                    let at = self.placement(cur.as_ref().map(|(r, _)| r));
+                    self.withdraw_all(at, &ev.allocation_id, &all, Some(ns), refused)
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {

@@ -14,14 +14,14 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     /// and a forbidden delete there is not a leak; anywhere else a 403 is an error, retried.
     pub(super) async fn withdraw_all(
         &self,
+        at: usize,
         allocation_id: &str,
         bindings: &[Binding],
         ns: Option<&str>,
         refused_ns: bool,
     ) -> Result<(), DriveError> {
         for b in bindings {
-            match self
-                .cluster
+            match self.clusters[at]
                 .withdraw(&self.rm.name, allocation_id, ns, b)
                 .await
             {
@@ -39,8 +39,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
         }
         let key = self.rm.allocation_key(allocation_id);
+        let on = &self.rm.pool[at].gateway;
         for b in bindings {
-            claims::release(&self.store, &self.rm, &key, &b.name, b.gateway_port).await?;
+            claims::release(&self.store, &self.rm, on, &key, &b.name, b.gateway_port).await?;
         }
         Ok(())
     }
@@ -72,8 +73,14 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         for b in touched.iter() {
             add_touched(&mut all, b);
         }
-        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref(), refused_ns(rec))
-            .await?;
+        self.withdraw_all(
+            self.placement(Some(rec)),
+            &rec.allocation_id,
+            &all,
+            ns.as_deref(),
+            refused_ns(rec),
+        )
+        .await?;
         touched.clear();
         if rec.is_clean() && rec.phase != Phase::Ending {
             return Ok(Pass::Settled(Box::new(rec.clone())));

@@ -67,8 +67,16 @@ pub fn failed(rm: &RmContext, allocation_id: &str, event_id: Uuid, f: &Failure) 
     Handled::Answer { reply, msg_id }
 }
 
-/// `ready`, with the record's addresses in the order the started listed its ports.
+/// `ready`, with the record's addresses in the order the started listed its ports, on the Gateway of the
+/// pool that holds them.
 pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
+    let target = rm
+        .placed(rec.gateway.as_ref())
+        .and_then(|i| rm.pool.get(i))
+        .map_or_else(
+            || (rm.gateway.clone(), rm.gateway_ip.clone()),
+            |t| (t.gateway.clone(), t.ip.clone()),
+        );
     let order = rec
         .spec
         .as_ref()
@@ -81,13 +89,20 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
             name: b.name.clone(),
             container_port: b.container_port,
             gateway_port: b.gateway_port,
-            address: contract::proxy_address(&rm.gateway_ip, b.gateway_port),
+            address: contract::proxy_address(&target.1, b.gateway_port),
         })
         .collect();
-    let outcome: Vec<String> = proxies
+    let mut outcome: Vec<String> = proxies
         .iter()
         .map(|p| format!("{}={}", p.name, p.gateway_port))
         .collect();
+    // Ports on another Gateway of the pool are another outcome; on the resource manager's own Gateway the
+    // id stays what it was before pools.
+    if let Some(g) = &rec.gateway
+        && *g != rm.gateway
+    {
+        outcome.insert(0, format!("{}/{}", g.namespace, g.name));
+    }
     let msg_id = names::reply_msg_id(
         "ready",
         &rm.name,
@@ -99,7 +114,7 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
         resource_manager: rm.name.clone(),
         allocation_id: rec.allocation_id.clone(),
         source_event_id: event_id.to_string(),
-        gateway: rm.gateway.clone(),
+        gateway: target.0,
         proxies,
     });
     Handled::Answer { reply, msg_id }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::{self, PortView};
+use crate::contract::GatewayRef;
 use crate::crashpoint;
 use crate::names;
 use crate::resource_manager::RmContext;
@@ -42,12 +43,13 @@ impl PortClaim {
 pub async fn choose<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
     view: &PortView,
     start: u32,
     n: usize,
 ) -> Result<Vec<u16>, StoreError> {
     let candidates = allocator::candidates(rm.range.clone(), view, start);
-    unclaimed(store, &rm.port_key_prefix(), candidates, n).await
+    unclaimed(store, &rm.port_key_prefix(on), candidates, n).await
 }
 
 /// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
@@ -89,19 +91,20 @@ pub async fn unclaimed<S: Store>(
     Ok(chosen)
 }
 
-/// Makes the port key of `port` owned by `allocation_key` for `proxy`. `false` when someone else holds it.
+/// Makes the port key of `port` on Gateway `on` owned by `allocation_key` for `proxy`. `false` when someone else holds it.
 ///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read or written.
 pub async fn claim<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
     allocation_key: &str,
     proxy: &str,
     port: u16,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let pkey = rm.port_key(port);
+    let pkey = rm.port_key(on, port);
     let claim = PortClaim {
         allocation: allocation_key.to_owned(),
         proxy: proxy.to_owned(),
@@ -129,11 +132,12 @@ pub async fn claim<S: Store>(
 pub async fn release<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
     allocation_key: &str,
     proxy: &str,
     port: u16,
 ) -> Result<(), StoreError> {
-    let pkey = rm.port_key(port);
+    let pkey = rm.port_key(on, port);
     for _ in 0..MAX_ROUNDS {
         let Some(e) = store.get(&pkey).await? else {
             return Ok(());
@@ -164,21 +168,23 @@ pub async fn release<S: Store>(
 pub async fn release_at<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
     port: u16,
     revision: u64,
 ) -> Result<Outcome, StoreError> {
-    store.delete(&rm.port_key(port), revision).await
+    store.delete(&rm.port_key(on, port), revision).await
 }
 
-/// The ports claimed on the resource manager's Gateway.
+/// The ports claimed on Gateway `on` of the resource manager's pool.
 ///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read.
 pub async fn claimed_ports<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
 ) -> Result<BTreeSet<u16>, StoreError> {
-    let prefix = rm.port_key_prefix();
+    let prefix = rm.port_key_prefix(on);
     Ok(store
         .keys(&prefix)
         .await?
@@ -187,7 +193,7 @@ pub async fn claimed_ports<S: Store>(
         .collect())
 }
 
-/// Every readable claim on the resource manager's Gateway, with its revision. A claim that cannot be read
+/// Every readable claim on Gateway `on` of the resource manager's pool, with its revision. A claim that cannot be read
 /// is left out: it is never released, which is the safe side.
 ///
 /// # Errors
@@ -195,8 +201,9 @@ pub async fn claimed_ports<S: Store>(
 pub async fn claims<S: Store>(
     store: &S,
     rm: &RmContext,
+    on: &GatewayRef,
 ) -> Result<BTreeMap<u16, (PortClaim, u64)>, StoreError> {
-    let prefix = rm.port_key_prefix();
+    let prefix = rm.port_key_prefix(on);
     let mut out = BTreeMap::new();
     for key in store.keys(&prefix).await? {
         let (Some(port), Some(e)) = (names::parse_port_key(&key, &prefix), store.get(&key).await?)

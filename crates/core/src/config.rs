@@ -276,6 +276,19 @@ pub struct ResourceManagerConfig {
     /// Where the ListenerSets are made, in `listenerset` mode; the Gateway's namespace when unset.
     pub listenerset_namespace: Option<String>,
     pub internal_task_gateway: InternalTaskGatewayConfig,
+    /// More Gateways for this resource manager, each with its own address: an allocation's ports all go
+    /// on one Gateway of the pool (this list and `internal_task_gateway`'s), which `ready` names.
+    #[serde(default)]
+    pub gateway_pool: Vec<PoolGateway>,
+}
+
+/// One more Gateway of a resource manager's pool: it shares the port range of `internal_task_gateway`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolGateway {
+    pub gateway_name: String,
+    pub gateway_namespace: String,
+    pub gateway_ip: String,
 }
 
 /// Where an allocation's listeners go.
@@ -552,13 +565,18 @@ impl Config {
     fn validate_shared_gateways(&self) -> Result<(), ConfigError> {
         for (i, a) in self.resource_managers.iter().enumerate() {
             for (j, b) in self.resource_managers.iter().enumerate().skip(i + 1) {
-                let (ga, gb) = (&a.internal_task_gateway, &b.internal_task_gateway);
-                let same_gateway = ga.gateway_namespace == gb.gateway_namespace
-                    && ga.gateway_name == gb.gateway_name
-                    && a.kubeconfig == b.kubeconfig
-                    && a.kube_context == b.kube_context;
+                let same_cluster = a.kubeconfig == b.kubeconfig && a.kube_context == b.kube_context;
+                let shared = a.gateways().into_iter().find(|ga| {
+                    b.gateways().iter().any(|gb| {
+                        ga.gateway_namespace == gb.gateway_namespace
+                            && ga.gateway_name == gb.gateway_name
+                    })
+                });
                 let (ra, rb) = (a.port_range(), b.port_range());
-                if same_gateway && ra.start() <= rb.end() && rb.start() <= ra.end() {
+                if let Some(ga) = shared.filter(|_| same_cluster)
+                    && ra.start() <= rb.end()
+                    && rb.start() <= ra.end()
+                {
                     return Err(rule(
                         format!(
                             "resource_managers[{j}].internal_task_gateway.gateway_port_range_start"
@@ -582,6 +600,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The name, namespace and address rules of one Gateway, at `at`.
+fn validate_gateway(at: &str, name: &str, namespace: &str, ip: &str) -> Result<(), ConfigError> {
+    if !validate::is_dns1123_subdomain(name) {
+        return Err(rule(
+            format!("{at}.gateway_name"),
+            name,
+            validate::DNS1123_SUBDOMAIN_RULE,
+        ));
+    }
+    if !validate::is_dns1123_label(namespace) {
+        return Err(rule(
+            format!("{at}.gateway_namespace"),
+            namespace,
+            validate::DNS1123_LABEL_RULE,
+        ));
+    }
+    if ip.parse::<IpAddr>().is_err() && !validate::is_dns1123_subdomain(&ip.to_ascii_lowercase()) {
+        return Err(rule(
+            format!("{at}.gateway_ip"),
+            ip,
+            "must be an IPv4 or IPv6 address or a DNS name",
+        ));
+    }
+    Ok(())
 }
 
 impl ResourceManagerConfig {
@@ -624,31 +668,25 @@ impl ResourceManagerConfig {
             p.bounds()
                 .map_err(|r| rule(format!("{at}.excluded_ports[{j}]"), p, r))?;
         }
+        let mut seen = BTreeSet::new();
+        for (j, g) in self.gateway_pool.iter().enumerate() {
+            let at = format!("{at}.gateway_pool[{j}]");
+            validate_gateway(&at, &g.gateway_name, &g.gateway_namespace, &g.gateway_ip)?;
+            let main = &self.internal_task_gateway;
+            let again = (g.gateway_namespace == main.gateway_namespace
+                && g.gateway_name == main.gateway_name)
+                || !seen.insert((g.gateway_namespace.clone(), g.gateway_name.clone()));
+            if again {
+                return Err(rule(
+                    format!("{at}.gateway_name"),
+                    format!("{}/{}", g.gateway_namespace, g.gateway_name),
+                    "names a Gateway already in this resource manager's pool; list each Gateway once",
+                ));
+            }
+        }
         let g = &self.internal_task_gateway;
         let at = format!("{at}.internal_task_gateway");
-        if !validate::is_dns1123_subdomain(&g.gateway_name) {
-            return Err(rule(
-                format!("{at}.gateway_name"),
-                &g.gateway_name,
-                validate::DNS1123_SUBDOMAIN_RULE,
-            ));
-        }
-        if !validate::is_dns1123_label(&g.gateway_namespace) {
-            return Err(rule(
-                format!("{at}.gateway_namespace"),
-                &g.gateway_namespace,
-                validate::DNS1123_LABEL_RULE,
-            ));
-        }
-        if g.gateway_ip.parse::<IpAddr>().is_err()
-            && !validate::is_dns1123_subdomain(&g.gateway_ip.to_ascii_lowercase())
-        {
-            return Err(rule(
-                format!("{at}.gateway_ip"),
-                &g.gateway_ip,
-                "must be an IPv4 or IPv6 address or a DNS name",
-            ));
-        }
+        validate_gateway(&at, &g.gateway_name, &g.gateway_namespace, &g.gateway_ip)?;
         for (key, v) in [
             ("gateway_port_range_start", g.gateway_port_range_start),
             ("gateway_port_range_end", g.gateway_port_range_end),
@@ -672,6 +710,18 @@ impl ResourceManagerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Every Gateway of this resource manager's pool: `internal_task_gateway`'s first, then `gateway_pool`.
+    pub fn gateways(&self) -> Vec<PoolGateway> {
+        let g = &self.internal_task_gateway;
+        let mut all = vec![PoolGateway {
+            gateway_name: g.gateway_name.clone(),
+            gateway_namespace: g.gateway_namespace.clone(),
+            gateway_ip: g.gateway_ip.clone(),
+        }];
+        all.extend(self.gateway_pool.iter().cloned());
+        all
     }
 
     /// The inclusive port range; valid after [`Config::load`].

@@ -28,6 +28,14 @@ pub struct RmLabels {
     pub resource_manager: String,
 }
 
+/// Labels of one Gateway of a resource manager's pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub resource_manager: String,
+    /// `<namespace>/<name>`.
+    pub gateway: String,
+}
+
 /// Labels of an apiserver call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -42,9 +50,9 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     pub started_to_ready: Family<RmLabels, Histogram>,
     pub redeliveries: Family<RmLabels, Counter>,
-    pub ports_in_use: Family<RmLabels, Gauge>,
-    pub ports_free: Family<RmLabels, Gauge>,
-    pub listener_slots_free: Family<RmLabels, Gauge>,
+    pub ports_in_use: Family<GatewayLabels, Gauge>,
+    pub ports_free: Family<GatewayLabels, Gauge>,
+    pub listener_slots_free: Family<GatewayLabels, Gauge>,
     pub kube_calls: Family<CallLabels, Histogram>,
     pub kube_errors: Family<CallLabels, Counter>,
     pub reconciler_actions: Family<ActionLabels, Counter>,
@@ -174,6 +182,14 @@ impl Metrics {
 pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// Labels for one Gateway of a resource manager's pool.
+pub fn gateway(rm: &str, namespace: &str, name: &str) -> GatewayLabels {
+    GatewayLabels {
+        resource_manager: rm.to_owned(),
+        gateway: format!("{namespace}/{name}"),
+    }
 }
 
 /// Labels for a resource manager.

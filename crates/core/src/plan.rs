@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::claims::PortClaim;
 use crate::cluster::OwnedObject;
+use crate::contract::GatewayRef;
 use crate::names;
 use crate::state::Record;
 
@@ -71,6 +72,24 @@ pub struct Inputs {
     /// Task namespaces named by a record whose objects were not listed in this pass (objects are listed per
     /// namespace where a cluster-wide list is forbidden): a record there is not judged to lack anything.
     pub unlisted_namespaces: Option<BTreeSet<String>>,
+    /// For a resource manager with a pool of Gateways: the Gateway whose claims and listeners this pass
+    /// judges. `None` (one Gateway) judges everything.
+    pub here: Option<GatewayRef>,
+    /// Whether `here` is another Gateway of the pool than the resource manager's own. Such a pass judges
+    /// only its claims and listeners; the own Gateway's pass also judges what belongs to no Gateway (the
+    /// objects in task namespaces, the records).
+    pub secondary: bool,
+}
+
+impl Inputs {
+    /// Whether record `r` holds its ports on the Gateway this pass judges.
+    fn holds_here(&self, r: &Record) -> bool {
+        match (&self.here, &r.gateway) {
+            (None, _) => true,
+            (Some(_), None) => !self.secondary,
+            (Some(h), Some(g)) => g == h,
+        }
+    }
 }
 
 /// Decides what to do. Returns the actions and the listeners now suspected (to pass to the next plan).
@@ -78,6 +97,8 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
     let recent = |t: i64| now.saturating_sub(t) < hold_off;
     // Names every live allocation wants, and names of any allocation touched within the hold-off.
     let mut wanted = BTreeSet::new();
+    // Listener names live allocations want on this Gateway: in a pool, another Gateway's are not.
+    let mut wanted_here = BTreeSet::new();
     let mut protected = BTreeSet::new();
     for (id, r) in &i.records {
         let all_ports = r.ports.iter().map(|b| b.name.as_str());
@@ -89,6 +110,9 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
             let n = names::object_name(rm, id, port);
             if r.phase.wants_exposure() {
                 wanted.insert(n.clone());
+                if i.holds_here(r) {
+                    wanted_here.insert(n.clone());
+                }
             }
             if recent(r.updated_at) {
                 protected.insert(n);
@@ -108,9 +132,10 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
         let owner =
             names::parse_allocation_key(&claim.allocation).and_then(|(_, id)| i.records.get(&id));
         let listed = owner.is_some_and(|r| {
-            r.ports
-                .iter()
-                .any(|b| b.gateway_port == *port && b.name == claim.proxy)
+            i.holds_here(r)
+                && r.ports
+                    .iter()
+                    .any(|b| b.gateway_port == *port && b.name == claim.proxy)
         });
         if !listed && !recent(claim.claimed_at) && !owner.is_some_and(|r| recent(r.updated_at)) {
             actions.push(Action::ReleaseClaim {
@@ -122,7 +147,7 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
     }
     let mut suspects = BTreeMap::new();
     for name in &i.listeners {
-        if wanted.contains(name) || protected.contains(name) {
+        if wanted_here.contains(name) || protected.contains(name) {
             continue;
         }
         let since = i.suspects.get(name).copied().unwrap_or(now);
@@ -131,13 +156,13 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
             actions.push(Action::RemoveListener { name: name.clone() });
         }
     }
-    for o in &i.objects {
+    for o in i.objects.iter().filter(|_| !i.secondary) {
         if !wanted.contains(&o.name) && !protected.contains(&o.name) && !recent(o.created) {
             actions.push(Action::DeleteObject { object: o.clone() });
         }
     }
     for (id, r) in &i.records {
-        if recent(r.updated_at) {
+        if recent(r.updated_at) || !i.holds_here(r) {
             continue;
         }
         let unlisted = match (&i.unlisted_namespaces, &r.spec) {
@@ -153,13 +178,15 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
                     || !has(crate::cluster::ObjectKind::Service)
                     || !has(crate::cluster::ObjectKind::TcpRoute)
             });
-        let half_clean = r.phase == crate::state::Phase::Ending
-            || (!r.phase.wants_exposure() && !r.ports.is_empty());
+        let half_clean = !i.secondary
+            && (r.phase == crate::state::Phase::Ending
+                || (!r.phase.wants_exposure() && !r.ports.is_empty()));
         if lacking || half_clean {
             actions.push(Action::Repair {
                 allocation_id: id.clone(),
             });
         } else if let (Some(max_age), Some(revision)) = (i.tombstone_max_age, i.revisions.get(id))
+            && !i.secondary
             && !r.phase.wants_exposure()
             && r.phase != crate::state::Phase::Ending
             && r.ports.is_empty()
@@ -189,6 +216,7 @@ mod tests {
             phase,
             spec: None,
             started_event_id: None,
+            gateway: None,
             ports: vec![Binding {
                 name: "jupyter".into(),
                 container_port: 8888,
@@ -339,6 +367,78 @@ mod tests {
             vec![Action::Repair {
                 allocation_id: "a.1".into()
             }]
+        );
+    }
+
+    #[test]
+    fn in_a_pool_each_gateway_judges_only_what_its_allocations_hold_there() {
+        let (a, b) = (
+            GatewayRef {
+                namespace: "gw".into(),
+                name: "a".into(),
+            },
+            GatewayRef {
+                namespace: "gw".into(),
+                name: "b".into(),
+            },
+        );
+        // Allocation x holds port 40001 on the own Gateway a (an old record names none); y on b.
+        let x = mk_record("x", Phase::Ready, 40001, 0);
+        let mut y = mk_record("y", Phase::Ready, 40001, 0);
+        y.gateway = Some(b.clone());
+        let mut i = Inputs {
+            records: BTreeMap::from([("x".into(), x), ("y".into(), y)]),
+            here: Some(b.clone()),
+            secondary: true,
+            ..Inputs::default()
+        };
+        // On b: y's claim and listener are wanted; x's listener name is a stray there, and x's claim (a
+        // stale one on b's port key) is released.
+        i.claims.insert(40001, mk_claim("y", 0));
+        i.listeners = BTreeSet::from([
+            names::object_name(RM, "y", "jupyter"),
+            names::object_name(RM, "x", "jupyter"),
+        ]);
+        i.suspects = BTreeMap::from([(names::object_name(RM, "x", "jupyter"), 0)]);
+        let (actions, _) = plan(RM, &i, 1000, 10);
+        assert!(
+            actions.contains(&Action::RemoveListener {
+                name: names::object_name(RM, "x", "jupyter")
+            }),
+            "{actions:?}"
+        );
+        // Nothing else of x, and nothing that belongs to no Gateway: y lacks its objects (none were
+        // listed here), so it is repaired, as its own Gateway's pass would.
+        assert!(
+            actions
+                .iter()
+                .all(|a| matches!(a, Action::RemoveListener { .. })
+                    || *a
+                        == Action::Repair {
+                            allocation_id: "y".into()
+                        }),
+            "b's pass judged another Gateway's allocation: {actions:?}"
+        );
+        i.claims.insert(40001, mk_claim("x", 0));
+        i.listeners.clear();
+        let (actions, _) = plan(RM, &i, 1000, 10);
+        assert!(
+            actions.contains(&Action::ReleaseClaim {
+                port: 40001,
+                owner: names::allocation_key(RM, "x"),
+                revision: 7
+            }),
+            "{actions:?}"
+        );
+        // The own Gateway's pass takes the old record (no Gateway named) as its own.
+        i.here = Some(a);
+        i.secondary = false;
+        let (actions, _) = plan(RM, &i, 1000, 10);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::ReleaseClaim { .. })),
+            "{actions:?}"
         );
     }
 }

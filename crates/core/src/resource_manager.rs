@@ -1,4 +1,4 @@
-//! What one resource manager's handler knows, fixed at start: its name, its Gateway, its port range.
+//! What one resource manager's handler knows, fixed at start: its name, its Gateways, its port range.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -7,12 +7,22 @@ use crate::config::ResourceManagerConfig;
 use crate::contract::GatewayRef;
 use crate::names;
 
+/// One Gateway of a resource manager's pool, and the address `ready` gives for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayTarget {
+    pub gateway: GatewayRef,
+    pub ip: String,
+}
+
 /// One resource manager, from its validated config.
 #[derive(Debug, Clone)]
 pub struct RmContext {
     pub name: String,
+    /// The resource manager's own Gateway (`internal_task_gateway`): the first of the pool.
     pub gateway: GatewayRef,
     pub gateway_ip: String,
+    /// Every Gateway an allocation may be placed on, `gateway` first.
+    pub pool: Vec<GatewayTarget>,
     pub range: RangeInclusive<u16>,
     pub excluded: BTreeSet<u16>,
     pub listener_limit: usize,
@@ -30,6 +40,17 @@ impl RmContext {
                 name: g.gateway_name.clone(),
             },
             gateway_ip: g.gateway_ip.clone(),
+            pool: config
+                .gateways()
+                .into_iter()
+                .map(|p| GatewayTarget {
+                    gateway: GatewayRef {
+                        namespace: p.gateway_namespace,
+                        name: p.gateway_name,
+                    },
+                    ip: p.gateway_ip,
+                })
+                .collect(),
             range: config.port_range(),
             excluded: config.excluded_port_set(),
             listener_limit: config.listener_capacity(),
@@ -37,19 +58,23 @@ impl RmContext {
         }
     }
 
-    /// KV key of one port of this resource manager's Gateway.
-    pub fn port_key(&self, port: u16) -> String {
-        names::port_key(
-            &self.name,
-            &self.gateway.namespace,
-            &self.gateway.name,
-            port,
-        )
+    /// KV key of one port of Gateway `on` of this resource manager's pool.
+    pub fn port_key(&self, on: &GatewayRef, port: u16) -> String {
+        names::port_key(&self.name, &on.namespace, &on.name, port)
     }
 
-    /// KV key prefix of every port of this resource manager's Gateway.
-    pub fn port_key_prefix(&self) -> String {
-        names::port_key_prefix(&self.name, &self.gateway.namespace, &self.gateway.name)
+    /// KV key prefix of every port of Gateway `on` of this resource manager's pool.
+    pub fn port_key_prefix(&self, on: &GatewayRef) -> String {
+        names::port_key_prefix(&self.name, &on.namespace, &on.name)
+    }
+
+    /// Which Gateway of the pool holds an allocation recorded on `gateway` (absent: the resource manager's
+    /// own), by its index in [`RmContext::pool`]; `None` for a Gateway no longer in the pool.
+    pub fn placed(&self, gateway: Option<&GatewayRef>) -> Option<usize> {
+        match gateway {
+            None => Some(0),
+            Some(g) => self.pool.iter().position(|t| &t.gateway == g),
+        }
     }
 
     /// KV key of one allocation's record.

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::{FailureReason, ProxyPort, Released, Started};
+use crate::contract::{FailureReason, GatewayRef, ProxyPort, Released, Started};
 
 /// Where an allocation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +82,10 @@ pub struct Record {
     pub spec: Option<Spec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_event_id: Option<Uuid>,
+    /// The Gateway of the resource manager's pool that holds this allocation's ports, recorded with them;
+    /// absent means the resource manager's own (`internal_task_gateway`), as in records from before pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
     /// Ports this allocation holds or is claiming. Every port key owned by the allocation is listed here
     /// before it is created, so cleanup always finds it.
     #[serde(default)]
@@ -128,6 +132,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
                 task_id: ev.task_id.clone(),
             }),
             started_event_id: Some(ev.event_id),
+            gateway: None,
             ports: Vec::new(),
             released: Vec::new(),
             ended_event_id: None,
@@ -173,6 +178,7 @@ pub fn on_ended(
             phase: Phase::Removed,
             spec: None,
             started_event_id: None,
+            gateway: None,
             ports: Vec::new(),
             released: Vec::new(),
             ended_event_id: Some(event_id),

@@ -77,54 +77,62 @@ pub fn classify(what: &str, err: kube::Error) -> ClusterError {
     }
 }
 
-/// Connects to the apiserver of `rm`, checks that it answers and that the Gateway exists, and starts the
-/// watches of the backend its `listener_mode` chooses. Returns the backend and where its apiserver was found.
+/// Connects to the apiserver of `rm`, checks that it answers and that each Gateway of its pool exists, and
+/// starts the watches of the backend its `listener_mode` chooses, one per Gateway (the resource manager's
+/// own first). Returns the backends and where the apiserver was found.
 ///
 /// # Errors
 /// A message naming the apiserver or the Gateway, and what to fix.
 pub async fn connect(
     rm: &ResourceManagerConfig,
     call_timeout: Duration,
-) -> Result<(Backend, String), String> {
+) -> Result<(Vec<Backend>, String), String> {
     let (client, server) = client_for(rm).await?;
     let silent = || format!("apiserver from {server} gave no answer in {call_timeout:?}");
     tokio::time::timeout(call_timeout, client.apiserver_version())
         .await
         .map_err(|_| silent())?
         .map_err(|e| format!("apiserver from {server} does not answer: {e}"))?;
-    let g = &rm.internal_task_gateway;
-    let api: Api<Gateway> = Api::namespaced(client.clone(), &g.gateway_namespace);
-    let found = tokio::time::timeout(call_timeout, api.get_opt(&g.gateway_name))
-        .await
-        .map_err(|_| silent())?;
-    match found {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return Err(format!(
-                "Gateway {}/{} not found in the cluster of {server}; create it (with a placeholder listener) or fix internal_task_gateway",
-                g.gateway_namespace, g.gateway_name
-            ));
+    let mut backends = Vec::new();
+    for (i, g) in rm.gateways().iter().enumerate() {
+        let at = if i == 0 {
+            "internal_task_gateway".to_owned()
+        } else {
+            format!("gateway_pool[{}]", i - 1)
+        };
+        let api: Api<Gateway> = Api::namespaced(client.clone(), &g.gateway_namespace);
+        let found = tokio::time::timeout(call_timeout, api.get_opt(&g.gateway_name))
+            .await
+            .map_err(|_| silent())?;
+        match found {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(format!(
+                    "Gateway {}/{} not found in the cluster of {server}; create it (with a placeholder listener) or fix {at}",
+                    g.gateway_namespace, g.gateway_name
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "reading Gateway {}/{} via {server}: {e}",
+                    g.gateway_namespace, g.gateway_name
+                ));
+            }
         }
-        Err(e) => {
-            return Err(format!(
-                "reading Gateway {}/{} via {server}: {e}",
-                g.gateway_namespace, g.gateway_name
-            ));
-        }
+        let gateway = KubeGateway::start(client.clone(), rm, g)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_call_timeout(call_timeout);
+        backends.push(match rm.listener_mode {
+            ListenerMode::Gateway => Backend::Gateway(Box::new(gateway)),
+            ListenerMode::Listenerset => Backend::ListenerSets(Box::new(
+                ListenerSets::start(gateway, rm)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )),
+        });
     }
-    let gateway = KubeGateway::start(client, rm)
-        .await
-        .map_err(|e| e.to_string())?
-        .with_call_timeout(call_timeout);
-    let backend = match rm.listener_mode {
-        ListenerMode::Gateway => Backend::Gateway(Box::new(gateway)),
-        ListenerMode::Listenerset => Backend::ListenerSets(Box::new(
-            ListenerSets::start(gateway, rm)
-                .await
-                .map_err(|e| e.to_string())?,
-        )),
-    };
-    Ok((backend, server))
+    Ok((backends, server))
 }
 
 /// Finds which TCPRoute version the apiserver serves, preferring `v1`.

@@ -61,7 +61,11 @@ impl ListenerSets {
         base: KubeGateway,
         rm: &ResourceManagerConfig,
     ) -> Result<ListenerSets, ClusterError> {
-        let namespace = rm.listenerset_namespace().to_owned();
+        // By default the set goes in its Gateway's namespace (each Gateway of a pool has its own).
+        let namespace = rm
+            .listenerset_namespace
+            .clone()
+            .unwrap_or_else(|| base.gateway_namespace.clone());
         let sets: Api<ListenerSet> = Api::namespaced(base.client.clone(), &namespace);
         let (reader, writer) = reflector::store();
         let generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>> = Arc::default();

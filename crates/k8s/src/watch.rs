@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use gateway_api::experimental::gateways::Gateway;
 use itg_core::cluster::{ClusterError, Exposure, GatewayView};
-use itg_core::config::ResourceManagerConfig;
+use itg_core::config::{PoolGateway, ResourceManagerConfig};
 use itg_core::names;
 use itg_core::readiness::{self, Observed, Verdict};
 use kube::api::DynamicObject;
@@ -27,8 +27,8 @@ impl KubeGateway {
     pub async fn start(
         client: Client,
         rm: &ResourceManagerConfig,
+        g: &PoolGateway,
     ) -> Result<KubeGateway, ClusterError> {
-        let g = &rm.internal_task_gateway;
         let route_resource = route_resource(&client).await?;
         let gateways: Api<Gateway> = Api::namespaced(client.clone(), &g.gateway_namespace);
         let (reader, writer) = reflector::store();
