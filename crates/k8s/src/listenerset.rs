@@ -97,19 +97,7 @@ impl ListenerSets {
         let what = format!(
             "watching ListenerSets in {namespace}; the worker needs get, list, watch, create, patch and delete on listenersets there"
         );
-        match tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            reader.wait_until_ready(),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| ClusterError::Transient(format!("{what}: {e}")))?,
-            Err(_) => {
-                return Err(ClusterError::Transient(format!(
-                    "{what}: no answer from the apiserver in 30 s"
-                )));
-            }
-        }
+        crate::watch::synced(&reader, &what).await?;
         let allowed = Arc::new(allows(&base, &namespace).await);
         Ok(ListenerSets {
             base,

@@ -46,18 +46,33 @@ pub fn listener_patch(
         "apiVersion": format!("{GATEWAY_GROUP}/v1"),
         "kind": "Gateway",
         "metadata": { "name": gateway_name, "namespace": gateway_namespace },
-        "spec": { "listeners": [{
-            "name": name,
-            "port": e.binding.gateway_port,
-            "protocol": "TCP",
-            "allowedRoutes": {
-                "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
-                "namespaces": {
-                    "from": "Selector",
-                    "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
-                }
+        "spec": { "listeners": [tcp_listener(e, name)] }
+    })
+}
+
+/// One proxy port's TCP listener, taking TCPRoutes from the task's namespace only.
+fn tcp_listener(e: &Exposure<'_>, name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "port": e.binding.gateway_port,
+        "protocol": "TCP",
+        "allowedRoutes": {
+            "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
+            "namespaces": {
+                "from": "Selector",
+                "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
             }
-        }]}
+        }
+    })
+}
+
+/// A body of `kind` that names the object and holds nothing else: applied under a listener's own field
+/// manager, it drops exactly what that manager owned.
+fn bare(kind: &str, namespace: &str, name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
+        "kind": kind,
+        "metadata": { "name": name, "namespace": namespace }
     })
 }
 
@@ -65,11 +80,7 @@ pub fn listener_patch(
 /// `spec` at all: an empty `spec: {}` would leave the manager owning `f:spec`, and one such managedFields
 /// entry per listener ever removed made the Gateway, and every write to it, grow without end.
 pub fn listener_removal(gateway_namespace: &str, gateway_name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-        "kind": "Gateway",
-        "metadata": { "name": gateway_name, "namespace": gateway_namespace }
-    })
+    bare("Gateway", gateway_namespace, gateway_name)
 }
 
 /// What a listener belongs to, and so what a route names as its parent.
@@ -152,18 +163,7 @@ pub fn listenerset_patch(
                 "name": gateway_name,
                 "namespace": gateway_namespace,
             },
-            "listeners": [{
-                "name": name,
-                "port": e.binding.gateway_port,
-                "protocol": "TCP",
-                "allowedRoutes": {
-                    "kinds": [{ "group": GATEWAY_GROUP, "kind": "TCPRoute" }],
-                    "namespaces": {
-                        "from": "Selector",
-                        "selector": { "matchLabels": { "kubernetes.io/metadata.name": e.spec.namespace } }
-                    }
-                }
-            }]
+            "listeners": [tcp_listener(e, name)]
         }
     })
 }
@@ -171,11 +171,7 @@ pub fn listenerset_patch(
 /// The body that, applied under a listener's own field manager, drops exactly that listener from its
 /// ListenerSet (the others stay; the last one goes with a delete of the set, which may not be empty).
 pub fn listenerset_removal(set_namespace: &str, set_name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": format!("{GATEWAY_GROUP}/v1"),
-        "kind": "ListenerSet",
-        "metadata": { "name": set_name, "namespace": set_namespace }
-    })
+    bare("ListenerSet", set_namespace, set_name)
 }
 
 /// The TCPRoute as applied: `route` (whose type knows only `v1alpha2`) under the served `api_version`. The

@@ -58,18 +58,14 @@ impl KubeGateway {
                 }
             });
         }
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            reader.wait_until_ready(),
-        )
-        .await
-        .map_err(|_| {
-            ClusterError::Transient(format!(
-                "watching Gateway {}/{}: no answer from the apiserver in 30 s",
+        synced(
+            &reader,
+            &format!(
+                "watching Gateway {}/{}",
                 g.gateway_namespace, g.gateway_name
-            ))
-        })?
-        .map_err(|e| ClusterError::Transient(format!("watching Gateway: {e}")))?;
+            ),
+        )
+        .await?;
         let mut route_stores = Vec::new();
         if rm.wait_for_controller {
             let scopes: Vec<Option<String>> = match &rm.allowed_namespaces {
@@ -108,19 +104,7 @@ impl KubeGateway {
                     route_resource.api_version,
                     scope.as_deref().unwrap_or("all namespaces")
                 );
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    store.wait_until_ready(),
-                )
-                .await
-                {
-                    Ok(r) => r.map_err(|e| ClusterError::Transient(format!("{what}: {e}")))?,
-                    Err(_) => {
-                        return Err(ClusterError::Transient(format!(
-                            "{what}: no answer from the apiserver in 30 s"
-                        )));
-                    }
-                }
+                synced(&store, &what).await?;
                 route_stores.push(store);
             }
         }
@@ -318,4 +302,18 @@ pub fn listener_managers(gw: &Gateway) -> std::collections::BTreeMap<String, Vec
         }
     }
     out
+}
+
+/// Waits until a watch's store has seen its first list, for at most 30 s.
+pub(crate) async fn synced<K>(store: &reflector::Store<K>, what: &str) -> Result<(), ClusterError>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match tokio::time::timeout(std::time::Duration::from_secs(30), store.wait_until_ready()).await {
+        Ok(r) => r.map_err(|e| ClusterError::Transient(format!("{what}: {e}"))),
+        Err(_) => Err(ClusterError::Transient(format!(
+            "{what}: no answer from the apiserver in 30 s"
+        ))),
+    }
 }
