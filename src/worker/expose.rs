@@ -152,7 +152,32 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 let since = (rec.phase == Phase::Exposing).then_some(rec.updated_at);
                 match self.await_controller(cluster, &exposures, since).await {
                     Verdict::Reachable => {}
-                    Verdict::Refused { reason, message } => {
+                    // Another listener shares the port: give everything back and choose again, the
+                    // conflicted port avoided for a while.
+                    Verdict::Conflicted {
+                        listener,
+                        reason,
+                        message,
+                    } if rec.phase == Phase::Exposing => {
+                        for b in &rec.ports {
+                            if names::object_name(&self.rm.name, &rec.allocation_id, &b.name)
+                                == listener
+                            {
+                                self.refused
+                                    .note(b.gateway_port, self.timing.capacity_deadline.0);
+                            }
+                        }
+                        let why = format!(
+                            "the Gateway's controller reports listener {listener} conflicted ({reason}): {message}; choosing another port"
+                        );
+                        return self
+                            .give_back(key, &rec, rev, Some(&spec.namespace), why)
+                            .await;
+                    }
+                    Verdict::Refused { reason, message }
+                    | Verdict::Conflicted {
+                        reason, message, ..
+                    } => {
                         return Err(DriveError::Fail(Failure {
                             reason: FailureReason::GatewayRejected,
                             message: format!(
@@ -214,7 +239,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             let verdict = cluster.controller_verdict(exposures);
             let until = match &verdict {
                 Verdict::Reachable => return verdict,
-                Verdict::Refused { .. } => {
+                Verdict::Refused { .. } | Verdict::Conflicted { .. } => {
                     let at = *refused_at.get_or_insert_with(tokio::time::Instant::now);
                     at + REFUSAL_SETTLE
                 }

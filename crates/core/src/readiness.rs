@@ -50,6 +50,13 @@ pub enum Verdict {
     Pending(String),
     /// A condition that waiting will not change: the controller's own reason and message.
     Refused { reason: String, message: String },
+    /// The controller reports `listener` `Conflicted`: another listener (on the Gateway, or in another
+    /// ListenerSet) shares its port. Another port resolves it.
+    Conflicted {
+        listener: String,
+        reason: String,
+        message: String,
+    },
 }
 
 /// The reason a controller gives for a route whose Service has no ready endpoints yet (Envoy Gateway writes
@@ -70,15 +77,22 @@ fn is(c: Option<&Condition>, status: &str) -> bool {
     c.is_some_and(|c| c.status == status)
 }
 
+/// The controller's reason (its type when it gives none) and a message naming `what`.
+fn why(what: &str, c: &Condition) -> (String, String) {
+    let reason = if c.reason.is_empty() {
+        c.type_.clone()
+    } else {
+        c.reason.clone()
+    };
+    (
+        reason,
+        format!("{what}: {}={} ({})", c.type_, c.status, c.message),
+    )
+}
+
 fn refused(what: &str, c: &Condition) -> Verdict {
-    Verdict::Refused {
-        reason: if c.reason.is_empty() {
-            c.type_.clone()
-        } else {
-            c.reason.clone()
-        },
-        message: format!("{what}: {}={} ({})", c.type_, c.status, c.message),
-    }
+    let (reason, message) = why(what, c);
+    Verdict::Refused { reason, message }
 }
 
 /// Decides one proxy port.
@@ -113,7 +127,12 @@ pub fn evaluate(o: &Observed) -> Verdict {
         ));
     }
     if let Some(c) = find(&current, "Conflicted").filter(|c| c.status == "True") {
-        return refused(&what, c);
+        let (reason, message) = why(&what, c);
+        return Verdict::Conflicted {
+            listener: o.listener.clone(),
+            reason,
+            message,
+        };
     }
     for t in ["Accepted", "ResolvedRefs"] {
         if let Some(c) = find(&current, t).filter(|c| c.status == "False") {
@@ -190,7 +209,7 @@ pub fn evaluate_all(ports: &[Observed]) -> Verdict {
         match evaluate(o) {
             Verdict::Reachable => {}
             Verdict::Pending(m) => pending.push(m),
-            refused @ Verdict::Refused { .. } => return refused,
+            refused @ (Verdict::Refused { .. } | Verdict::Conflicted { .. }) => return refused,
         }
     }
     if pending.is_empty() {
@@ -295,9 +314,15 @@ mod tests {
             mk_cond("Programmed", "False", "Invalid", 6),
         );
         o.listener_status = Some(ls);
-        let Verdict::Refused { reason, message } = evaluate(&o) else {
-            panic!("expected a refusal")
+        let Verdict::Conflicted {
+            listener,
+            reason,
+            message,
+        } = evaluate(&o)
+        else {
+            panic!("expected a conflict")
         };
+        assert_eq!(listener, "itg-1");
         assert_eq!(reason, "ProtocolConflict");
         assert!(
             message.contains("Conflicted says ProtocolConflict"),

@@ -163,16 +163,18 @@ impl ListenerSets {
     }
 
     /// Removes listener `name` from set `set`: a delete of the set when it is the last one there (the
-    /// watch's copy says so, and its resourceVersion guards the delete), else an apply that drops it.
+    /// watch's copy says so, and its resourceVersion guards the delete), else an apply that drops it. When
+    /// the watch's copy lacks the listener, the apiserver is asked.
     async fn remove_listener(&self, set: &str, name: &str) -> Result<(), ClusterError> {
         let what = format!(
             "removing listener {name} from ListenerSet {}/{set}",
             self.namespace
         );
         let current = match self.set(set) {
-            Some(s) => Some(s),
-            // The watch may not have seen a set just made: ask.
-            None => {
+            // The watch's copy is trusted only to act on the listener it shows: it may lag a listener
+            // just applied, and releasing that port while the listener stands would hand it out twice.
+            Some(s) if s.spec.listeners.iter().any(|l| l.name == name) => Some(s),
+            _ => {
                 self.base
                     .bounded(&what, async {
                         self.sets
