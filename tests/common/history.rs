@@ -172,6 +172,11 @@ pub struct Report {
     /// (counted in `versions` too).
     pub listener_sets: usize,
     pub set_versions: usize,
+    /// For each port with a violation: its port key's writes and the listeners on it as the watch and the
+    /// reads showed them, in order (to tell what happened).
+    pub details: Vec<String>,
+    /// (Gateway, port) of each violation.
+    flagged: BTreeSet<(String, u16)>,
 }
 
 impl Report {
@@ -530,7 +535,7 @@ impl Log {
                 }
                 prev = Some(v);
                 // Two listeners on one port.
-                two_on_a_port(&mut r, &what, "version", *rv, &v.listeners, &v.doubled);
+                two_on_a_port(&mut r, w, &what, "version", *rv, &v.listeners, &v.doubled);
                 // Where this version provably stood: throughout [began_before(rv), began_after(next)] when
                 // the watch delivered the next version right after it, and somewhere in each probe that
                 // read it (of the Gateway: a list's resourceVersion is not one of a collection's versions,
@@ -565,7 +570,7 @@ impl Log {
                 let Some((listeners, doubled)) = &p.sets else {
                     continue;
                 };
-                two_on_a_port(&mut r, &what, "list at", p.rv, listeners, doubled);
+                two_on_a_port(&mut r, w, &what, "list at", p.rv, listeners, doubled);
                 self.pin(
                     &mut r,
                     &mut holders_max,
@@ -578,11 +583,83 @@ impl Log {
                 );
             }
         }
+        for (gw, port) in &r.flagged {
+            if let Some(w) = self.watched.iter().find(|w| w.gw() == *gw) {
+                r.details.push(self.story(w, *port));
+            }
+        }
         for n in holders_max.values() {
             *r.max_holders.entry(*n).or_default() += 1;
         }
         r
     }
+    /// What happened on `port` of `w`'s Gateway: the port key's writes, and each version and read whose
+    /// listeners on the port differ from the one before, in resourceVersion order.
+    fn story(&self, w: &Watched, port: u16) -> String {
+        let key = itg::names::port_key(&w.rm, &w.gateway_ns, &w.gateway, port);
+        let mut s = format!("{} port {port}:", w.gw());
+        let mut ops = self.ports.get(&key).cloned().unwrap_or_default();
+        ops.sort_by_key(|o| o.rev);
+        for o in &ops {
+            let _ = write!(
+                s,
+                "\n  kv rev {} at {:.3}: {}",
+                o.rev,
+                o.at,
+                o.holder.as_deref().unwrap_or("released")
+            );
+        }
+        let Some(g) = self.gateways.get(&w.gw()) else {
+            return s;
+        };
+        let on = |l: &Listeners| -> Vec<String> {
+            l.iter()
+                .filter(|(_, p)| **p == port)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let mut rows: Vec<(u64, String, Vec<String>)> = g
+            .versions
+            .iter()
+            .map(|(rv, v)| {
+                let how = format!(
+                    "version seen at {}{}",
+                    v.seen.map_or("-".into(), |t| format!("{t:.3}")),
+                    match (v.after, v.follows) {
+                        (Some(a), _) => format!(" after {a}"),
+                        (None, true) => " right after the one before".into(),
+                        (None, false) => String::new(),
+                    }
+                );
+                (*rv, how, on(&v.listeners))
+            })
+            .collect();
+        for p in &g.probes {
+            let listeners = match &p.sets {
+                Some((l, _)) => on(l),
+                None => g
+                    .versions
+                    .get(&p.rv)
+                    .map(|v| on(&v.listeners))
+                    .unwrap_or_default(),
+            };
+            rows.push((
+                p.rv,
+                format!("read in [{:.3}, {:.3}]", p.from, p.to),
+                listeners,
+            ));
+        }
+        rows.sort_by_key(|(rv, _, _)| *rv);
+        let mut last: Option<Vec<String>> = None;
+        for (rv, how, names) in rows {
+            if last.as_ref() != Some(&names) {
+                let _ = write!(s, "\n  rv {rv} {how}: listeners on the port {names:?}");
+                last = Some(names);
+            }
+        }
+        s
+    }
+
     /// Checks each owned listener of `listeners` (what `what` showed at `rv`) against the port key over each
     /// span where it provably stood: throughout the span, or somewhere within it.
     #[allow(clippy::too_many_arguments)]
@@ -625,6 +702,7 @@ impl Log {
                         others
                     ));
                     holders_max.insert(key.clone(), 2);
+                    r.flagged.insert((w.gw(), *port));
                 } else if during.iter().all(Option::is_none) {
                     r.unclaimed_listener_spans += 1;
                 }
@@ -636,6 +714,7 @@ impl Log {
 /// Two listeners on one port in what `what` showed at `rv`, or one name in two ListenerSets.
 fn two_on_a_port(
     r: &mut Report,
+    w: &Watched,
     what: &str,
     at: &str,
     rv: u64,
@@ -649,6 +728,7 @@ fn two_on_a_port(
     for (p, ns) in by_port.iter().filter(|(_, ns)| ns.len() > 1) {
         r.violations
             .push(format!("{what} {at} {rv}: listeners {ns:?} on port {p}"));
+        r.flagged.insert((w.gw(), *p));
     }
     for (n, ps) in doubled {
         r.violations.push(format!(
