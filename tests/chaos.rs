@@ -6,8 +6,15 @@
 //! Throughout the run a history checker (`common/history.rs`) watches the port keys and the Gateways, and
 //! afterwards proves that no port had two live holders at any instant.
 //!
+//! The same runs in `listener_mode: listenerset`: each allocation's listeners are in a ListenerSet of its
+//! own, the Gateway is never written and its 64-listener cap does not apply (the range is the capacity);
+//! once it quiesces, the sets are exactly the live allocations' ones, and the history checker watches the
+//! sets attached to each Gateway.
+//!
 //! `ITG_CHAOS_LIFECYCLES` sets the size (120 by default; the long run is 1000) and `ITG_CHAOS_SEED` the
-//! schedule. The servers are those of `scripts/testenv up`, which this test also uses to bring them back.
+//! schedule; `ITG_CHAOS_LISTENERSET_LIFECYCLES` sets the ListenerSet run's size apart (by default the same).
+//! The servers are those of `scripts/testenv up`, which this test also uses to bring them back. The two runs
+//! take turns: each restarts the shared servers.
 
 mod common;
 
@@ -17,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::history::{History, Watched};
+use common::history::{History, ListenerMode, Watched};
 use common::process::{WorkerProcess, readyz};
 use common::{Env, Master, Observed, Replies, TestRm, config_yaml, observe};
 use rand::rngs::StdRng;
@@ -42,6 +49,9 @@ const SPARE_PORTS: usize = 24;
 /// Waiting for one reply, through kills and restarts.
 const REPLY_SECS: u64 = 300;
 
+/// One run at a time in this binary: each stops and restarts the servers every test shares.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Shape {
     /// started (maybe twice), ready, ended (maybe twice), removed.
@@ -62,7 +72,8 @@ struct Plan {
     hold_ms: u64,
 }
 
-fn plans(n: usize, rng: &mut StdRng) -> Vec<Plan> {
+/// `live_cap`: ports held by live allocations, at most, per resource manager.
+fn plans(n: usize, rng: &mut StdRng, live_cap: usize) -> Vec<Plan> {
     let mut live_ports = [0usize; RMS];
     (0..n)
         .map(|i| {
@@ -71,7 +82,7 @@ fn plans(n: usize, rng: &mut StdRng) -> Vec<Plan> {
             if rng.random_bool(0.5) {
                 ports.push(("tensorboard", 6006));
             }
-            let shape = if roll < 0.05 && live_ports[i % RMS] + ports.len() <= LIVE_PORTS {
+            let shape = if roll < 0.05 && live_ports[i % RMS] + ports.len() <= live_cap {
                 live_ports[i % RMS] += ports.len();
                 Shape::Live
             } else if roll < 0.15 {
@@ -172,11 +183,15 @@ async fn restart_server(name: &str, signal: &str) -> Duration {
     began.elapsed()
 }
 
-/// What the Gateway, the task namespace and KV must hold once everything has settled: the live
-/// allocations' objects, at the ports of their first ready, and nothing else.
-fn expected(rm: &TestRm, live: &[(&Plan, Vec<String>)]) -> Observed {
+/// What the Gateway (or the ListenerSets), the task namespace and KV must hold once everything has settled:
+/// the live allocations' objects, at the ports of their first ready, and nothing else.
+fn expected(rm: &TestRm, mode: ListenerMode, live: &[(&Plan, Vec<String>)]) -> Observed {
     let mut o = Observed::default();
     for (p, addresses) in live {
+        if mode == ListenerMode::ListenerSet {
+            o.sets
+                .push(itg::names::listenerset_name(&rm.name, &p.alloc));
+        }
         let key = itg::names::allocation_key(&rm.name, &p.alloc);
         for (name, _) in &p.ports {
             let object = itg::names::object_name(&rm.name, &p.alloc, name);
@@ -195,6 +210,7 @@ fn expected(rm: &TestRm, live: &[(&Plan, Vec<String>)]) -> Observed {
             o.routes.push(object);
         }
     }
+    o.sets.sort();
     o.services.sort();
     o.routes.sort();
     o
@@ -202,18 +218,41 @@ fn expected(rm: &TestRm, live: &[(&Plan, Vec<String>)]) -> Observed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
-    let n: usize = std::env::var("ITG_CHAOS_LIFECYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+    chaos(ListenerMode::Gateway).await;
+}
+
+/// The same in `listener_mode: listenerset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_listenerset_mode_workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
+    chaos(ListenerMode::ListenerSet).await;
+}
+
+fn size_from(var: &str) -> Option<usize> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
+async fn chaos(mode: ListenerMode) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let sets = mode == ListenerMode::ListenerSet;
+    let n: usize = if sets {
+        size_from("ITG_CHAOS_LISTENERSET_LIFECYCLES")
+    } else {
+        None
+    }
+    .or_else(|| size_from("ITG_CHAOS_LIFECYCLES"))
+    .unwrap_or(120);
     let seed: u64 = std::env::var("ITG_CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random);
-    println!("chaos: {n} lifecycles, seed {seed} (ITG_CHAOS_SEED={seed} repeats the schedule)");
+    println!(
+        "chaos ({mode:?} mode): {n} lifecycles, seed {seed} (ITG_CHAOS_SEED={seed} repeats the schedule)"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let env = Env::load();
-    let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng));
+    // Without the Gateway's listener slots to share, the live allocations are bounded by the range alone.
+    let live_cap = if sets { usize::MAX } else { LIVE_PORTS };
+    let plans: Arc<Vec<Plan>> = Arc::new(plans(n, &mut rng, live_cap));
     // Each range holds the resource manager's live allocations, its in-flight ones and some spare.
     let mut rms = Vec::new();
     for i in 0..RMS {
@@ -224,17 +263,24 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             .sum();
         let size = u16::try_from(live + IN_FLIGHT * MAX_PORTS + SPARE_PORTS).unwrap();
         let start = 44000 + 100 * u16::try_from(i).unwrap();
-        rms.push(TestRm::new(&env, "chaos", (start, start + size - 1)).await);
+        let mut rm = TestRm::new(&env, "chaos", (start, start + size - 1)).await;
+        if sets {
+            rm.extra.push_str("    listener_mode: listenerset\n");
+        }
+        rms.push(rm);
     }
     let rm_refs: Vec<&TestRm> = rms.iter().collect();
-    let history = History::start(
+    let history = History::start_with_modes(
         &env,
         "ITG_STATE",
         rms.iter()
-            .map(|rm| Watched {
-                rm: rm.name.clone(),
-                gateway_ns: rm.gateway_ns.clone(),
-                gateway: rm.gateway.clone(),
+            .map(|rm| {
+                let w = Watched {
+                    rm: rm.name.clone(),
+                    gateway_ns: rm.gateway_ns.clone(),
+                    gateway: rm.gateway.clone(),
+                };
+                (w, mode)
             })
             .collect(),
     )
@@ -298,7 +344,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
                 }
                 let d = restart_server(name, signal).await;
                 println!(
-                    "chaos: {name} stopped with SIG{signal} and back in {:.1} s",
+                    "chaos ({mode:?} mode): {name} stopped with SIG{signal} and back in {:.1} s",
                     d.as_secs_f64()
                 );
                 gone.push((name, d));
@@ -331,7 +377,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             let answered = done.fetch_add(1, Ordering::SeqCst) + 1;
             if answered % 50 == 0 {
                 println!(
-                    "chaos: {answered} of {n} lifecycles answered after {:.0} s; live per resource manager {:?}",
+                    "chaos ({mode:?} mode): {answered} of {n} lifecycles answered after {:.0} s; live per resource manager {:?}",
                     began.elapsed().as_secs_f64(),
                     live_now
                         .iter()
@@ -364,7 +410,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             .filter(|(p, _)| p.rm == r && p.shape == Shape::Live)
             .map(|(p, f)| (p, f.clone().unwrap()))
             .collect();
-        wanted.push(expected(rm, &live));
+        wanted.push(expected(rm, mode, &live));
     }
     let mut seen = Vec::new();
     loop {
@@ -374,6 +420,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         }
         if seen.iter().zip(&wanted).all(|(s, w)| {
             s.listeners == w.listeners
+                && s.sets == w.sets
                 && s.services == w.services
                 && s.routes == w.routes
                 && s.claims == w.claims
@@ -427,10 +474,10 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         .flat_map(|w| w.claims.keys().copied())
         .collect();
     println!(
-        "chaos: {n} lifecycles ({live} left live, {reversed} out of order, {dups} duplicate events) over {RMS} \
-         Gateways by {WORKERS} workers in {:.1} s; {kills} worker kills; outages {:?}; replies {kinds:?}; \
-         settled {:.1} s after the last reply with {} listeners and ports held by the live allocations, \
-         no leak, no port held twice",
+        "chaos ({mode:?} mode): {n} lifecycles ({live} left live, {reversed} out of order, {dups} duplicate \
+         events) over {RMS} Gateways by {WORKERS} workers in {:.1} s; {kills} worker kills; outages {:?}; \
+         replies {kinds:?}; settled {:.1} s after the last reply with {} listeners ({} ListenerSets) and \
+         ports held by the live allocations, no leak, no port held twice",
         served.as_secs_f64(),
         outages
             .iter()
@@ -438,6 +485,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
             .collect::<Vec<_>>(),
         settle.elapsed().as_secs_f64(),
         ports.len(),
+        wanted.iter().map(|w| w.sets.len()).sum::<usize>(),
     );
 
     for p in plans.iter().filter(|p| p.shape == Shape::Live) {
@@ -446,7 +494,7 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
     }
     let report = history.finish().await;
     println!(
-        "chaos: live allocations per resource manager {:?} (ranges {:?}); {}",
+        "chaos ({mode:?} mode): live allocations per resource manager {:?} (ranges {:?}); {}",
         live_now
             .iter()
             .map(|l| l.load(Ordering::SeqCst))
@@ -454,10 +502,24 @@ async fn workers_killed_and_servers_restarted_lose_nothing_and_leak_nothing() {
         rms.iter().map(|rm| rm.range).collect::<Vec<_>>(),
         report.summary()
     );
+    if !report.violations.is_empty() {
+        // The workers' logs, to follow what they did on those ports.
+        let path = std::env::temp_dir().join(format!("itg-chaos-{mode:?}-{seed}-workers.log"));
+        let logs: Vec<String> = workers
+            .lock()
+            .await
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| w.log().into_iter().map(move |l| format!("worker {i}: {l}")))
+            .collect();
+        let _ = std::fs::write(&path, logs.join("\n"));
+        println!("chaos: the workers' logs are in {}", path.display());
+    }
     assert!(
         report.violations.is_empty(),
-        "a port had two live holders:\n{}",
-        report.violations.join("\n")
+        "a port had two live holders:\n{}\nwhat happened on those ports:\n{}",
+        report.violations.join("\n"),
+        report.details.join("\n")
     );
     drop(workers);
     for rm in &rms {

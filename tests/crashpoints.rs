@@ -1,6 +1,10 @@
 //! Half-way crashes: a worker process is killed (SIGKILL, from a crash point it reaches) between each pair
 //! of steps of an exposure and of a removal. Its restart finishes the job, with the addresses the allocation
 //! first got and nothing left behind. One test per crash point; each prints what it saw.
+//!
+//! The module `listenerset` runs the same in `listener_mode: listenerset`, whose backend shares the expose
+//! and withdraw path: there the allocation's listeners are in its own ListenerSet, which must be there
+//! after the recovery and gone after the removal.
 
 mod common;
 
@@ -13,25 +17,41 @@ use itg::crashpoint::POINTS;
 
 const PORTS: &[(&str, u16)] = &[("jupyter", 8888), ("tensorboard", 6006)];
 
-fn exposed(o: &Observed, key: &str) -> bool {
+/// Where the worker writes listeners.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Gateway,
+    ListenerSet,
+}
+
+/// `sets`: the ListenerSets there must be (none in Gateway mode).
+fn exposed(o: &Observed, key: &str, sets: &[String]) -> bool {
     let claimed: BTreeSet<u16> = o.claims.keys().copied().collect();
     let listened: BTreeSet<u16> = o.listeners.values().copied().collect();
-    o.listeners.len() == PORTS.len()
+    o.sets == sets
+        && o.listeners.len() == PORTS.len()
         && o.services.len() == PORTS.len()
         && o.routes.len() == PORTS.len()
         && o.claims.values().all(|k| k == key)
         && claimed == listened
 }
 
-async fn crash_at(point: &'static str) {
+async fn crash_at(point: &'static str, mode: Mode) {
     assert!(POINTS.contains(&point), "{point} is not a crash point");
     let in_removal = POINTS.iter().position(|p| *p == point)
         >= POINTS.iter().position(|p| *p == "ended.ending_recorded");
     let env = Env::load();
-    let rm = TestRm::new(&env, "crash", (43000, 43049)).await;
+    let mut rm = TestRm::new(&env, "crash", (43000, 43049)).await;
+    if mode == Mode::ListenerSet {
+        rm.extra.push_str("    listener_mode: listenerset\n");
+    }
     let yaml = |admin: &str| config_yaml(&env, &[&rm], "", admin);
     let a = format!("{}.1", uuid::Uuid::new_v4());
     let key = itg::names::allocation_key(&rm.name, &a);
+    let sets = match mode {
+        Mode::Gateway => vec![],
+        Mode::ListenerSet => vec![itg::names::listenerset_name(&rm.name, &a)],
+    };
 
     let armed = [("ITG_CRASH_AT", point)];
     let mut worker = WorkerProcess::spawn(yaml, if in_removal { &[] } else { &armed });
@@ -73,7 +93,10 @@ async fn crash_at(point: &'static str) {
         observe(&env, &rm).await
     } else {
         let o = observe(&env, &rm).await;
-        assert!(exposed(&o, &key), "after the restart, not exposed: {o:#?}");
+        assert!(
+            exposed(&o, &key, &sets),
+            "after the restart, not exposed: {o:#?}"
+        );
         o
     };
     let recovered = crashed.elapsed();
@@ -105,9 +128,11 @@ async fn crash_at(point: &'static str) {
     let end = observe(&env, &rm).await;
     assert!(end.is_empty(), "left behind after removal: {end:#?}");
     println!(
-        "crash point {point}: at the crash {} listeners, {} Services, {} routes, {} port claims, {} replies; \
-         recovered by the restart in {:.1} s; ready {:?}; {} listeners after the recovery; nothing left after removal",
+        "crash point {point} ({mode:?} mode): at the crash {} listeners ({} ListenerSets), {} Services, {} \
+         routes, {} port claims, {} replies; recovered by the restart in {:.1} s; ready {:?}; {} listeners \
+         after the recovery; nothing left after removal",
         at_crash.listeners.len(),
+        at_crash.sets.len(),
         at_crash.services.len(),
         at_crash.routes.len(),
         at_crash.claims.len(),
@@ -125,9 +150,20 @@ macro_rules! crash_tests {
         $(
             #[tokio::test]
             async fn $name() {
-                crash_at($point).await;
+                crash_at($point, Mode::Gateway).await;
             }
         )*
+
+        /// Every crash point again, in `listener_mode: listenerset`.
+        mod listenerset {
+            use super::{Mode, crash_at};
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    crash_at($point, Mode::ListenerSet).await;
+                }
+            )*
+        }
 
         #[test]
         fn every_crash_point_has_a_test() {

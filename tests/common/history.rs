@@ -16,21 +16,34 @@
 //! a watch that lags never makes a legitimate removal-then-release look like an overlap, and a listener
 //! that really outlives its claim into another allocation's is caught once a probe or a later watch event
 //! pins it there.
+//!
+//! A resource manager in `listener_mode: listenerset` writes its listeners into ListenerSets (one per
+//! allocation) attached to its Gateway instead: for it the checker watches and lists the ListenerSets of the
+//! Gateway's namespace, and a version is that of the whole collection of sets attached to the Gateway, keyed
+//! by the resourceVersion of the change that made it (resourceVersions are one sequence across objects).
+//! A list at resourceVersion r pins the collection in time as a read of the Gateway pins the Gateway. The
+//! same violations count: two listeners on one port at once (across sets), a listener standing while the
+//! port key names another allocation. A relist (after the watch lost its place) shows the collection at
+//! some later resourceVersion than its newest object's; every set it shows stood unchanged from that
+//! object's version on, so its listeners stand from there, and the version it makes is never taken as
+//! followed without a gap.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::listenersets::ListenerSet;
 use kube::Api;
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::Env;
 
-/// How often each Gateway is read to pin the watch's versions in time.
+/// How often each Gateway (or its namespace's ListenerSets) is read to pin the watch's versions in time.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Seconds since the epoch, as f64: the clock both nats-server and this process read on one machine.
@@ -46,6 +59,16 @@ pub struct Watched {
     pub rm: String,
     pub gateway_ns: String,
     pub gateway: String,
+}
+
+/// Where a watched resource manager writes its listeners (its `listener_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerMode {
+    /// On the Gateway itself.
+    #[default]
+    Gateway,
+    /// In ListenerSets attached to the Gateway, made in the Gateway's namespace.
+    ListenerSet,
 }
 
 impl Watched {
@@ -71,14 +94,29 @@ struct Version {
     /// Delivered by the watch right after the version before it in rv order, with nothing missed between.
     follows: bool,
     listeners: BTreeMap<String, u16>,
+    /// ListenerSet mode: the version the watch delivered right before this one, with no change of the
+    /// Gateway's sets missed between (the version before it in rv order only when nothing came between).
+    after: Option<u64>,
+    /// ListenerSet mode: listeners of one name in more than one set, with their ports.
+    doubled: Vec<(String, Vec<u16>)>,
 }
 
+/// Listener name -> port.
+type Listeners = BTreeMap<String, u16>;
+/// Listener names found in more than one ListenerSet, with their ports.
+type Doubled = Vec<(String, Vec<u16>)>;
+/// What a relist shows: each set with its resourceVersion and its listeners if attached to the Gateway.
+pub type Listed = Vec<(String, u64, Option<Listeners>)>;
+
 /// A consistent read of a Gateway: resourceVersion `rv` was current at some instant in [from, to].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Probe {
     rv: u64,
     from: f64,
     to: f64,
+    /// ListenerSet mode: what the list showed (the listeners of the sets attached to the Gateway, and
+    /// names in more than one set); a list's resourceVersion need not be a version of the collection.
+    sets: Option<(Listeners, Doubled)>,
 }
 
 #[derive(Debug, Default)]
@@ -88,12 +126,20 @@ struct GatewayLog {
     /// The last version the current watch session delivered; `None` after a restart or error.
     last_watched: Option<u64>,
     relists: usize,
+    /// ListenerSet mode: the sets attached to the Gateway as the watch has them, name -> listeners.
+    sets: BTreeMap<String, BTreeMap<String, u16>>,
+    /// ListenerSet mode: every set ever seen attached to the Gateway.
+    sets_seen: BTreeSet<String>,
+    /// ListenerSet mode: the watch failed and has not delivered since.
+    broken: bool,
 }
 
 /// Everything recorded during a run. Fed by [`History::start`], or by hand to test the checker.
 #[derive(Debug, Default)]
 pub struct Log {
     watched: Vec<Watched>,
+    /// Gateway (`namespace/name`) -> where its resource manager writes listeners.
+    modes: BTreeMap<String, ListenerMode>,
     /// port key -> its writes as seen.
     ports: BTreeMap<String, Vec<KvOp>>,
     /// allocation record key -> (revision, phase) as seen.
@@ -122,6 +168,15 @@ pub struct Report {
     pub pinned: usize,
     /// max concurrent holders -> number of ports.
     pub max_holders: BTreeMap<usize, usize>,
+    /// ListenerSet mode: ListenerSets seen attached to a watched Gateway, and versions of those collections
+    /// (counted in `versions` too).
+    pub listener_sets: usize,
+    pub set_versions: usize,
+    /// For each port with a violation: its port key's writes and the listeners on it as the watch and the
+    /// reads showed them, in order (to tell what happened).
+    pub details: Vec<String>,
+    /// (Gateway, port) of each violation.
+    flagged: BTreeSet<(String, u16)>,
 }
 
 impl Report {
@@ -148,6 +203,13 @@ impl Report {
             self.max_holders,
             self.violations.len()
         );
+        if self.listener_sets > 0 {
+            let _ = write!(
+                s,
+                " ({} of the versions are of ListenerSet collections, over {} ListenerSets)",
+                self.set_versions, self.listener_sets
+            );
+        }
         s
     }
 }
@@ -161,17 +223,51 @@ fn holder_of(value: &[u8]) -> String {
     )
 }
 
+/// The listeners of `sets` together, and the names found in more than one set.
+fn union<'a>(sets: impl IntoIterator<Item = &'a BTreeMap<String, u16>>) -> (Listeners, Doubled) {
+    let mut all: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for set in sets {
+        for (n, p) in set {
+            all.entry(n.clone()).or_default().push(*p);
+        }
+    }
+    let doubled = all
+        .iter()
+        .filter(|(_, ps)| ps.len() > 1)
+        .map(|(n, ps)| (n.clone(), ps.clone()))
+        .collect();
+    let listeners = all.into_iter().map(|(n, ps)| (n, ps[0])).collect();
+    (listeners, doubled)
+}
+
 impl Log {
+    /// Every resource manager in `listener_mode: gateway`.
     pub fn new(watched: Vec<Watched>) -> Log {
+        Log::with_modes(
+            watched
+                .into_iter()
+                .map(|w| (w, ListenerMode::Gateway))
+                .collect(),
+        )
+    }
+
+    /// Each resource manager with where it writes its listeners.
+    pub fn with_modes(watched: Vec<(Watched, ListenerMode)>) -> Log {
         let gateways = watched
             .iter()
-            .map(|w| (w.gw(), GatewayLog::default()))
+            .map(|(w, _)| (w.gw(), GatewayLog::default()))
             .collect();
+        let modes = watched.iter().map(|(w, m)| (w.gw(), *m)).collect();
         Log {
-            watched,
+            watched: watched.into_iter().map(|(w, _)| w).collect(),
+            modes,
             gateways,
             ..Default::default()
         }
+    }
+
+    fn mode(&self, gw: &str) -> ListenerMode {
+        self.modes.get(gw).copied().unwrap_or_default()
     }
 
     /// A write to the bucket: `value` is the new value, `None` for a delete or purge.
@@ -229,8 +325,104 @@ impl Log {
         listeners: BTreeMap<String, u16>,
     ) {
         let g = self.gateways.entry(gw.to_owned()).or_default();
-        g.probes.push(Probe { rv, from, to });
+        g.probes.push(Probe {
+            rv,
+            from,
+            to,
+            sets: None,
+        });
         g.versions.entry(rv).or_default().listeners = listeners;
+    }
+
+    /// ListenerSet mode: the watch of the Gateway's namespace delivered, at `seen`, a change of set `set`
+    /// with resourceVersion `rv`: its listeners when it is attached to Gateway `gw`, `None` when it was
+    /// deleted or is not attached. A change of a set that neither was nor is attached is no version.
+    pub fn set_watched(
+        &mut self,
+        gw: &str,
+        set: &str,
+        rv: u64,
+        seen: f64,
+        listeners: Option<BTreeMap<String, u16>>,
+    ) {
+        let g = self.gateways.entry(gw.to_owned()).or_default();
+        let was = match listeners {
+            Some(l) => {
+                g.sets_seen.insert(set.to_owned());
+                g.sets.insert(set.to_owned(), l)
+            }
+            None => g.sets.remove(set),
+        };
+        if was.is_none() && !g.sets.contains_key(set) {
+            return;
+        }
+        if std::mem::take(&mut g.broken) {
+            g.relists += 1;
+        }
+        let (listeners, doubled) = union(g.sets.values());
+        let after = g.last_watched.filter(|last| *last < rv);
+        let v = g.versions.entry(rv).or_default();
+        if v.seen.is_none() {
+            v.seen = Some(seen);
+            v.after = after;
+        }
+        v.listeners = listeners;
+        v.doubled = doubled;
+        g.last_watched = Some(rv);
+    }
+
+    /// ListenerSet mode: the watch listed the Gateway's namespace (anew, after it lost its place) and had
+    /// it all by `seen`: each set with its resourceVersion and its listeners (`None` when not attached to
+    /// `gw`). The collection it shows is that of some resourceVersion at least the newest set's, which
+    /// keys the version it makes; nothing is taken as delivered right before it.
+    pub fn sets_relisted(&mut self, gw: &str, seen: f64, sets: Listed) {
+        let g = self.gateways.entry(gw.to_owned()).or_default();
+        g.broken = false;
+        g.relists += 1;
+        let rv = sets.iter().map(|(_, rv, _)| *rv).max().unwrap_or(0);
+        g.sets = sets
+            .into_iter()
+            .filter_map(|(name, _, l)| l.map(|l| (name, l)))
+            .collect();
+        g.sets_seen.extend(g.sets.keys().cloned());
+        let (listeners, doubled) = union(g.sets.values());
+        let v = g.versions.entry(rv).or_default();
+        if v.seen.is_none() {
+            v.seen = Some(seen);
+        }
+        // A version the earlier watch delivered keeps its place after its predecessor: what the list shows
+        // of it stood throughout, as the sets it lists were not changed since.
+        v.listeners = listeners;
+        v.doubled = doubled;
+        g.last_watched = Some(rv);
+    }
+
+    /// ListenerSet mode: the watch failed; what it delivers next does not follow what it delivered last.
+    pub fn sets_watch_failed(&mut self, gw: &str) {
+        let g = self.gateways.entry(gw.to_owned()).or_default();
+        g.last_watched = None;
+        g.broken = true;
+    }
+
+    /// ListenerSet mode: a consistent list of the Gateway's namespace at resourceVersion `rv`, between
+    /// `from` and `to`: the listeners of each set attached to `gw`.
+    pub fn sets_probed(
+        &mut self,
+        gw: &str,
+        rv: u64,
+        from: f64,
+        to: f64,
+        sets: Vec<(String, BTreeMap<String, u16>)>,
+    ) {
+        let g = self.gateways.entry(gw.to_owned()).or_default();
+        g.sets_seen.extend(sets.iter().map(|(n, _)| n.clone()));
+        let (listeners, doubled) = union(sets.iter().map(|(_, l)| l));
+        g.probes.push(Probe {
+            rv,
+            from,
+            to,
+            sets: Some((listeners, doubled)),
+        });
     }
 
     /// Checks the whole history; see the module doc for what counts as a violation.
@@ -282,9 +474,20 @@ impl Log {
             let Some(g) = self.gateways.get(&w.gw()) else {
                 continue;
             };
+            let sets = self.mode(&w.gw()) == ListenerMode::ListenerSet;
+            // How this Gateway's listeners are named in a violation.
+            let what = if sets {
+                format!("ListenerSets of Gateway {}", w.gw())
+            } else {
+                format!("Gateway {}", w.gw())
+            };
             r.relists += g.relists;
             r.probes += g.probes.len();
             r.versions += g.versions.len();
+            if sets {
+                r.set_versions += g.versions.len();
+                r.listener_sets += g.sets_seen.len();
+            }
             let rvs: Vec<u64> = g.versions.keys().copied().collect();
             // Probes by resourceVersion, with the latest start of those before each and the earliest end
             // of those from each on: the bounds of when a version began.
@@ -304,11 +507,21 @@ impl Log {
                 let by_probe = earliest_to[first_at(rv)];
                 g.versions[&rv].seen.map_or(by_probe, |s| s.min(by_probe))
             };
+            // Whether the watch delivered version `next` right after version `rv`, nothing missed between.
+            let follows = |rv: u64, next: u64| {
+                let n = &g.versions[&next];
+                if sets { n.after == Some(rv) } else { n.follows }
+            };
             let mut prev: Option<&Version> = None;
             for (i, rv) in rvs.iter().enumerate() {
                 let v = &g.versions[rv];
                 // Listener changes, between versions the watch delivered one after the other.
-                if let Some(p) = prev.filter(|_| v.follows) {
+                let before = if sets {
+                    v.after.and_then(|a| g.versions.get(&a))
+                } else {
+                    prev.filter(|_| v.follows)
+                };
+                if let Some(p) = before {
                     r.listener_adds += v
                         .listeners
                         .keys()
@@ -322,72 +535,205 @@ impl Log {
                 }
                 prev = Some(v);
                 // Two listeners on one port.
-                let mut by_port: BTreeMap<u16, Vec<&String>> = BTreeMap::new();
-                for (n, p) in &v.listeners {
-                    by_port.entry(*p).or_default().push(n);
-                }
-                for (p, ns) in by_port.iter().filter(|(_, ns)| ns.len() > 1) {
-                    r.violations.push(format!(
-                        "Gateway {} version {rv}: listeners {ns:?} on port {p}",
-                        w.gw()
-                    ));
-                }
+                two_on_a_port(&mut r, w, &what, "version", *rv, &v.listeners, &v.doubled);
                 // Where this version provably stood: throughout [began_before(rv), began_after(next)] when
                 // the watch delivered the next version right after it, and somewhere in each probe that
-                // read it.
+                // read it (of the Gateway: a list's resourceVersion is not one of a collection's versions,
+                // so in ListenerSet mode each list is pinned on its own below).
                 let mut spans: Vec<(f64, f64, bool)> = Vec::new();
                 if let Some(next) = rvs.get(i + 1)
-                    && g.versions[next].follows
+                    && follows(*rv, *next)
                 {
                     let (a, b) = (began_before(*rv), began_after(*next));
                     if a <= b {
                         spans.push((a, b, true));
                     }
                 }
-                for p in &probes[first_at(*rv)..first_at(*rv + 1)] {
-                    spans.push((p.from, p.to, false));
-                }
-                for (name, port) in v
-                    .listeners
-                    .iter()
-                    .filter(|(n, _)| itg::names::is_owned_listener_name(n))
-                {
-                    let key = itg::names::port_key(&w.rm, &w.gateway_ns, &w.gateway, *port);
-                    let mine = listener_holder.get(name);
-                    let ops = self.ports.get(&key).map(Vec::as_slice).unwrap_or_default();
-                    for (a, b, throughout) in &spans {
-                        r.pinned += 1;
-                        let during = holders_during(ops, *a, *b);
-                        let others: Vec<&Option<String>> = during
-                            .iter()
-                            .filter(|h| h.is_some() && h.as_ref() != mine)
-                            .collect();
-                        let clash = if *throughout {
-                            !others.is_empty()
-                        } else {
-                            during.len() == 1 && !others.is_empty()
-                        };
-                        if clash {
-                            r.violations.push(format!(
-                                "Gateway {} port {port}: listener {name} of {} stood {} [{a:.3}, {b:.3}] \
-                                 (version {rv}) while the port key named {:?}",
-                                w.gw(),
-                                mine.map_or("an allocation never seen claiming", String::as_str),
-                                if *throughout { "throughout" } else { "within" },
-                                others
-                            ));
-                            holders_max.insert(key.clone(), 2);
-                        } else if during.iter().all(Option::is_none) {
-                            r.unclaimed_listener_spans += 1;
-                        }
+                if !sets {
+                    for p in &probes[first_at(*rv)..first_at(*rv + 1)] {
+                        spans.push((p.from, p.to, false));
                     }
                 }
+                self.pin(
+                    &mut r,
+                    &mut holders_max,
+                    w,
+                    &what,
+                    *rv,
+                    &v.listeners,
+                    &spans,
+                    &listener_holder,
+                );
+            }
+            // ListenerSet mode: what each list showed stood somewhere within it.
+            for p in &probes {
+                let Some((listeners, doubled)) = &p.sets else {
+                    continue;
+                };
+                two_on_a_port(&mut r, w, &what, "list at", p.rv, listeners, doubled);
+                self.pin(
+                    &mut r,
+                    &mut holders_max,
+                    w,
+                    &what,
+                    p.rv,
+                    listeners,
+                    &[(p.from, p.to, false)],
+                    &listener_holder,
+                );
+            }
+        }
+        for (gw, port) in &r.flagged {
+            if let Some(w) = self.watched.iter().find(|w| w.gw() == *gw) {
+                r.details.push(self.story(w, *port));
             }
         }
         for n in holders_max.values() {
             *r.max_holders.entry(*n).or_default() += 1;
         }
         r
+    }
+    /// What happened on `port` of `w`'s Gateway: the port key's writes, and each version and read whose
+    /// listeners on the port differ from the one before, in resourceVersion order.
+    fn story(&self, w: &Watched, port: u16) -> String {
+        let key = itg::names::port_key(&w.rm, &w.gateway_ns, &w.gateway, port);
+        let mut s = format!("{} port {port}:", w.gw());
+        let mut ops = self.ports.get(&key).cloned().unwrap_or_default();
+        ops.sort_by_key(|o| o.rev);
+        for o in &ops {
+            let _ = write!(
+                s,
+                "\n  kv rev {} at {:.3}: {}",
+                o.rev,
+                o.at,
+                o.holder.as_deref().unwrap_or("released")
+            );
+        }
+        let Some(g) = self.gateways.get(&w.gw()) else {
+            return s;
+        };
+        let on = |l: &Listeners| -> Vec<String> {
+            l.iter()
+                .filter(|(_, p)| **p == port)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let mut rows: Vec<(u64, String, Vec<String>)> = g
+            .versions
+            .iter()
+            .map(|(rv, v)| {
+                let how = format!(
+                    "version seen at {}{}",
+                    v.seen.map_or("-".into(), |t| format!("{t:.3}")),
+                    match (v.after, v.follows) {
+                        (Some(a), _) => format!(" after {a}"),
+                        (None, true) => " right after the one before".into(),
+                        (None, false) => String::new(),
+                    }
+                );
+                (*rv, how, on(&v.listeners))
+            })
+            .collect();
+        for p in &g.probes {
+            let listeners = match &p.sets {
+                Some((l, _)) => on(l),
+                None => g
+                    .versions
+                    .get(&p.rv)
+                    .map(|v| on(&v.listeners))
+                    .unwrap_or_default(),
+            };
+            rows.push((
+                p.rv,
+                format!("read in [{:.3}, {:.3}]", p.from, p.to),
+                listeners,
+            ));
+        }
+        rows.sort_by_key(|(rv, _, _)| *rv);
+        let mut last: Option<Vec<String>> = None;
+        for (rv, how, names) in rows {
+            if last.as_ref() != Some(&names) {
+                let _ = write!(s, "\n  rv {rv} {how}: listeners on the port {names:?}");
+                last = Some(names);
+            }
+        }
+        s
+    }
+
+    /// Checks each owned listener of `listeners` (what `what` showed at `rv`) against the port key over each
+    /// span where it provably stood: throughout the span, or somewhere within it.
+    #[allow(clippy::too_many_arguments)]
+    fn pin(
+        &self,
+        r: &mut Report,
+        holders_max: &mut BTreeMap<String, usize>,
+        w: &Watched,
+        what: &str,
+        rv: u64,
+        listeners: &BTreeMap<String, u16>,
+        spans: &[(f64, f64, bool)],
+        listener_holder: &BTreeMap<String, String>,
+    ) {
+        for (name, port) in listeners
+            .iter()
+            .filter(|(n, _)| itg::names::is_owned_listener_name(n))
+        {
+            let key = itg::names::port_key(&w.rm, &w.gateway_ns, &w.gateway, *port);
+            let mine = listener_holder.get(name);
+            let ops = self.ports.get(&key).map(Vec::as_slice).unwrap_or_default();
+            for (a, b, throughout) in spans {
+                r.pinned += 1;
+                let during = holders_during(ops, *a, *b);
+                let others: Vec<&Option<String>> = during
+                    .iter()
+                    .filter(|h| h.is_some() && h.as_ref() != mine)
+                    .collect();
+                let clash = if *throughout {
+                    !others.is_empty()
+                } else {
+                    during.len() == 1 && !others.is_empty()
+                };
+                if clash {
+                    r.violations.push(format!(
+                        "{what} port {port}: listener {name} of {} stood {} [{a:.3}, {b:.3}] \
+                         (version {rv}) while the port key named {:?}",
+                        mine.map_or("an allocation never seen claiming", String::as_str),
+                        if *throughout { "throughout" } else { "within" },
+                        others
+                    ));
+                    holders_max.insert(key.clone(), 2);
+                    r.flagged.insert((w.gw(), *port));
+                } else if during.iter().all(Option::is_none) {
+                    r.unclaimed_listener_spans += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Two listeners on one port in what `what` showed at `rv`, or one name in two ListenerSets.
+fn two_on_a_port(
+    r: &mut Report,
+    w: &Watched,
+    what: &str,
+    at: &str,
+    rv: u64,
+    listeners: &BTreeMap<String, u16>,
+    doubled: &[(String, Vec<u16>)],
+) {
+    let mut by_port: BTreeMap<u16, Vec<&String>> = BTreeMap::new();
+    for (n, p) in listeners {
+        by_port.entry(*p).or_default().push(n);
+    }
+    for (p, ns) in by_port.iter().filter(|(_, ns)| ns.len() > 1) {
+        r.violations
+            .push(format!("{what} {at} {rv}: listeners {ns:?} on port {p}"));
+        r.flagged.insert((w.gw(), *p));
+    }
+    for (n, ps) in doubled {
+        r.violations.push(format!(
+            "{what} {at} {rv}: listener {n} in more than one ListenerSet, on ports {ps:?}"
+        ));
     }
 }
 
@@ -434,10 +780,28 @@ fn rv_of(gw: &Gateway) -> u64 {
 impl History {
     /// Starts watching `bucket` (the port keys and records of each resource manager) and each Gateway.
     pub async fn start(env: &Env, bucket: &str, watched: Vec<Watched>) -> History {
-        let log = Arc::new(Mutex::new(Log::new(watched.clone())));
+        History::start_with_modes(
+            env,
+            bucket,
+            watched
+                .into_iter()
+                .map(|w| (w, ListenerMode::Gateway))
+                .collect(),
+        )
+        .await
+    }
+
+    /// As [`History::start`], with where each resource manager writes its listeners: the Gateway, or
+    /// ListenerSets in the Gateway's namespace (then those are watched and listed instead).
+    pub async fn start_with_modes(
+        env: &Env,
+        bucket: &str,
+        watched: Vec<(Watched, ListenerMode)>,
+    ) -> History {
+        let log = Arc::new(Mutex::new(Log::with_modes(watched.clone())));
         let mut tasks = Vec::new();
         let nats = env.nats().await;
-        for w in &watched {
+        for (w, mode) in &watched {
             tasks.push(tokio::spawn(watch_kv(
                 nats.clone(),
                 bucket.to_owned(),
@@ -445,6 +809,16 @@ impl History {
                 log.clone(),
             )));
             let client = env.kube().await;
+            if *mode == ListenerMode::ListenerSet {
+                let api: Api<ListenerSet> = Api::namespaced(client, &w.gateway_ns);
+                tasks.push(tokio::spawn(watch_sets(
+                    api.clone(),
+                    w.clone(),
+                    log.clone(),
+                )));
+                tasks.push(tokio::spawn(probe_sets(api, w.clone(), log.clone())));
+                continue;
+            }
             let api: Api<Gateway> = Api::namespaced(client, &w.gateway_ns);
             tasks.push(tokio::spawn(watch_gateway(
                 api.clone(),
@@ -546,6 +920,106 @@ async fn probe_gateway(api: Api<Gateway>, w: Watched, log: Arc<Mutex<Log>>) {
             log.lock()
                 .unwrap()
                 .probed(&gw, rv_of(&g), from, to, listeners_of(&g));
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// The listeners of `set` if it is attached to `w`'s Gateway.
+fn attached_listeners(set: &ListenerSet, w: &Watched) -> Option<BTreeMap<String, u16>> {
+    let p = &set.spec.parent_ref;
+    let set_ns = set.metadata.namespace.as_deref().unwrap_or(&w.gateway_ns);
+    let attached = p.name == w.gateway
+        && p.namespace.as_deref().unwrap_or(set_ns) == w.gateway_ns
+        && p.kind.as_deref().unwrap_or("Gateway") == "Gateway";
+    attached.then(|| {
+        set.spec
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), u16::try_from(l.port).unwrap_or(0)))
+            .collect()
+    })
+}
+
+fn set_rv(set: &ListenerSet) -> u64 {
+    set.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Follows every ListenerSet of the Gateway's namespace; a relist is handed over whole, once complete.
+async fn watch_sets(api: Api<ListenerSet>, w: Watched, log: Arc<Mutex<Log>>) {
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let gw = w.gw();
+    let mut listing: Option<Listed> = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+            Ok(watcher::Event::InitApply(s)) => {
+                if let Some(l) = listing.as_mut() {
+                    l.push((
+                        s.metadata.name.clone().unwrap_or_default(),
+                        set_rv(&s),
+                        attached_listeners(&s, &w),
+                    ));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(l) = listing.take() {
+                    log.lock().unwrap().sets_relisted(&gw, now(), l);
+                }
+            }
+            Ok(watcher::Event::Apply(s)) => {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                log.lock().unwrap().set_watched(
+                    &gw,
+                    &name,
+                    set_rv(&s),
+                    now(),
+                    attached_listeners(&s, &w),
+                );
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .set_watched(&gw, &name, set_rv(&s), now(), None);
+            }
+            Err(_) => {
+                listing = None;
+                log.lock().unwrap().sets_watch_failed(&gw);
+            }
+        }
+    }
+}
+
+/// Lists the ListenerSets of the Gateway's namespace every [`PROBE_EVERY`] (a consistent read: no
+/// resourceVersion asked).
+async fn probe_sets(api: Api<ListenerSet>, w: Watched, log: Arc<Mutex<Log>>) {
+    let gw = w.gw();
+    loop {
+        let from = now();
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            let to = now();
+            let rv = list
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let sets = list
+                .items
+                .iter()
+                .filter_map(|s| {
+                    attached_listeners(s, &w)
+                        .map(|l| (s.metadata.name.clone().unwrap_or_default(), l))
+                })
+                .collect();
+            log.lock().unwrap().sets_probed(&gw, rv, from, to, sets);
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
