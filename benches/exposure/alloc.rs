@@ -18,33 +18,70 @@ fn claim() -> bytes::Bytes {
     bytes::Bytes::from_static(br#"{"allocation":"alloc.bench.x","proxy":"jupyter","claimed_at":0}"#)
 }
 
-/// Allocations per second and the number of lost races.
-pub async fn allocator(store: &KvStore, raw: &kv::Store, n: usize, ways: usize) -> (f64, usize) {
+/// Where the allocator's time went, summed over its tasks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Spent {
+    /// In the port search (`claims::unclaimed`), the first one included (it starts the index's watch).
+    pub search: Duration,
+    /// The first search alone.
+    pub first_search: Duration,
+    /// In the creates.
+    pub create: Duration,
+}
+
+/// Allocations per second, the number of lost races and where the time went. With `warm`, the Gateway's
+/// port index is started before the clock (as in a worker that has served the Gateway before).
+pub async fn allocator(
+    store: &KvStore,
+    raw: &kv::Store,
+    n: usize,
+    ways: usize,
+    warm: bool,
+) -> (f64, usize, Spent) {
     let rm = format!("alloc-{}", crate::common::suffix());
     let prefix = names::port_key_prefix(&rm, "gateway-system", "bench");
+    if warm {
+        let _ = store.port_index(&prefix).await;
+    }
     let lo = 20000u16;
     let hi = lo + u16::try_from(2 * n - 1).expect("range fits");
     let left = Arc::new(AtomicUsize::new(n));
     let lost = Arc::new(AtomicUsize::new(0));
+    let spent = Arc::new(std::sync::Mutex::new(Spent::default()));
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ways {
-        let (store, prefix, left, lost) =
-            (store.clone(), prefix.clone(), left.clone(), lost.clone());
+        let (store, prefix, left, lost, spent) = (
+            store.clone(),
+            prefix.clone(),
+            left.clone(),
+            lost.clone(),
+            spent.clone(),
+        );
         tasks.spawn(async move {
             let view = PortView::default();
+            let mut mine = Spent::default();
             while left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
                 loop {
+                    let t = Instant::now();
                     let start: u32 = rand::random();
                     let cands = allocator::candidates(lo..=hi, &view, start);
                     let ports = itg::claims::unclaimed(&store, &prefix, cands, 1)
                         .await
                         .expect("search");
                     let port = *ports.first().expect("a free port");
-                    match store.create(&format!("{prefix}{port}"), claim()).await {
+                    let searched = t.elapsed();
+                    if mine.search.is_zero() {
+                        mine.first_search = searched;
+                    }
+                    mine.search += searched;
+                    let t = Instant::now();
+                    let made = store.create(&format!("{prefix}{port}"), claim()).await;
+                    mine.create += t.elapsed();
+                    match made {
                         Ok(Outcome::Written(_)) => break,
                         Ok(Outcome::Conflict) => {
                             lost.fetch_add(1, Ordering::SeqCst);
@@ -53,6 +90,10 @@ pub async fn allocator(store: &KvStore, raw: &kv::Store, n: usize, ways: usize) 
                     }
                 }
             }
+            let mut all = spent.lock().expect("spent");
+            all.search += mine.search;
+            all.create += mine.create;
+            all.first_search = all.first_search.max(mine.first_search);
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -60,12 +101,17 @@ pub async fn allocator(store: &KvStore, raw: &kv::Store, n: usize, ways: usize) 
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     purge(raw, (lo..=hi).map(|p| format!("{prefix}{p}"))).await;
-    (rate, lost.load(Ordering::SeqCst))
+    let spent = *spent.lock().expect("spent");
+    (rate, lost.load(Ordering::SeqCst), spent)
 }
 
-/// Raw creates of distinct keys per second.
-pub async fn raw_create(raw: &kv::Store, n: usize, ways: usize) -> f64 {
+/// Raw creates of distinct keys per second. With `watched`, the keys are followed meanwhile by the same
+/// watch as a Gateway's port index (started before the clock), to price the watch alone.
+pub async fn raw_create(raw: &kv::Store, n: usize, ways: usize, watched: Option<&KvStore>) -> f64 {
     let prefix = format!("bench.raw.{}.", crate::common::suffix());
+    if let Some(store) = watched {
+        let _ = store.port_index(&prefix).await;
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

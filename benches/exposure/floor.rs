@@ -1,24 +1,58 @@
 //! The floor: the calls one exposure cannot avoid, made directly with the worker's crates and bodies and
 //! no worker in between. KV create of the allocation record and of its port key, server-side apply of the
 //! Service, the listener and the TCPRoute, and the reply's JetStream publish with a message id.
+//!
+//! In `listenerset` mode the listener is applied as the first (creating) apply of a ListenerSet of the
+//! allocation's own (`listenerset_patch`, under the listener's field manager), the route's parent is that
+//! set's listener, and the removal deletes the set: the Gateway object is never written.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::listenersets::ListenerSet;
 use gateway_api::experimental::tcproutes::TcpRoute;
 use itg::cluster::Exposure;
 use itg::contract::ProxyPort;
 use itg::k8s;
+use itg::k8s::objects::Parent;
 use itg::names;
 use itg::state::{Binding, Spec};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
+/// Where a listener goes: `listener_mode` of the worker it is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A listener on the shared Gateway.
+    Gateway,
+    /// A ListenerSet per allocation, attached to the Gateway.
+    ListenerSet,
+}
+
+impl Mode {
+    /// The label of a row.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Gateway => "Gateway mode",
+            Mode::ListenerSet => "ListenerSet mode",
+        }
+    }
+
+    /// The YAML a `TestRm` gets in `extra` for the worker to run in this mode.
+    pub fn extra(self) -> &'static str {
+        match self {
+            Mode::Gateway => "",
+            Mode::ListenerSet => "    listener_mode: listenerset\n",
+        }
+    }
+}
+
 /// Everything the floor writes to, fixed at start.
 pub struct Floor {
+    mode: Mode,
     kv: kv::Store,
     js: jetstream::Context,
     client: Client,
@@ -40,9 +74,22 @@ impl Floor {
         gateway: &str,
         task_ns: &str,
     ) -> Floor {
+        Floor::with_mode(Mode::Gateway, nats, client, gateway_ns, gateway, task_ns).await
+    }
+
+    /// A floor whose listener goes where `mode` puts it.
+    pub async fn with_mode(
+        mode: Mode,
+        nats: async_nats::Client,
+        client: Client,
+        gateway_ns: &str,
+        gateway: &str,
+        task_ns: &str,
+    ) -> Floor {
         let js = jetstream::new(nats);
         let kv = js.get_key_value("ITG_STATE").await.expect("state bucket");
         Floor {
+            mode,
             kv,
             js,
             client,
@@ -80,6 +127,11 @@ impl Floor {
             "floor-{}",
             &names::object_name(&self.rm, alloc, "jupyter")[4..]
         )
+    }
+
+    /// The ListenerSet of `alloc` in `listenerset` mode (in the Gateway's namespace, as the worker makes it).
+    fn set_name(&self, alloc: &str) -> String {
+        names::listenerset_name(&self.rm, alloc)
     }
 
     /// One exposure's unavoidable calls, timed end to end.
@@ -123,13 +175,38 @@ impl Floor {
             .await
             .expect("floor: Service");
         marks[2] = Instant::now();
-        let body = k8s::listener_patch(&self.gateway_ns, &self.gateway, &e, &name);
-        gateways
-            .patch(&self.gateway, &lpp, &Patch::Apply(&body))
-            .await
-            .expect("floor: listener");
+        let route = match self.mode {
+            Mode::Gateway => {
+                let body = k8s::listener_patch(&self.gateway_ns, &self.gateway, &e, &name);
+                gateways
+                    .patch(&self.gateway, &lpp, &Patch::Apply(&body))
+                    .await
+                    .expect("floor: listener");
+                k8s::route_object(&self.gateway_ns, &self.gateway, &e, &name)
+            }
+            Mode::ListenerSet => {
+                let set = self.set_name(alloc);
+                let body = k8s::objects::listenerset_patch(
+                    &self.gateway_ns,
+                    &set,
+                    &self.gateway_ns,
+                    &self.gateway,
+                    &e,
+                    &name,
+                );
+                Api::<ListenerSet>::namespaced(self.client.clone(), &self.gateway_ns)
+                    .patch(&set, &lpp, &Patch::Apply(&body))
+                    .await
+                    .expect("floor: ListenerSet");
+                let parent = Parent {
+                    kind: "ListenerSet",
+                    namespace: self.gateway_ns.clone(),
+                    name: set,
+                };
+                k8s::objects::route_object_to(&parent, &e, &name)
+            }
+        };
         marks[3] = Instant::now();
-        let route = k8s::route_object(&self.gateway_ns, &self.gateway, &e, &name);
         routes
             .patch(&name, &pp, &Patch::Apply(&route))
             .await
@@ -165,7 +242,11 @@ impl Floor {
     /// The median of each step so far, and forgets them.
     pub fn breakdown(&self) -> String {
         let all = std::mem::take(&mut *self.steps.lock().expect("steps"));
-        let names = ["KV creates", "Service", "listener", "TCPRoute", "reply"];
+        let listener = match self.mode {
+            Mode::Gateway => "listener",
+            Mode::ListenerSet => "ListenerSet",
+        };
+        let names = ["KV creates", "Service", listener, "TCPRoute", "reply"];
         names
             .iter()
             .enumerate()
@@ -177,22 +258,33 @@ impl Floor {
             .join(", ")
     }
 
-    /// Removes what [`Floor::expose`] made (not timed).
+    /// Removes what [`Floor::expose`] made (not timed here; [`lifecycles`] times it).
     pub async fn withdraw(&self, alloc: &str, port: u16) {
         let name = self.object_name(alloc);
         let dp = DeleteParams::background();
         let _ = Api::<TcpRoute>::namespaced(self.client.clone(), &self.task_ns)
             .delete(&name, &dp)
             .await;
-        let lpp = PatchParams::apply(&names::listener_field_manager(&self.rm, &name)).force();
-        Api::<Gateway>::namespaced(self.client.clone(), &self.gateway_ns)
-            .patch(
-                &self.gateway,
-                &lpp,
-                &Patch::Apply(&k8s::listener_removal(&self.gateway_ns, &self.gateway)),
-            )
-            .await
-            .expect("floor: remove listener");
+        match self.mode {
+            Mode::Gateway => {
+                let lpp =
+                    PatchParams::apply(&names::listener_field_manager(&self.rm, &name)).force();
+                Api::<Gateway>::namespaced(self.client.clone(), &self.gateway_ns)
+                    .patch(
+                        &self.gateway,
+                        &lpp,
+                        &Patch::Apply(&k8s::listener_removal(&self.gateway_ns, &self.gateway)),
+                    )
+                    .await
+                    .expect("floor: remove listener");
+            }
+            Mode::ListenerSet => {
+                Api::<ListenerSet>::namespaced(self.client.clone(), &self.gateway_ns)
+                    .delete(&self.set_name(alloc), &dp)
+                    .await
+                    .expect("floor: delete ListenerSet");
+            }
+        }
         let _ = Api::<Service>::namespaced(self.client.clone(), &self.task_ns)
             .delete(&name, &dp)
             .await;
@@ -207,4 +299,42 @@ impl Floor {
             ))
             .await;
     }
+}
+
+/// Runs `total` of the floor's lifecycles (its exposure's calls, then its removal's), `in_flight` at a time
+/// spread over `floors` (each with its own NATS and apiserver clients, as each worker has); returns the wall
+/// time. Each lane reuses one port of its own from `first_port` on.
+pub async fn lifecycles(
+    floors: &[std::sync::Arc<Floor>],
+    total: usize,
+    in_flight: usize,
+    first_port: u16,
+) -> Duration {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let left = std::sync::Arc::new(AtomicUsize::new(total));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..in_flight {
+        let fl = floors[lane % floors.len()].clone();
+        let left = left.clone();
+        let port = first_port + u16::try_from(lane).expect("lanes fit");
+        tasks.spawn(async move {
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let a = crate::drive::alloc_id("floorlife");
+                fl.expose(&a, port).await;
+                fl.withdraw(&a, port).await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("floor lifecycle task");
+    }
+    // The steps of these exposures are not what `breakdown` reports.
+    for fl in floors {
+        fl.steps.lock().expect("steps").clear();
+    }
+    t0.elapsed()
 }

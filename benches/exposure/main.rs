@@ -13,15 +13,18 @@ mod common;
 mod cpu;
 mod drive;
 mod floor;
+mod gwwrites;
 mod reachable;
 mod report;
 mod rss;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::{Env, Master, TestRm, Worker};
 use drive::{Waiter, pcts};
+use floor::{Floor, Mode};
 use report::{Row, at_least, at_most, bound, info, ms};
 
 /// How much of everything to do.
@@ -99,6 +102,10 @@ const RANGE: (u16, u16) = (40000, 40063);
 const IN_FLIGHT: usize = 32;
 /// Lifecycles in flight per Gateway: half the listener cap, a busy Gateway.
 const LIFE_IN_FLIGHT: usize = 16;
+/// The range of a ListenerSet-mode Gateway that holds many live allocations: no 64-listener cap there.
+const LS_RANGE: (u16, u16) = (42000, 44999);
+/// The floor's ports in the lifecycles figures, one per lane (outside every worker's range).
+const FLOOR_LIFE_PORTS: u16 = 41600;
 
 struct Bench {
     env: Env,
@@ -106,16 +113,92 @@ struct Bench {
     size: Size,
     rms: Vec<TestRm>,
     rows: Vec<Row>,
+    /// The listener modes to run (`--modes`, both by default).
+    modes: Vec<Mode>,
+    /// Writes to the Gateway objects and the worker's exposures, over the ListenerSet-mode sections.
+    ls_writes: (u64, usize, Vec<String>),
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 impl Bench {
     async fn rms(&mut self, prefix: &str, n: usize) -> Vec<usize> {
+        self.rms_in(Mode::Gateway, prefix, n, RANGE).await
+    }
+
+    /// `n` resource managers of `mode`, each with a Gateway of its own and `range`.
+    async fn rms_in(
+        &mut self,
+        mode: Mode,
+        prefix: &str,
+        n: usize,
+        range: (u16, u16),
+    ) -> Vec<usize> {
         let mut idx = Vec::new();
         for _ in 0..n {
-            self.rms.push(TestRm::new(&self.env, prefix, RANGE).await);
+            let mut rm = TestRm::new(&self.env, prefix, range).await;
+            rm.extra.push_str(mode.extra());
+            self.rms.push(rm);
             idx.push(self.rms.len() - 1);
         }
         idx
+    }
+
+    fn wants(&self, mode: Mode) -> bool {
+        self.modes.contains(&mode)
+    }
+
+    /// A floor of `mode` on resource manager `i`'s Gateway, with clients of its own. After a worker has
+    /// started: it creates the state bucket.
+    async fn floor(&self, mode: Mode, i: usize) -> Floor {
+        let rm = &self.rms[i];
+        let (nats, kube) = (self.env.nats().await, self.env.kube().await);
+        Floor::with_mode(mode, nats, kube, &rm.gateway_ns, &rm.gateway, &rm.task_ns).await
+    }
+
+    /// Starts counting writes to the Gateways of `idx`.
+    async fn count_writes(&self, idx: &[usize]) -> gwwrites::Counter {
+        let gws: Vec<(String, String)> = idx
+            .iter()
+            .map(|&i| (self.rms[i].gateway_ns.clone(), self.rms[i].gateway.clone()))
+            .collect();
+        gwwrites::start(&self.env.kube().await, &gws).await
+    }
+
+    /// Adds a ListenerSet-mode section's Gateway writes and exposures to the row of [`Bench::ls_row`].
+    async fn note_writes(&mut self, section: &str, c: gwwrites::Counter, exposures: usize) {
+        let (n, per) = c.stop().await;
+        self.ls_writes.0 += n;
+        self.ls_writes.1 += exposures;
+        let per = if per.is_empty() {
+            String::new()
+        } else {
+            format!(" ({per:?})")
+        };
+        self.ls_writes
+            .2
+            .push(format!("{section}: {n} over {exposures}{per}"));
+    }
+
+    /// The row of Gateway writes per exposure in ListenerSet mode, once those sections have run.
+    fn ls_row(&mut self) {
+        let (n, exposures, parts) = std::mem::take(&mut self.ls_writes);
+        if exposures == 0 {
+            return;
+        }
+        self.rows.push(Row {
+            figure: "Gateway writes per exposure, ListenerSet mode (watch of each Gateway)".into(),
+            value: format!("{:.3}", n as f64 / exposures as f64),
+            reference: format!(
+                "{n} writes over {exposures} exposures; {}",
+                parts.join("; ")
+            ),
+            ratio: None,
+            target: "0".into(),
+            met: Some(n == 0),
+        });
     }
 
     async fn targets(&self, idx: &[usize]) -> Vec<(Master, String)> {
@@ -136,23 +219,38 @@ impl Bench {
         ws
     }
 
+    /// Exposure latency in each mode; returns a resource manager of the section for the replay.
+    async fn latency(&mut self) -> Option<usize> {
+        let mut first = None;
+        for mode in [Mode::Gateway, Mode::ListenerSet] {
+            if self.wants(mode) {
+                let rm = self.latency_in(mode).await;
+                first = first.or(Some(rm));
+            }
+        }
+        first
+    }
+
     /// Exposure latency with 1 and 4 workers, each interleaved with the floor on the same Gateway.
-    async fn latency(&mut self) -> usize {
-        let idx = self.rms("lat", 1).await;
+    async fn latency_in(&mut self, mode: Mode) -> usize {
+        let idx = self.rms_in(mode, "lat", 1, RANGE).await;
         let targets = self.targets(&idx).await;
         let (m, ns) = &targets[0];
+        // The Gateway-mode rows keep their names; the others say their mode.
+        let sfx = match mode {
+            Mode::Gateway => String::new(),
+            m => format!(", {}", m.label()),
+        };
+        let writes = self.count_writes(&idx).await;
+        let mut exposures = 0;
         let mut fl = None;
         for workers in [1, 4] {
             let ws = self.workers(&idx, workers).await;
             if fl.is_none() {
-                // After a worker has started: it creates the state bucket.
-                let rm = &self.rms[idx[0]];
-                let (nats, kube) = (self.env.nats().await, self.env.kube().await);
-                fl = Some(
-                    floor::Floor::new(nats, kube, &rm.gateway_ns, &rm.gateway, &rm.task_ns).await,
-                );
+                fl = Some(self.floor(mode, idx[0]).await);
             }
             let Some(fl) = fl.as_ref() else { continue };
+            exposures += self.size.latency + 5;
             let calls = calls::snapshot();
             let (mut wk, mut fr) = (Vec::new(), Vec::new());
             for i in 0..self.size.latency + 5 {
@@ -183,7 +281,7 @@ impl Bench {
             }
             let (w, f) = (pcts(&wk), pcts(&fr));
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-            let tag = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
+            let tag = format!("{}{sfx}", plural(workers, "worker"));
             self.rows.push(info(
                 format!("floor steps p50, run with {tag}"),
                 fl.breakdown(),
@@ -219,11 +317,147 @@ impl Bench {
                 self.rows.push(r);
             }
         }
+        if mode == Mode::ListenerSet {
+            self.note_writes("latency", writes, exposures).await;
+        } else {
+            drop(writes.stop().await);
+        }
         idx[0]
     }
 
-    /// Lifecycles per second at 1, 2 and 4 workers, on one Gateway and over eight.
+    /// Lifecycles per second in each mode, each beside its floor.
     async fn lifecycles(&mut self) {
+        if self.wants(Mode::Gateway) {
+            let first = self.lifecycles_gateway().await;
+            self.floor_lifecycles_gateway(first).await;
+        }
+        if self.wants(Mode::ListenerSet) {
+            self.lifecycles_listenerset().await;
+        }
+    }
+
+    /// `n` of the floor's lifecycles of `mode` on resource manager `i`'s Gateway, LIFE_IN_FLIGHT at a time
+    /// over `clients` floors (each with its own NATS and apiserver clients, as each worker has).
+    async fn floor_lifecycles(&self, mode: Mode, i: usize, clients: usize, n: usize) -> Duration {
+        let mut floors = Vec::new();
+        for _ in 0..clients {
+            floors.push(Arc::new(self.floor(mode, i).await));
+        }
+        floor::lifecycles(&floors, n, LIFE_IN_FLIGHT, FLOOR_LIFE_PORTS).await
+    }
+
+    /// The Gateway mode's floor at the one-Gateway figures' concurrency, on the same Gateway, run after
+    /// them (not interleaved: the rows above are kept as they were), with 1 and 4 sets of clients.
+    async fn floor_lifecycles_gateway(&mut self, (i, w1, w4): (usize, f64, f64)) {
+        let n = self.size.lifecycles;
+        let mut floor_rates = Vec::new();
+        for (clients, worker_rate) in [(1, w1), (4, w4)] {
+            let took = self.floor_lifecycles(Mode::Gateway, i, clients, n).await;
+            let f = n as f64 / took.as_secs_f64();
+            floor_rates.push(f);
+            self.rows.push(at_least(
+                format!(
+                    "lifecycles/s, {}, 1 Gateway, Gateway mode / its floor ({LIFE_IN_FLIGHT} in flight)",
+                    plural(clients, "worker")
+                ),
+                format!("{worker_rate:.1}/s"),
+                format!(
+                    "floor {f:.1}/s ({n} in {:.1} s, {}, run after the worker's)",
+                    took.as_secs_f64(),
+                    plural(clients, "client set")
+                ),
+                worker_rate / f,
+                0.8,
+            ));
+        }
+        let (fs, ws) = (floor_rates[1] / floor_rates[0], w4 / w1);
+        let mut r = info(
+            "lifecycles/s at 4 workers / at 1 worker, 1 Gateway, Gateway mode",
+            format!("{ws:.2}"),
+        );
+        r.reference = format!("floor 4 client sets / 1: {fs:.2}");
+        r.ratio = Some(ws / fs);
+        self.rows.push(r);
+    }
+
+    /// Lifecycles per second in ListenerSet mode on one Gateway, at 1 and 4 workers, each interleaved
+    /// with its floor at the same number in flight (worker, floor, floor, worker: half the lifecycles in
+    /// each), and the Gateway's writes meanwhile.
+    async fn lifecycles_listenerset(&mut self) {
+        let mode = Mode::ListenerSet;
+        let idx = self.rms_in(mode, "lifels", 1, RANGE).await;
+        let targets = self.targets(&idx).await;
+        let writes = self.count_writes(&idx).await;
+        let kube = self.env.kube().await;
+        let api = apiserver::snapshot(&kube).await;
+        let n = self.size.lifecycles;
+        let (h, rest) = (n / 2, n - n / 2);
+        let mut exposures = 0;
+        let mut rates = Vec::new();
+        for workers in [1, 4] {
+            let ws = self.workers(&idx, workers).await;
+            let calls = calls::snapshot();
+            let (t1, r1) = drive::lifecycles(&targets, &self.waiter, h, LIFE_IN_FLIGHT).await;
+            let f1 = self.floor_lifecycles(mode, idx[0], workers, h).await;
+            let f2 = self.floor_lifecycles(mode, idx[0], workers, rest).await;
+            let (t2, r2) = drive::lifecycles(&targets, &self.waiter, rest, LIFE_IN_FLIGHT).await;
+            let calls = calls.since();
+            for w in ws {
+                w.stop().await;
+            }
+            exposures += n;
+            let (took, ftook, refused) = (t1 + t2, f1 + f2, r1 + r2);
+            let (w, f) = (
+                n as f64 / took.as_secs_f64(),
+                n as f64 / ftook.as_secs_f64(),
+            );
+            rates.push((w, f));
+            let mut reference = format!(
+                "floor {f:.1}/s ({n} in {:.1} s, {}, interleaved)",
+                ftook.as_secs_f64(),
+                plural(workers, "client set")
+            );
+            if refused > 0 {
+                reference.push_str(&format!("; {refused} refused"));
+            }
+            self.rows.push(at_least(
+                format!(
+                    "lifecycles/s, {}, 1 Gateway, ListenerSet mode / its floor ({LIFE_IN_FLIGHT} in flight)",
+                    plural(workers, "worker")
+                ),
+                format!("{w:.1}/s ({n} in {:.1} s)", took.as_secs_f64()),
+                reference,
+                w / f,
+                0.8,
+            ));
+            self.rows.push(info(
+                format!(
+                    "  worker's apiserver calls, {workers} worker(s), 1 Gateway, ListenerSet mode"
+                ),
+                calls,
+            ));
+        }
+        self.rows.push(info(
+            "  apiserver writes during the ListenerSet-mode lifecycles, worker's and floor's (count x mean)",
+            api.since(&kube).await,
+        ));
+        let (ws, fs) = (rates[1].0 / rates[0].0, rates[1].1 / rates[0].1);
+        self.rows.push(at_least(
+            "lifecycles/s at 4 workers / at 1 worker, 1 Gateway, ListenerSet mode / the same of its floor",
+            format!("{ws:.2} ({:.1}/s / {:.1}/s)", rates[1].0, rates[0].0),
+            format!(
+                "floor 4 client sets / 1: {fs:.2} ({:.1}/s / {:.1}/s)",
+                rates[1].1, rates[0].1
+            ),
+            ws / fs,
+            0.8,
+        ));
+        self.note_writes("lifecycles", writes, exposures).await;
+    }
+
+    /// Lifecycles per second at 1, 2 and 4 workers, on one Gateway and over eight. Returns the first
+    /// resource manager and its rates at 1 and 4 workers, for the floor's figures.
+    async fn lifecycles_gateway(&mut self) -> (usize, f64, f64) {
         let idx = self.rms("life", 8).await;
         let kube = self.env.kube().await;
         let writes = apiserver::snapshot(&kube).await;
@@ -301,6 +535,7 @@ impl Bench {
             "lifecycles/s, 4 workers over 8 Gateways / 1 worker on 1",
             format!("{:.2}x (of {:.1}/s)", top / rate((1, 1)), rate((1, 1))),
         ));
+        (idx[0], rate((1, 1)), rate((1, 4)))
     }
 
     async fn allocator(&mut self) {
@@ -310,8 +545,8 @@ impl Bench {
             .expect("state bucket");
         let raw = js.get_key_value("ITG_STATE").await.expect("state bucket");
         let n = self.size.allocations;
-        let creates = alloc::raw_create(&raw, n, 8).await;
-        let (allocs, lost) = alloc::allocator(&store, &raw, n, 8).await;
+        let creates = alloc::raw_create(&raw, n, 8, None).await;
+        let (allocs, lost, spent) = alloc::allocator(&store, &raw, n, 8, false).await;
         self.rows.push(at_least(
             "port allocations/s, 8-way (range ends half full)",
             format!("{allocs:.0}/s ({lost} lost races)"),
@@ -319,6 +554,41 @@ impl Bench {
             allocs / creates,
             0.8,
         ));
+        // The profile: the same again in the other order, with the index's watch started untimed, and raw
+        // creates under the same watch the index keeps (so the watch's own price shows).
+        let (warm, warm_lost, warm_spent) = alloc::allocator(&store, &raw, n, 8, true).await;
+        let watched = alloc::raw_create(&raw, n, 8, Some(&store)).await;
+        let again = alloc::raw_create(&raw, n, 8, None).await;
+        let share = |s: alloc::Spent| {
+            let all = (s.search + s.create).as_secs_f64().max(1e-9);
+            format!(
+                "search {:.0}% (first search {}), create {:.0}%",
+                s.search.as_secs_f64() / all * 100.0,
+                ms(s.first_search),
+                s.create.as_secs_f64() / all * 100.0
+            )
+        };
+        self.rows.push(info(
+            "  allocator's time, summed over its tasks",
+            share(spent),
+        ));
+        let mut r = info(
+            "  allocator with the index's watch started before the clock",
+            format!(
+                "{warm:.0}/s ({warm_lost} lost races; {})",
+                share(warm_spent)
+            ),
+        );
+        r.reference = format!("raw kv.create {again:.0}/s (run after it)");
+        r.ratio = Some(warm / again);
+        self.rows.push(r);
+        let mut r = info(
+            "  raw kv.create while the index's watch follows its keys",
+            format!("{watched:.0}/s"),
+        );
+        r.reference = format!("raw kv.create {again:.0}/s (run after it)");
+        r.ratio = Some(watched / again);
+        self.rows.push(r);
     }
 
     /// Replays the events of a resource manager whose allocations have all ended: first at once, while the
@@ -374,6 +644,28 @@ impl Bench {
     }
 
     async fn memory(&mut self) {
+        if self.wants(Mode::Gateway) {
+            self.memory_gateway().await;
+        }
+        if self.wants(Mode::ListenerSet) {
+            // One Gateway: in ListenerSet mode the listener cap does not bound it, the range does.
+            let live = self.size.live_many;
+            let idx = self.rms_in(Mode::ListenerSet, "rssls", 1, LS_RANGE).await;
+            let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
+            let (rss, hwm) = rss::worker_rss(&self.env, &self.waiter, &rms, live).await;
+            self.rows.push(bound(
+                format!(
+                    "itg-worker RSS, {live} live allocations on 1 Gateway, ListenerSet mode (peak {hwm:.1} MiB)"
+                ),
+                rss,
+                "MiB",
+                "<= 64 MiB".into(),
+                rss <= 64.0,
+            ));
+        }
+    }
+
+    async fn memory_gateway(&mut self) {
         let idx = self.rms("rss", self.size.rss_gateways).await;
         let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
         let (rss, hwm) = rss::worker_rss(&self.env, &self.waiter, &rms, self.size.rss_live).await;
@@ -389,8 +681,115 @@ impl Bench {
         ));
     }
 
-    /// Exposure p50 with few live allocations, then with many, on the same worker.
+    /// How cost grows with live allocations, in each mode.
     async fn growth(&mut self) {
+        if self.wants(Mode::Gateway) {
+            self.growth_gateway().await;
+        }
+        if self.wants(Mode::ListenerSet) {
+            self.growth_listenerset().await;
+        }
+    }
+
+    /// The worker's exposure and the floor's in turn on `target` (the first Gateway of the section):
+    /// `n` timed pairs after 5 warm-ups; their p50s.
+    async fn probe(&self, target: &(Master, String), fl: &Floor) -> (Duration, Duration) {
+        let (m, ns) = target;
+        let (mut s, mut f) = (Vec::new(), Vec::new());
+        for i in 0..self.size.probes + 5 {
+            let a = drive::alloc_id("probe");
+            let d = drive::expose(m, &self.waiter, &a, ns)
+                .await
+                .expect("probe ready");
+            drive::end(m, &self.waiter, &a).await;
+            let fa = drive::alloc_id("floor");
+            let fd = fl.expose(&fa, 41000).await;
+            fl.withdraw(&fa, 41000).await;
+            if i >= 5 {
+                s.push(d);
+                f.push(fd);
+            }
+        }
+        (pcts(&s).p50, pcts(&f).p50)
+    }
+
+    /// Exposure p50 with few live allocations, then with many, on ONE Gateway in ListenerSet mode (no
+    /// listener cap there), each beside the floor on that Gateway.
+    async fn growth_listenerset(&mut self) {
+        let mode = Mode::ListenerSet;
+        let (few, many) = (self.size.live_few, self.size.live_many);
+        let idx = self.rms_in(mode, "growls", 1, LS_RANGE).await;
+        let targets = self.targets(&idx).await;
+        let writes = self.count_writes(&idx).await;
+        let ws = self.workers(&idx, 1).await;
+        let fl = self.floor(mode, idx[0]).await;
+        let t = Instant::now();
+        let mut live = drive::fill(&targets, &self.waiter, few, IN_FLIGHT).await;
+        let calls_few = calls::snapshot();
+        let p_few = self.probe(&targets[0], &fl).await;
+        let steps_few = fl.breakdown();
+        let calls_few = calls_few.since();
+        let more = drive::fill(&targets, &self.waiter, many - few, IN_FLIGHT).await;
+        live[0].extend(more.into_iter().flatten());
+        let filled = t.elapsed();
+        let calls_many = calls::snapshot();
+        let p_many = self.probe(&targets[0], &fl).await;
+        let steps_many = fl.breakdown();
+        let calls_many = calls_many.since();
+        drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;
+        for w in ws {
+            w.stop().await;
+        }
+        let exposures = many + 2 * (self.size.probes + 5);
+        let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        self.rows.push(at_most(
+            format!("exposure p50 at {many} live on 1 Gateway / at {few} live, ListenerSet mode"),
+            ms(p_many.0),
+            format!("{} at {few} live", ms(p_few.0)),
+            grow(p_many.0, p_few.0),
+            1.2,
+        ));
+        let mut r = info(
+            format!("floor p50 on that Gateway, at {many} live / at {few} live, ListenerSet mode"),
+            ms(p_many.1),
+        );
+        r.reference = format!("{} at {few} live", ms(p_few.1));
+        r.ratio = Some(grow(p_many.1, p_few.1));
+        self.rows.push(r);
+        let mut r = info(
+            format!("worker p50 / floor p50 at {few} live and at {many} live, ListenerSet mode"),
+            format!(
+                "{:.2} / {:.2}",
+                grow(p_few.0, p_few.1),
+                grow(p_many.0, p_many.1)
+            ),
+        );
+        r.reference = format!(
+            "filling {many} took {:.1} s ({IN_FLIGHT} in flight)",
+            filled.as_secs_f64()
+        );
+        self.rows.push(r);
+        self.rows.push(info(
+            format!("floor steps p50 at {few} live, ListenerSet mode"),
+            steps_few,
+        ));
+        self.rows.push(info(
+            format!("floor steps p50 at {many} live, ListenerSet mode"),
+            steps_many,
+        ));
+        self.rows.push(info(
+            format!("  worker's apiserver calls at {few} live, ListenerSet mode"),
+            calls_few,
+        ));
+        self.rows.push(info(
+            format!("  worker's apiserver calls at {many} live, ListenerSet mode"),
+            calls_many,
+        ));
+        self.note_writes("growth", writes, exposures).await;
+    }
+
+    /// Exposure p50 with few live allocations, then with many, on the same worker.
+    async fn growth_gateway(&mut self) {
         let (few, many) = (self.size.live_few, self.size.live_many);
         let gateways = many.div_ceil(PER_GATEWAY);
         let idx = self.rms("grow", gateways).await;
@@ -659,6 +1058,16 @@ async fn main() {
         size_v.lifecycles = n;
     }
     let only = value("--only");
+    // `--modes gateway,listenerset` (both by default): which listener modes the sections run.
+    let modes: Vec<Mode> = value("--modes")
+        .unwrap_or_else(|| "gateway,listenerset".into())
+        .split(',')
+        .map(|m| match m {
+            "gateway" => Mode::Gateway,
+            "listenerset" => Mode::ListenerSet,
+            other => panic!("unknown --modes entry {other:?}: gateway or listenerset"),
+        })
+        .collect();
     let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
     let env = Env::load();
     let waiter = Waiter::start(env.nats().await).await;
@@ -668,12 +1077,14 @@ async fn main() {
         size: size_v,
         rms: Vec::new(),
         rows: Vec::new(),
+        modes,
+        ls_writes: (0, 0, Vec::new()),
     };
     let t0 = Instant::now();
     let mut lat_rm = None;
     if want("latency") {
         eprintln!("[bench] latency ({:.0} s)", t0.elapsed().as_secs_f64());
-        lat_rm = Some(b.latency().await);
+        lat_rm = b.latency().await;
     }
     if want("lifecycles") {
         eprintln!("[bench] lifecycles ({:.0} s)", t0.elapsed().as_secs_f64());
@@ -695,6 +1106,7 @@ async fn main() {
         eprintln!("[bench] growth ({:.0} s)", t0.elapsed().as_secs_f64());
         b.growth().await;
     }
+    b.ls_row();
     if want("reachable") {
         eprintln!("[bench] reachable ({:.0} s)", t0.elapsed().as_secs_f64());
         b.reachable().await;
