@@ -750,13 +750,6 @@ impl ResourceManagerConfig {
         }
     }
 
-    /// The namespace where this resource manager's ListenerSets are made.
-    pub fn listenerset_namespace(&self) -> &str {
-        self.listenerset_namespace
-            .as_deref()
-            .unwrap_or(&self.internal_task_gateway.gateway_namespace)
-    }
-
     /// Whether a task may be exposed from this namespace.
     pub fn namespace_allowed(&self, ns: &str) -> bool {
         match &self.allowed_namespaces {
