@@ -127,13 +127,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 // The Gateway refused a listener (no slot left, or the port is taken there): an allocation
                 // still exposing gives back everything it holds, as when no port is free, so two of them
                 // never wait on each other's slots; a port found taken is not chosen again for a while.
-                Err(ClusterError::Capacity(m)) if rec.phase == Phase::Exposing => {
-                    if ClusterError::Capacity(m.clone()).is_port_taken() {
+                Err(err @ ClusterError::Capacity(_)) if rec.phase == Phase::Exposing => {
+                    if err.is_port_taken() {
                         self.refused
                             .note(e.binding.gateway_port, self.timing.capacity_deadline.0);
                     }
                     return self
-                        .give_back(key, &rec, rev, Some(&spec.namespace), m)
+                        .give_back(key, &rec, rev, Some(&spec.namespace), err.to_string())
                         .await;
                 }
                 Err(e) => return Err(e.into()),
