@@ -53,7 +53,9 @@ async fn port_index_follows_claims_and_releases() {
         Outcome::Written(_)
     ));
     eventually("release seen", async || !index.is_claimed(40002)).await;
-    let free = unclaimed(&s, &prefix, 40001..=40003, 2).await.unwrap();
+    let free = unclaimed(&s, &prefix, 40001..=40003, 2, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(free, vec![40002, 40003]);
 }
 
@@ -68,7 +70,50 @@ async fn a_search_that_finds_too_few_in_the_index_asks_the_bucket() {
     assert!(index.is_claimed(40001));
     // Everything looks taken, so the answer comes from the bucket: the one port that is really free.
     assert_eq!(
-        unclaimed(&s, &prefix, 40001..=40002, 2).await.unwrap(),
+        unclaimed(&s, &prefix, 40001..=40002, 2, Duration::ZERO)
+            .await
+            .unwrap(),
         vec![40002]
+    );
+}
+
+#[tokio::test]
+async fn a_port_released_lately_is_chosen_last_the_longest_released_first() {
+    let env = Env::load();
+    let s = store(&env).await;
+    let prefix = format!("port.idx-{}.gateway-system.gw.", suffix());
+    let claim = || Bytes::from_static(b"{\"allocation\":\"a\",\"proxy\":\"p\"}");
+    let index = s.port_index(&prefix).await.expect("index catches up");
+    // 40002 released first, then 40001; 40003 never claimed.
+    for port in [40002, 40001] {
+        let key = format!("{prefix}{port}");
+        let Outcome::Written(rev) = s.create(&key, claim()).await.unwrap() else {
+            panic!("create refused");
+        };
+        eventually("claim seen", async || index.is_claimed(port)).await;
+        s.delete(&key, rev).await.unwrap();
+        eventually("release seen", async || !index.is_claimed(port)).await;
+    }
+    let cooling = Duration::from_secs(60);
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40003, 1, cooling)
+            .await
+            .unwrap(),
+        vec![40003],
+        "a port never claimed goes before two released lately"
+    );
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40003, 3, cooling)
+            .await
+            .unwrap(),
+        vec![40003, 40002, 40001],
+        "released lately: the one released longest ago first"
+    );
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40003, 3, Duration::ZERO)
+            .await
+            .unwrap(),
+        vec![40001, 40002, 40003],
+        "without cooling the search keeps its order"
     );
 }

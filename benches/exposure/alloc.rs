@@ -60,6 +60,7 @@ pub async fn allocator(
         );
         tasks.spawn(async move {
             let view = PortView::default();
+            let cooling = itg::config::WorkerConfig::default().reconcile_hold_off.0;
             let mut mine = Spent::default();
             while left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -69,7 +70,7 @@ pub async fn allocator(
                     let t = Instant::now();
                     let start: u32 = rand::random();
                     let cands = allocator::candidates(lo..=hi, &view, start);
-                    let ports = itg::claims::unclaimed(&store, &prefix, cands, 1)
+                    let ports = itg::claims::unclaimed(&store, &prefix, cands, 1, cooling)
                         .await
                         .expect("search");
                     let port = *ports.first().expect("a free port");

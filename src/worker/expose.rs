@@ -136,7 +136,14 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .give_back(key, &rec, rev, Some(&spec.namespace), err.to_string())
                         .await;
                 }
+                Err(_) if self.moved(key, rev).await? => return Ok(Pass::Moved),
                 Err(e) => return Err(e.into()),
+            }
+            // An ended (or another pass) may have moved the record while this apply was on its way, and its
+            // cleanup may have freed the port already: go round at once, so the next pass undoes the apply
+            // before someone else claims the port.
+            if self.moved(key, rev).await? {
+                return Ok(Pass::Moved);
             }
         }
         let waits = self.rm.config.wait_for_controller;
@@ -186,6 +193,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             retryable: false,
                         }));
                     }
+                    Verdict::Pending(_) if self.moved(key, rev).await? => {
+                        return Ok(Pass::Moved);
+                    }
                     Verdict::Pending(message) => {
                         return Err(DriveError::Waiting {
                             message,
@@ -207,7 +217,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Outcome::Conflict => return Ok(Pass::Moved),
             }
             crashpoint::reach("expose.ready_recorded");
-        } else if self.store.get(key).await?.map(|e| e.revision) != Some(rev) {
+        } else if self.moved(key, rev).await? {
             return Ok(Pass::Moved);
         }
         Ok(Pass::Settled(Box::new(rec)))
@@ -306,7 +316,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             foreign: view.foreign_ports,
             taken,
         };
-        let chosen = claims::choose(&self.store, &self.rm, g, &pv, rand::random(), n).await?;
+        let chosen = claims::choose(
+            &self.store,
+            &self.rm,
+            g,
+            &pv,
+            rand::random(),
+            n,
+            self.timing.reconcile_hold_off.0,
+        )
+        .await?;
         if chosen.len() < n {
             return Err(DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",

@@ -217,6 +217,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         result.unwrap_or_else(|why| Handled::Retry { why })
     }
 
+    /// Whether the record at `key` is no longer at `rev`.
+    async fn moved(&self, key: &str, rev: u64) -> Result<bool, StoreError> {
+        Ok(self.store.get(key).await?.map(|e| e.revision) != Some(rev))
+    }
+
     async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
         let Some(entry) = self.store.get(key).await? else {
             return Ok(None);

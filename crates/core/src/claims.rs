@@ -3,6 +3,7 @@
 //! order, the store's [`PortIndex`](crate::store::PortIndex) hint) only makes a free port likely to be found first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,8 @@ impl PortClaim {
 }
 
 /// Up to `n` ports of the resource manager's range that look free: allowed by config, not in `view`'s
-/// foreign or taken ports, and unclaimed. The search starts at `start`, so concurrent workers spread out.
+/// foreign or taken ports, and unclaimed. The search starts at `start`, so concurrent workers spread out,
+/// and passes over ports released less than `cooling` ago while others are free (see [`unclaimed`]).
 ///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read.
@@ -47,13 +49,18 @@ pub async fn choose<S: Store>(
     view: &PortView,
     start: u32,
     n: usize,
+    cooling: Duration,
 ) -> Result<Vec<u16>, StoreError> {
     let candidates = allocator::candidates(rm.range.clone(), view, start);
-    unclaimed(store, &rm.port_key_prefix(on), candidates, n).await
+    unclaimed(store, &rm.port_key_prefix(on), candidates, n, cooling).await
 }
 
 /// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
 /// for the port search: the create that follows is what makes a claim exclusive.
+///
+/// A port released less than `cooling` ago comes last, the longest-released first: an apply its last
+/// holder sent before it gave the port up can still land (or stand, from a worker killed mid-pass, until
+/// the reconciler removes it), and on a port nobody else holds that stray listener harms no one.
 ///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read.
@@ -62,13 +69,24 @@ pub async fn unclaimed<S: Store>(
     prefix: &str,
     candidates: impl Iterator<Item = u16> + Clone,
     n: usize,
+    cooling: Duration,
 ) -> Result<Vec<u16>, StoreError> {
     if let Some(index) = store.port_index(prefix).await {
-        let hinted: Vec<u16> = candidates
-            .clone()
-            .filter(|p| !index.is_claimed(*p))
-            .take(n)
-            .collect();
+        let now = SystemTime::now();
+        let mut hinted = Vec::with_capacity(n);
+        let mut cool: Vec<(SystemTime, u16)> = Vec::new();
+        for port in candidates.clone().filter(|p| !index.is_claimed(*p)) {
+            if hinted.len() == n {
+                break;
+            }
+            match index.released_within(port, cooling, now) {
+                Some(at) => cool.push((at, port)),
+                None => hinted.push(port),
+            }
+        }
+        cool.sort_unstable();
+        let short = n - hinted.len();
+        hinted.extend(cool.into_iter().take(short).map(|(_, port)| port));
         if hinted.len() == n {
             return Ok(hinted);
         }

@@ -3,9 +3,10 @@
 //! Every write is conditional. A refused condition is an [`Outcome::Conflict`], never an error: the caller
 //! reads again and decides again. The JetStream KV bucket of the NATS adapter implements it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -92,6 +93,8 @@ pub fn encode<T: Serialize>(v: &T) -> Bytes {
 #[derive(Debug)]
 pub struct PortIndex {
     claimed: std::sync::RwLock<BTreeSet<u16>>,
+    /// When each free port was last released, as the bucket stored it.
+    released: std::sync::RwLock<BTreeMap<u16, SystemTime>>,
     /// True once the watch has caught up with the bucket, false again while it restarts.
     current: tokio::sync::watch::Sender<bool>,
 }
@@ -113,6 +116,27 @@ impl PortIndex {
         }
     }
 
+    /// Notes when `port` was released (`at`, the bucket's time of the delete), or that it was claimed again.
+    pub fn note_release(&self, port: u16, at: Option<SystemTime>) {
+        if let Ok(mut released) = self.released.write() {
+            match at {
+                Some(at) => released.insert(port, at),
+                None => released.remove(&port),
+            };
+        }
+    }
+
+    /// When `port` was released, if that was less than `within` before `now`.
+    pub fn released_within(
+        &self,
+        port: u16,
+        within: Duration,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let at = *self.released.read().ok()?.get(&port)?;
+        (now.duration_since(at).unwrap_or_default() < within).then_some(at)
+    }
+
     /// Replaces the whole set with `fresh`, once the watch has caught up with the bucket.
     pub fn catch_up(&self, fresh: &mut Option<BTreeSet<u16>>) {
         if let (Some(set), Ok(mut claimed)) = (fresh.take(), self.claimed.write()) {
@@ -126,6 +150,7 @@ impl Default for PortIndex {
     fn default() -> Self {
         PortIndex {
             claimed: std::sync::RwLock::default(),
+            released: std::sync::RwLock::default(),
             current: tokio::sync::watch::channel(false).0,
         }
     }
@@ -149,5 +174,34 @@ impl PortIndex {
             tokio::time::timeout(limit, current.wait_for(|c| *c)).await,
             Ok(Ok(_))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_cools_for_its_span_and_a_new_claim_ends_it() {
+        let index = PortIndex::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let span = Duration::from_secs(20);
+        index.note_release(40001, Some(t0));
+        assert_eq!(
+            index.released_within(40001, span, t0 + Duration::from_secs(19)),
+            Some(t0)
+        );
+        assert_eq!(index.released_within(40001, span, t0 + span), None);
+        assert_eq!(
+            index.released_within(40002, span, t0),
+            None,
+            "never released"
+        );
+        index.note_release(40001, None);
+        assert_eq!(
+            index.released_within(40001, span, t0),
+            None,
+            "claimed again"
+        );
     }
 }

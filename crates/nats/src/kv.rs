@@ -282,6 +282,12 @@ async fn follow_once(index: &PortIndex, kv: &kv::Store, full: &str) -> Result<()
             .as_ref()
             .and_then(|h| h.get("KV-Operation"))
             .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        // The bucket's time of the write: when a release happened, for the search's cooling.
+        let at = m.info().ok().map(|i| {
+            let nanos = u64::try_from(i.published.unix_timestamp_nanos()).unwrap_or(0);
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
+        });
+        index.note_release(port, at.filter(|_| removed));
         match fresh.as_mut() {
             Some(set) if removed => {
                 set.remove(&port);
