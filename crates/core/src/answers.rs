@@ -73,10 +73,7 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
     let target = rm
         .placed(rec.gateway.as_ref())
         .and_then(|i| rm.pool.get(i))
-        .map_or_else(
-            || (rm.gateway.clone(), rm.gateway_ip.clone()),
-            |t| (t.gateway.clone(), t.ip.clone()),
-        );
+        .unwrap_or_else(|| rm.home());
     let order = rec
         .spec
         .as_ref()
@@ -89,7 +86,7 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
             name: b.name.clone(),
             container_port: b.container_port,
             gateway_port: b.gateway_port,
-            address: contract::proxy_address(&target.1, b.gateway_port),
+            address: contract::proxy_address(&target.ip, b.gateway_port),
         })
         .collect();
     let mut outcome: Vec<String> = proxies
@@ -99,7 +96,7 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
     // Ports on another Gateway of the pool are another outcome; on the resource manager's own Gateway the
     // id stays what it was before pools.
     if let Some(g) = &rec.gateway
-        && *g != rm.gateway
+        && *g != rm.home().gateway
     {
         outcome.insert(0, format!("{}/{}", g.namespace, g.name));
     }
@@ -114,7 +111,7 @@ pub fn ready(rm: &RmContext, event_id: Uuid, rec: &Record) -> Handled {
         resource_manager: rm.name.clone(),
         allocation_id: rec.allocation_id.clone(),
         source_event_id: event_id.to_string(),
-        gateway: target.0,
+        gateway: target.gateway.clone(),
         proxies,
     });
     Handled::Answer { reply, msg_id }

@@ -18,10 +18,7 @@ pub struct GatewayTarget {
 #[derive(Debug, Clone)]
 pub struct RmContext {
     pub name: String,
-    /// The resource manager's own Gateway (`internal_task_gateway`): the first of the pool.
-    pub gateway: GatewayRef,
-    pub gateway_ip: String,
-    /// Every Gateway an allocation may be placed on, `gateway` first.
+    /// Every Gateway an allocation may be placed on, the resource manager's own first: never empty.
     pub pool: Vec<GatewayTarget>,
     pub range: RangeInclusive<u16>,
     pub excluded: BTreeSet<u16>,
@@ -32,14 +29,9 @@ pub struct RmContext {
 impl RmContext {
     /// Builds the context from a validated resource manager config.
     pub fn new(config: &ResourceManagerConfig) -> RmContext {
-        let g = &config.internal_task_gateway;
         RmContext {
             name: config.name.clone(),
-            gateway: GatewayRef {
-                namespace: g.gateway_namespace.clone(),
-                name: g.gateway_name.clone(),
-            },
-            gateway_ip: g.gateway_ip.clone(),
+            // `gateways()` lists `internal_task_gateway` first, so the pool is never empty.
             pool: config
                 .gateways()
                 .into_iter()
@@ -56,6 +48,11 @@ impl RmContext {
             listener_limit: config.listener_capacity(),
             config: config.clone(),
         }
+    }
+
+    /// The resource manager's own Gateway (`internal_task_gateway`), the first of the pool.
+    pub fn home(&self) -> &GatewayTarget {
+        &self.pool[0]
     }
 
     /// KV key of one port of Gateway `on` of this resource manager's pool.
