@@ -407,3 +407,72 @@ async fn in_listenerset_mode_500_live_allocations_on_one_gateway_are_all_reachab
     worker.stop().await;
     rm.teardown(&env).await;
 }
+
+/// The docs' promise for a Gateway that takes no ListenerSets: the start-up report says so, and an exposure
+/// placed there is answered `failed` (`gateway_rejected`) with the controller's reason, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_takes_no_listenersets_is_reported_and_its_exposures_answered_rejected() {
+    use gateway_api::experimental::gateways::Gateway;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    let env = Env::load();
+    let class = envoy_class();
+    let base = 32590;
+    clear_ports(&env, &class, (base, base + 9)).await;
+    let rm = rm_in(
+        &env,
+        "e2eunset",
+        (base + 1, base + 9),
+        &class,
+        base,
+        Mode::ListenerSet,
+    )
+    .await;
+    // The operator's Gateway without spec.allowedListeners: it takes no ListenerSet.
+    let body = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": rm.gateway, "namespace": rm.gateway_ns },
+        "spec": {
+            "gatewayClassName": class,
+            "listeners": [{ "name": "placeholder", "port": base, "protocol": "TCP" }]
+        }
+    });
+    Api::<Gateway>::namespaced(env.kube().await, &rm.gateway_ns)
+        .patch(
+            &rm.gateway,
+            &PatchParams::apply("operator"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("drop allowedListeners");
+    let cfg = config(&env, &[&rm], "  controller_deadline: 60s\n");
+    let servers = itg::app::connect(&cfg).await.expect("connect");
+    let report = itg::app::report(&cfg, &servers).await.expect("report");
+    assert!(
+        report.contains("NOT allowed: the Gateway has no spec.allowedListeners"),
+        "the start-up report does not say the Gateway refuses the sets:\n{report}"
+    );
+    let worker = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let alloc = format!("{}.1", Uuid::new_v4());
+    let asked = Instant::now();
+    master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
+    let failed = replies.first(120, &alloc, "failed").await;
+    println!(
+        "e2e (ListenerSet): a set the Gateway does not allow answered failed after {} ms: {}",
+        asked.elapsed().as_millis(),
+        failed.body["message"]
+    );
+    assert_eq!(
+        failed.body["reason"], "gateway_rejected",
+        "{:#?}",
+        failed.body
+    );
+    let left = observe(&env, &rm).await;
+    assert!(left.is_empty(), "a refused exposure left: {left:#?}");
+    worker.stop().await;
+    rm.teardown(&env).await;
+}

@@ -258,6 +258,8 @@ async fn follow_once(index: &PortIndex, kv: &kv::Store, full: &str) -> Result<()
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: format!("{full}>"),
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            // The subject, the operation header and the time say all the index needs: no claim bodies.
+            headers_only: true,
             ..Default::default()
         })
         .await
