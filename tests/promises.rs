@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::history::{History, Watched};
+use common::history::{History, ListenerMode, Watched};
 use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
 use itg::contract::EventKind;
 use k8s_openapi::api::core::v1::Service;
@@ -23,16 +23,33 @@ fn alloc() -> String {
 /// not only at the end of each wave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
+    two_workers_200(ListenerMode::Gateway, (40000, 40099)).await;
+}
+
+/// The same in `listener_mode: listenerset`, where the listeners are in a ListenerSet per allocation and
+/// the checker watches the sets attached to the Gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_listenerset_mode_two_workers_200_allocations_with_duplicates_never_share_a_port() {
+    two_workers_200(ListenerMode::ListenerSet, (40100, 40199)).await;
+}
+
+async fn two_workers_200(mode: ListenerMode, range: (u16, u16)) {
     let env = Env::load();
-    let rm = TestRm::new(&env, "p1", (40000, 40099)).await;
-    let history = History::start(
+    let mut rm = TestRm::new(&env, "p1", range).await;
+    if mode == ListenerMode::ListenerSet {
+        rm.extra.push_str("    listener_mode: listenerset\n");
+    }
+    let history = History::start_with_modes(
         &env,
         "ITG_STATE",
-        vec![Watched {
-            rm: rm.name.clone(),
-            gateway_ns: rm.gateway_ns.clone(),
-            gateway: rm.gateway.clone(),
-        }],
+        vec![(
+            Watched {
+                rm: rm.name.clone(),
+                gateway_ns: rm.gateway_ns.clone(),
+                gateway: rm.gateway.clone(),
+            },
+            mode,
+        )],
     )
     .await;
     let cfg = config(&env, &[&rm], "");
@@ -130,7 +147,10 @@ async fn two_workers_200_allocations_with_duplicates_never_share_a_port() {
     let o = observe(&env, &rm).await;
     assert!(o.is_empty(), "leaked: {o:?}");
     let report = history.finish().await;
-    println!("two workers, 200 allocations: {}", report.summary());
+    println!(
+        "two workers, 200 allocations ({mode:?} mode): {}",
+        report.summary()
+    );
     assert!(
         report.violations.is_empty(),
         "a port had two live holders:\n{}",
