@@ -78,7 +78,7 @@ async fn a_search_that_finds_too_few_in_the_index_asks_the_bucket() {
 }
 
 #[tokio::test]
-async fn a_port_released_lately_is_chosen_last_the_longest_released_first() {
+async fn a_port_released_lately_is_chosen_after_the_others() {
     let env = Env::load();
     let s = store(&env).await;
     let prefix = format!("port.idx-{}.gateway-system.gw.", suffix());
@@ -106,8 +106,8 @@ async fn a_port_released_lately_is_chosen_last_the_longest_released_first() {
         unclaimed(&s, &prefix, 40001..=40003, 3, cooling)
             .await
             .unwrap(),
-        vec![40003, 40002, 40001],
-        "released lately: the one released longest ago first"
+        vec![40003, 40001, 40002],
+        "released lately: after the others, in the search's order"
     );
     assert_eq!(
         unclaimed(&s, &prefix, 40001..=40003, 3, Duration::ZERO)

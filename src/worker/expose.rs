@@ -35,6 +35,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 retryable: false,
             }));
         };
+        // Ports this pass lost to another allocation's claim: the search's index may not show those claims
+        // yet, and choosing them again would lose again.
+        let mut lost_ports = BTreeSet::new();
         loop {
             let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
             if !unbound.is_empty() {
@@ -42,7 +45,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 let place =
                     (rec.ports.is_empty() && self.clusters.len() > 1).then(|| self.roomiest());
                 let at = place.unwrap_or_else(|| self.placement(Some(&rec)));
-                let chosen = match self.choose_ports(&rec, at, unbound.len()).await {
+                let chosen = match self
+                    .choose_ports(&rec, at, unbound.len(), &lost_ports)
+                    .await
+                {
                     Ok(chosen) => chosen,
                     // All or none: an allocation that waits gives back what it holds, so two half-served
                     // allocations never wait on each other.
@@ -88,7 +94,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 )
                 .await?
                 {
+                    tracing::debug!(port = b.gateway_port, proxy = %b.name, "the chosen port was claimed by another allocation first; choosing again");
                     lost.push(b.name.clone());
+                    lost_ports.insert(b.gateway_port);
                 }
                 crashpoint::reach("expose.port_claimed");
             }
@@ -273,12 +281,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// Picks `n` ports that look free on the pool's Gateway `at`: allowed by config, not a foreign
-    /// listener's, not claimed in KV.
+    /// listener's, not claimed in KV, not in `avoid`.
     pub(super) async fn choose_ports(
         &self,
         rec: &Record,
         at: usize,
         n: usize,
+        avoid: &BTreeSet<u16>,
     ) -> Result<Vec<u16>, DriveError> {
         let view = self.clusters[at].view();
         let g = &self.rm.pool[at].gateway;
@@ -311,6 +320,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         }
         let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
         taken.extend(self.refused.current());
+        taken.extend(avoid);
         let pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports,

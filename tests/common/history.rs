@@ -162,6 +162,8 @@ pub struct Report {
     pub relists: usize,
     pub record_writes: usize,
     pub allocations: usize,
+    /// The record written most often, and the phases it was written with, in order.
+    pub busiest_record: Option<(String, Vec<String>)>,
     /// Listener intervals proven to stand while the port key was free (a late apply; the reconciler's).
     pub unclaimed_listener_spans: usize,
     /// Listener instants the bounds pinned and checked against KV.
@@ -208,6 +210,14 @@ impl Report {
                 s,
                 " ({} of the versions are of ListenerSet collections, over {} ListenerSets)",
                 self.set_versions, self.listener_sets
+            );
+        }
+        if let Some((key, phases)) = &self.busiest_record {
+            let _ = write!(
+                s,
+                "; the busiest record, {key}, was written {} times: {}",
+                phases.len(),
+                phases.join(" ")
             );
         }
         s
@@ -279,9 +289,21 @@ impl Log {
                 holder: value.map(holder_of),
             });
         } else if key.starts_with("alloc.") {
+            // The phase, and the ports it holds: `exposing[40001]`.
             let phase = value
                 .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                .and_then(|v| v["phase"].as_str().map(str::to_owned))
+                .and_then(|v| {
+                    let ports: Vec<String> = v["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|b| b["gateway_port"].as_u64())
+                        .map(|p| p.to_string())
+                        .collect();
+                    v["phase"]
+                        .as_str()
+                        .map(|p| format!("{p}[{}]", ports.join(",")))
+                })
                 .unwrap_or_else(|| "deleted".into());
             self.records
                 .entry(key.to_owned())
@@ -459,6 +481,11 @@ impl Log {
         }
         r.record_writes = self.records.values().map(Vec::len).sum();
         r.allocations = self.records.len();
+        r.busiest_record = self
+            .records
+            .iter()
+            .max_by_key(|(_, w)| w.len())
+            .map(|(k, w)| (k.clone(), w.iter().map(|(_, p)| p.clone()).collect()));
         // Listener name -> holder, from every claim seen.
         let mut listener_holder: BTreeMap<String, String> = BTreeMap::new();
         for ops in self.ports.values() {

@@ -58,9 +58,10 @@ pub async fn choose<S: Store>(
 /// Up to `n` ports of `candidates`, in order, whose key (`prefix` and the port) holds no live claim. A hint
 /// for the port search: the create that follows is what makes a claim exclusive.
 ///
-/// A port released less than `cooling` ago comes last, the longest-released first: an apply its last
+/// A port released less than `cooling` ago comes after every other (in the same order): an apply its last
 /// holder sent before it gave the port up can still land (or stand, from a worker killed mid-pass, until
-/// the reconciler removes it), and on a port nobody else holds that stray listener harms no one.
+/// the reconciler removes it), and on a port nobody else holds that stray listener harms no one. Not the
+/// longest-released first: every search would then pick the same port, and all but one lose the create.
 ///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read.
@@ -74,19 +75,19 @@ pub async fn unclaimed<S: Store>(
     if let Some(index) = store.port_index(prefix).await {
         let now = SystemTime::now();
         let mut hinted = Vec::with_capacity(n);
-        let mut cool: Vec<(SystemTime, u16)> = Vec::new();
+        let mut cool = Vec::new();
         for port in candidates.clone().filter(|p| !index.is_claimed(*p)) {
             if hinted.len() == n {
                 break;
             }
-            match index.released_within(port, cooling, now) {
-                Some(at) => cool.push((at, port)),
-                None => hinted.push(port),
+            if index.released_within(port, cooling, now).is_some() {
+                cool.push(port);
+            } else {
+                hinted.push(port);
             }
         }
-        cool.sort_unstable();
         let short = n - hinted.len();
-        hinted.extend(cool.into_iter().take(short).map(|(_, port)| port));
+        hinted.extend(cool.into_iter().take(short));
         if hinted.len() == n {
             return Ok(hinted);
         }
