@@ -726,14 +726,19 @@ impl Bench {
         let t = Instant::now();
         let mut live = drive::fill(&targets, &self.waiter, few, IN_FLIGHT).await;
         let calls_few = calls::snapshot();
+        // CPU per probe (a worker lifecycle and a floor one), by process: the profile of the growth.
+        let cpu_few = cpu::start();
         let p_few = self.probe(&targets[0], &fl).await;
+        let cpu_few = cpu_few.per_op(self.size.probes + 5);
         let steps_few = fl.breakdown();
         let calls_few = calls_few.since();
         let more = drive::fill(&targets, &self.waiter, many - few, IN_FLIGHT).await;
         live[0].extend(more.into_iter().flatten());
         let filled = t.elapsed();
         let calls_many = calls::snapshot();
+        let cpu_many = cpu::start();
         let p_many = self.probe(&targets[0], &fl).await;
+        let cpu_many = cpu_many.per_op(self.size.probes + 5);
         let steps_many = fl.breakdown();
         let calls_many = calls_many.since();
         drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;
@@ -785,6 +790,14 @@ impl Bench {
             format!("  worker's apiserver calls at {many} live, ListenerSet mode"),
             calls_many,
         ));
+        for (live, cpu) in [(few, cpu_few), (many, cpu_many)] {
+            self.rows.push(info(
+                format!(
+                    "  CPU per probe (a worker lifecycle and a floor one) at {live} live, ListenerSet mode"
+                ),
+                cpu,
+            ));
+        }
         self.note_writes("growth", writes, exposures).await;
     }
 
