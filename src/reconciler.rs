@@ -102,7 +102,7 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             .await
             .map_err(|e| e.to_string())?;
         // Only listeners this resource manager provably owns: others on a shared Gateway are not ours.
-        i.listeners = self.gateway.view().owned;
+        i.listeners = self.gateway.view().owned.clone();
         let listed = self.objects(&mut i).await?;
         for key in self
             .store

@@ -163,15 +163,15 @@ impl MemCluster {
 }
 
 impl Cluster for MemCluster {
-    fn view(&self) -> GatewayView {
+    fn view(&self) -> std::sync::Arc<GatewayView> {
         let mut listeners = self.listeners();
         listeners.insert("placeholder".into());
-        GatewayView {
+        std::sync::Arc::new(GatewayView {
             present: true,
             foreign_ports: BTreeSet::from([39999]),
             listeners,
             ..Default::default()
-        }
+        })
     }
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {

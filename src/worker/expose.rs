@@ -323,7 +323,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         taken.extend(avoid);
         let pv = PortView {
             excluded: self.rm.excluded.clone(),
-            foreign: view.foreign_ports,
+            foreign: view.foreign_ports.clone(),
             taken,
         };
         let chosen = claims::choose(
@@ -388,8 +388,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             let slots = self.rm.listener_limit.saturating_sub(view.listeners.len());
             let pv = PortView {
                 excluded: self.rm.excluded.clone(),
-                foreign: view.foreign_ports,
-                taken: view.owned_ports,
+                foreign: view.foreign_ports.clone(),
+                taken: view.owned_ports.clone(),
             };
             slots.min(allocator::candidates(self.rm.range.clone(), &pv, 0).count())
         };

@@ -64,8 +64,9 @@ pub struct Exposure<'a> {
 
 /// The hot path: what serving an event needs from the cluster.
 pub trait Cluster: Clone + Send + Sync + 'static {
-    /// The Gateway as last seen by the watch.
-    fn view(&self) -> GatewayView;
+    /// The Gateway as last seen by the watch. Shared, not copied: in ListenerSet mode it is built from
+    /// every set on the Gateway, and the hot path reads it twice per exposure.
+    fn view(&self) -> std::sync::Arc<GatewayView>;
     /// Makes the Service, listener and route of one proxy port exist (idempotent), in that order.
     fn expose(&self, e: &Exposure<'_>) -> impl Future<Output = Result<(), ClusterError>> + Send;
     /// Makes them not exist (idempotent), in the order route, listener, Service.

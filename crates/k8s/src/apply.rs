@@ -256,8 +256,8 @@ fn deleted(answer: Result<(), kube::Error>, what: &str) -> Result<(), ClusterErr
 }
 
 impl Cluster for KubeGateway {
-    fn view(&self) -> GatewayView {
-        self.gateway_view()
+    fn view(&self) -> std::sync::Arc<GatewayView> {
+        std::sync::Arc::new(self.gateway_view())
     }
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {

@@ -30,7 +30,7 @@ impl Backend {
 }
 
 impl Cluster for Backend {
-    fn view(&self) -> GatewayView {
+    fn view(&self) -> std::sync::Arc<GatewayView> {
         match self {
             Backend::Gateway(g) => g.view(),
             Backend::ListenerSets(s) => s.view(),

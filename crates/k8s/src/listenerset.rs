@@ -49,7 +49,12 @@ pub struct ListenerSets {
     generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>>,
     /// Whether the Gateway allows sets from `namespace`, as read at start, for the report.
     allowed: Arc<String>,
+    /// The last view built, with the watches' change count it was built at: rebuilt only after a change.
+    view: Arc<Mutex<Option<BuiltView>>>,
 }
+
+/// A view, and the watches' change count it was built at.
+type BuiltView = (u64, Arc<GatewayView>);
 
 impl ListenerSets {
     /// Starts watching the sets of `rm`'s namespace for ListenerSets. Returns once the first list has
@@ -72,8 +77,7 @@ impl ListenerSets {
         // Every set in the namespace, not only ours: another's listeners on the same Gateway hold ports.
         let stream = watcher(sets.clone(), watcher::Config::default())
             .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+            .reflect(writer);
         {
             let (tick, generations, rm) = (base.tick.clone(), generations.clone(), rm.name.clone());
             let what = namespace.clone();
@@ -81,10 +85,14 @@ impl ListenerSets {
                 futures::pin_mut!(stream);
                 while let Some(ev) = stream.next().await {
                     match ev {
-                        Ok(set) => {
-                            if ours(&set, &rm) {
-                                note_generations(&set, &generations);
+                        Ok(ev) => {
+                            if let watcher::Event::Apply(set) | watcher::Event::InitApply(set) = &ev
+                                && ours(set, &rm)
+                            {
+                                note_generations(set, &generations);
                             }
+                            // Every event counts, the end of a relist too: the store changes then, and a
+                            // view built before it must not be kept.
                             tick.send_modify(|n| *n = n.wrapping_add(1));
                         }
                         Err(e) => {
@@ -106,6 +114,7 @@ impl ListenerSets {
             reflector: reader,
             generations,
             allowed,
+            view: Arc::default(),
         })
     }
 
@@ -257,6 +266,55 @@ impl ListenerSets {
             .and_then(|s| s.metadata.name.clone())
     }
 
+    /// The Gateway's listeners and those of every set attached to it, ours told from others'.
+    fn build_view(&self) -> GatewayView {
+        let Some(gw) = self.base.gateway() else {
+            return GatewayView::default();
+        };
+        let mut v = GatewayView {
+            present: true,
+            ..Default::default()
+        };
+        let managers = crate::watch::listener_managers(&gw);
+        // The Gateway's own listeners are foreign, except ours from a time in `gateway` mode, which the
+        // reconciler may still remove.
+        for l in &gw.spec.listeners {
+            let Ok(p) = u16::try_from(l.port) else {
+                continue;
+            };
+            let held_by: Vec<&str> = managers
+                .get(&l.name)
+                .map(|ms| ms.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            if names::owns_listener(&self.base.rm, &l.name, p, &held_by, &self.base.range) {
+                v.listeners.insert(l.name.clone());
+                v.owned.insert(l.name.clone());
+                v.owned_ports.insert(p);
+            } else {
+                v.foreign_ports.insert(p);
+            }
+        }
+        for set in self.reflector.state() {
+            if !self.attached(&set) {
+                continue;
+            }
+            let mine = ours(&set, &self.base.rm);
+            for l in &set.spec.listeners {
+                let Ok(p) = u16::try_from(l.port) else {
+                    continue;
+                };
+                if mine && names::is_owned_listener_name(&l.name) {
+                    v.listeners.insert(l.name.clone());
+                    v.owned.insert(l.name.clone());
+                    v.owned_ports.insert(p);
+                } else {
+                    v.foreign_ports.insert(p);
+                }
+            }
+        }
+        v
+    }
+
     fn attached(&self, set: &ListenerSet) -> bool {
         let p = &set.spec.parent_ref;
         p.name == self.base.gateway_name
@@ -341,50 +399,18 @@ async fn allows(base: &KubeGateway, namespace: &str) -> String {
 }
 
 impl Cluster for ListenerSets {
-    fn view(&self) -> GatewayView {
-        let Some(gw) = self.base.gateway() else {
-            return GatewayView::default();
-        };
-        let mut v = GatewayView {
-            present: true,
-            ..Default::default()
-        };
-        let managers = crate::watch::listener_managers(&gw);
-        // The Gateway's own listeners are foreign, except ours from a time in `gateway` mode, which the
-        // reconciler may still remove.
-        for l in &gw.spec.listeners {
-            let Ok(p) = u16::try_from(l.port) else {
-                continue;
-            };
-            let held_by: Vec<&str> = managers
-                .get(&l.name)
-                .map(|ms| ms.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            if names::owns_listener(&self.base.rm, &l.name, p, &held_by, &self.base.range) {
-                v.listeners.insert(l.name.clone());
-                v.owned.insert(l.name.clone());
-                v.owned_ports.insert(p);
-            } else {
-                v.foreign_ports.insert(p);
-            }
+    fn view(&self) -> Arc<GatewayView> {
+        // The count is read before the build: a change that lands meanwhile makes the next call rebuild.
+        let at = *self.base.tick.borrow();
+        if let Ok(cached) = self.view.lock()
+            && let Some((built_at, v)) = cached.as_ref()
+            && *built_at == at
+        {
+            return v.clone();
         }
-        for set in self.reflector.state() {
-            if !self.attached(&set) {
-                continue;
-            }
-            let mine = ours(&set, &self.base.rm);
-            for l in &set.spec.listeners {
-                let Ok(p) = u16::try_from(l.port) else {
-                    continue;
-                };
-                if mine && names::is_owned_listener_name(&l.name) {
-                    v.listeners.insert(l.name.clone());
-                    v.owned.insert(l.name.clone());
-                    v.owned_ports.insert(p);
-                } else {
-                    v.foreign_ports.insert(p);
-                }
-            }
+        let v = Arc::new(self.build_view());
+        if let Ok(mut cached) = self.view.lock() {
+            *cached = Some((at, v.clone()));
         }
         v
     }

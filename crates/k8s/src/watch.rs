@@ -38,8 +38,7 @@ impl KubeGateway {
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", g.gateway_name));
         let stream = watcher(gateways.clone(), cfg)
             .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+            .reflect(writer);
         let name = format!("{}/{}", g.gateway_namespace, g.gateway_name);
         {
             let (tick, generations) = (tick.clone(), listener_generations.clone());
@@ -47,8 +46,11 @@ impl KubeGateway {
                 futures::pin_mut!(stream);
                 while let Some(ev) = stream.next().await {
                     match ev {
-                        Ok(gw) => {
-                            note_listener_generations(&gw, &generations);
+                        Ok(ev) => {
+                            if let watcher::Event::Apply(gw) | watcher::Event::InitApply(gw) = &ev {
+                                note_listener_generations(gw, &generations);
+                            }
+                            // Every event counts, the end of a relist too: the store changes then.
                             tick.send_modify(|n| *n = n.wrapping_add(1));
                         }
                         Err(e) => {
@@ -80,10 +82,7 @@ impl KubeGateway {
                 let writer = reflector::store::Writer::new(route_resource.clone());
                 let store = writer.as_reader();
                 let cfg = watcher::Config::default().labels(&names::owned_selector(&rm.name));
-                let stream = watcher(api, cfg)
-                    .default_backoff()
-                    .reflect(writer)
-                    .touched_objects();
+                let stream = watcher(api, cfg).default_backoff().reflect(writer);
                 let (tick, what) = (
                     tick.clone(),
                     scope.clone().unwrap_or_else(|| "all namespaces".into()),
