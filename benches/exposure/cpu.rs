@@ -54,30 +54,26 @@ impl Sample {
     /// Each process's share of one core since the start, busiest first: `apiserver 140%, ...`.
     pub fn shares(&self) -> String {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
-        let mut v: Vec<(String, f64)> = self
-            .start
-            .iter()
-            .map(|(n, p, s)| (n.clone(), (cpu_seconds(p) - s) / wall * 100.0))
-            .collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        v.iter()
-            .map(|(n, pct)| format!("{n} {pct:.0}%"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.listed(|secs| format!("{:.0}%", secs / wall * 100.0))
     }
 
     /// Each process's CPU milliseconds per operation since the start, over `ops` operations, busiest
     /// first: `apiserver 21.3 ms, ...`.
     pub fn per_op(&self, ops: usize) -> String {
         let ops = ops.max(1) as f64;
+        self.listed(|secs| format!("{:.1} ms", secs * 1000.0 / ops))
+    }
+
+    /// Each process's CPU seconds since the start, shown by `unit`, busiest first.
+    fn listed(&self, unit: impl Fn(f64) -> String) -> String {
         let mut v: Vec<(String, f64)> = self
             .start
             .iter()
-            .map(|(n, p, s)| (n.clone(), (cpu_seconds(p) - s) * 1000.0 / ops))
+            .map(|(n, p, s)| (n.clone(), cpu_seconds(p) - s))
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v.iter()
-            .map(|(n, ms)| format!("{n} {ms:.1} ms"))
+            .map(|(n, secs)| format!("{n} {}", unit(*secs)))
             .collect::<Vec<_>>()
             .join(", ")
     }
