@@ -95,6 +95,16 @@ impl Size {
     }
 }
 
+/// What a growth section measured: p50s (worker, floor) at few and at many live, the floor's steps and the
+/// worker's apiserver calls at each.
+struct Growth {
+    few: usize,
+    many: usize,
+    p: ((Duration, Duration), (Duration, Duration)),
+    steps: (String, String),
+    calls: (String, String),
+}
+
 /// Live allocations per Gateway: the range and listener cap are 64, one slot is the operator's placeholder
 /// and a few stay free for the timed exposures.
 const PER_GATEWAY: usize = 58;
@@ -747,20 +757,6 @@ impl Bench {
         }
         let exposures = many + 2 * (self.size.probes + 5);
         let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        self.rows.push(at_most(
-            format!("exposure p50 at {many} live on 1 Gateway / at {few} live, ListenerSet mode"),
-            ms(p_many.0),
-            format!("{} at {few} live", ms(p_few.0)),
-            grow(p_many.0, p_few.0),
-            1.2,
-        ));
-        let mut r = info(
-            format!("floor p50 on that Gateway, at {many} live / at {few} live, ListenerSet mode"),
-            ms(p_many.1),
-        );
-        r.reference = format!("{} at {few} live", ms(p_few.1));
-        r.ratio = Some(grow(p_many.1, p_few.1));
-        self.rows.push(r);
         let mut r = info(
             format!("worker p50 / floor p50 at {few} live and at {many} live, ListenerSet mode"),
             format!(
@@ -773,23 +769,18 @@ impl Bench {
             "filling {many} took {:.1} s ({IN_FLIGHT} in flight)",
             filled.as_secs_f64()
         );
-        self.rows.push(r);
-        self.rows.push(info(
-            format!("floor steps p50 at {few} live, ListenerSet mode"),
-            steps_few,
-        ));
-        self.rows.push(info(
-            format!("floor steps p50 at {many} live, ListenerSet mode"),
-            steps_many,
-        ));
-        self.rows.push(info(
-            format!("  worker's apiserver calls at {few} live, ListenerSet mode"),
-            calls_few,
-        ));
-        self.rows.push(info(
-            format!("  worker's apiserver calls at {many} live, ListenerSet mode"),
-            calls_many,
-        ));
+        self.growth_rows(
+            Growth {
+                few,
+                many,
+                p: (p_few, p_many),
+                steps: (steps_few, steps_many),
+                calls: (calls_few, calls_many),
+            },
+            "on 1 Gateway",
+            ", ListenerSet mode",
+            vec![r],
+        );
         for (live, cpu) in [(few, cpu_few), (many, cpu_many)] {
             self.rows.push(info(
                 format!(
@@ -861,33 +852,51 @@ impl Bench {
         for w in ws {
             w.stop().await;
         }
+        self.growth_rows(
+            Growth {
+                few,
+                many,
+                p: (p_few, p_many),
+                steps: (steps_few, steps_many),
+                calls: (calls_few, calls_many),
+            },
+            &format!("over {gateways} Gateways"),
+            "",
+            Vec::new(),
+        );
+    }
+
+    /// The rows of a growth section: exposure p50 at many live against few (the target), the floor's the
+    /// same way, `extra`, then the floor's steps and the worker's calls at each. `place` says where the
+    /// live allocations are, `mode` ends every row's name.
+    fn growth_rows(&mut self, g: Growth, place: &str, mode: &str, extra: Vec<Row>) {
+        let (few, many) = (g.few, g.many);
         let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         self.rows.push(at_most(
-            format!("exposure p50 at {many} live over {gateways} Gateways / at {few} live"),
-            ms(p_many.0),
-            format!("{} at {few} live", ms(p_few.0)),
-            grow(p_many.0, p_few.0),
+            format!("exposure p50 at {many} live {place} / at {few} live{mode}"),
+            ms(g.p.1.0),
+            format!("{} at {few} live", ms(g.p.0.0)),
+            grow(g.p.1.0, g.p.0.0),
             1.2,
         ));
         let mut r = info(
-            format!("floor p50 on that Gateway, at {many} live / at {few} live"),
-            ms(p_many.1),
+            format!("floor p50 on that Gateway, at {many} live / at {few} live{mode}"),
+            ms(g.p.1.1),
         );
-        r.reference = format!("{} at {few} live", ms(p_few.1));
-        r.ratio = Some(grow(p_many.1, p_few.1));
+        r.reference = format!("{} at {few} live", ms(g.p.0.1));
+        r.ratio = Some(grow(g.p.1.1, g.p.0.1));
         self.rows.push(r);
-        self.rows
-            .push(info(format!("floor steps p50 at {few} live"), steps_few));
-        self.rows
-            .push(info(format!("floor steps p50 at {many} live"), steps_many));
-        self.rows.push(info(
-            format!("  worker's apiserver calls at {few} live"),
-            calls_few,
-        ));
-        self.rows.push(info(
-            format!("  worker's apiserver calls at {many} live"),
-            calls_many,
-        ));
+        self.rows.extend(extra);
+        for (live, steps) in [(few, g.steps.0), (many, g.steps.1)] {
+            self.rows
+                .push(info(format!("floor steps p50 at {live} live{mode}"), steps));
+        }
+        for (live, calls) in [(few, g.calls.0), (many, g.calls.1)] {
+            self.rows.push(info(
+                format!("  worker's apiserver calls at {live} live{mode}"),
+                calls,
+            ));
+        }
     }
 
     /// Time to reachable through Envoy Gateway, with one worker, beside the time to ready in the same
