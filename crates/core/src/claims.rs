@@ -12,7 +12,7 @@ use crate::contract::GatewayRef;
 use crate::crashpoint;
 use crate::names;
 use crate::resource_manager::RmContext;
-use crate::store::{Outcome, Store, StoreError, encode};
+use crate::store::{KeyState, Outcome, Store, StoreError, encode};
 
 /// Compare-and-set rounds a claim or a release may spend before it reports the key as contended.
 const MAX_ROUNDS: usize = 16;
@@ -94,19 +94,23 @@ pub async fn unclaimed<S: Store>(
         // Too few look free: the index may not have seen a release yet, and nobody is told to wait for
         // capacity on a hint, so the bucket itself is asked.
     }
-    let mut chosen = Vec::with_capacity(n);
+    // The bucket keeps each release's time on its delete marker: the same cooling as the index's.
+    let now = SystemTime::now();
+    let (mut chosen, mut cool) = (Vec::with_capacity(n), Vec::new());
     for port in candidates {
         if chosen.len() == n {
             break;
         }
-        if store
-            .get(&names::port_key_at(prefix, port))
-            .await?
-            .is_none()
-        {
-            chosen.push(port);
+        match store.state_of(&names::port_key_at(prefix, port)).await? {
+            KeyState::Live => {}
+            KeyState::Free(Some(at)) if now.duration_since(at).unwrap_or_default() < cooling => {
+                cool.push(port);
+            }
+            KeyState::Free(_) => chosen.push(port),
         }
     }
+    let short = n - chosen.len();
+    chosen.extend(cool.into_iter().take(short));
     Ok(chosen)
 }
 

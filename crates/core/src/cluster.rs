@@ -20,15 +20,18 @@ pub enum ClusterError {
     /// The Gateway has no room for another listener, or the port is taken there: wait for capacity.
     #[error("{0}")]
     Capacity(String),
-    /// The request can never succeed as it is (forbidden, invalid, namespace missing).
+    /// The request can never succeed as it is (invalid, namespace missing).
     #[error("{0}")]
     Permanent(String),
+    /// The apiserver refused the call as forbidden (403): the worker's RBAC lacks it.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ClusterError {
-    /// Whether the apiserver refused the call as forbidden (RBAC): the adapter words it `(403 …)`.
+    /// Whether the apiserver refused the call as forbidden (RBAC).
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, ClusterError::Permanent(m) if m.contains("(403 "))
+        matches!(self, ClusterError::Forbidden(_))
     }
 
     /// Whether a capacity refusal says the port is taken on the Gateway, rather than that no slot is left.
@@ -106,6 +109,12 @@ pub struct OwnedObject {
     pub name: String,
     /// Unix seconds of its creation.
     pub created: i64,
+    /// The uid and resourceVersion it was listed with: its delete is conditional on them, so an object
+    /// re-made or re-applied since the listing (a resend, a replay) is not lost to a stale judgement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
 }
 
 /// Whether a GatewayClass is accepted by a controller, as the start-up report says it.

@@ -3,6 +3,7 @@
 //! Loading happens once at start; a config that breaks a rule is refused with the key, the value and the
 //! rule, so the operator can fix it without reading code.
 
+use backon::BackoffBuilder;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -93,29 +94,57 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
-/// The URL list with any `user:password@` replaced, for logs and errors.
+/// The URL list with any credentials (`user:password@`, `token@`) replaced, for logs and errors.
 pub fn redacted_url(url: &str) -> String {
     url.split(',')
-        .map(|u| match u.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-                None => u.to_owned(),
-            },
-            None => u.to_owned(),
-        })
+        .map(|u| redacted_one(u.trim()))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// The shortest time `max_deliver` deliveries can span: the waits between them double from `retry_min` up
-/// to `retry_max`, as the consumer's backoff does (its jitter only lengthens them).
+fn redacted_one(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Cleared through the parser, so no part of them survives; the marker is put back by hand
+            // because the parser would percent-encode it.
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("");
+            let bare = parsed.to_string();
+            match bare.split_once("://") {
+                Some((scheme, rest)) => format!("{scheme}://<redacted>@{rest}"),
+                None => bare,
+            }
+        }
+        Ok(_) => u.to_owned(),
+        // Not a URL the parser takes (a bare `host:port`): still never show what precedes an `@`.
+        Err(_) => match u.rsplit_once('@') {
+            Some((_, host)) => format!("<redacted>@{host}"),
+            None => u.to_owned(),
+        },
+    }
+}
+
+/// `message` with every member of the URL list `urls`, and the whole list, redacted wherever it is
+/// quoted: a client's error may name only the one server it failed on.
+pub fn redact_in(message: &str, urls: &str) -> String {
+    let mut out = message.replace(urls, &redacted_url(urls));
+    for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        out = out.replace(u, &redacted_one(u));
+    }
+    out
+}
+
+/// The shortest time `max_deliver` deliveries can span: the waits between them, from the same series the
+/// consumer waits by ([`WorkerConfig::redelivery_backoff`]; its jitter only lengthens them).
 fn redelivery_span(w: &WorkerConfig, max_deliver: i64) -> Duration {
     let max = w.retry_max.0;
     let mut waits = max_deliver.saturating_sub(1).max(0);
-    let (mut span, mut wait) = (Duration::ZERO, w.retry_min.0.min(max));
-    while waits > 0 && wait < max {
+    let mut span = Duration::ZERO;
+    for wait in w.redelivery_backoff().build() {
+        if waits == 0 || wait >= max {
+            break;
+        }
         span = span.saturating_add(wait);
-        wait = wait.saturating_mul(2).min(max);
         waits -= 1;
     }
     span.saturating_add(max.saturating_mul(u32::try_from(waits).unwrap_or(u32::MAX)))
@@ -227,6 +256,18 @@ impl Default for WorkerConfig {
             reconcile_interval: Dur(Duration::from_secs(60)),
             reconcile_hold_off: Dur(Duration::from_secs(120)),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The waits between an event's deliveries: doubling from `retry_min` up to `retry_max`, without end.
+    /// The consumer adds jitter to it; the config's check of `jetstream.max_deliver` sums it without.
+    pub fn redelivery_backoff(&self) -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.retry_min.0)
+            .with_max_delay(self.retry_max.0)
+            .with_factor(2.0)
+            .without_max_times()
     }
 }
 
@@ -790,5 +831,44 @@ impl PortOrRange {
                 Ok((a, b))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn every_member_of_a_url_list_is_redacted_wherever_it_is_quoted() {
+        let urls = "nats://user:secret@a:4222, nats://s3cr3t@b:4222,nats://c:4222";
+        assert_eq!(
+            redacted_url(urls),
+            "nats://<redacted>@a:4222,nats://<redacted>@b:4222,nats://c:4222"
+        );
+        // A client's error names the one server it failed on, not the whole list.
+        let msg = "failed to connect to nats://s3cr3t@b:4222: connection refused";
+        let out = redact_in(msg, urls);
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert!(out.contains("nats://<redacted>@b:4222"), "{out}");
+        assert_eq!(redacted_url("u:p@host:4222"), "<redacted>@host:4222");
+    }
+
+    #[test]
+    fn the_redelivery_span_sums_the_consumer_s_own_series() {
+        let w = WorkerConfig {
+            retry_min: Dur(Duration::from_secs(1)),
+            retry_max: Dur(Duration::from_secs(8)),
+            ..Default::default()
+        };
+        // Waits 1, 2, 4, then 8 each: five deliveries span 1+2+4+8.
+        assert_eq!(redelivery_span(&w, 5), Duration::from_secs(15));
+        assert_eq!(redelivery_span(&w, 7), Duration::from_secs(31));
+        assert_eq!(redelivery_span(&w, 1), Duration::ZERO);
+        let series: Vec<Duration> = w.redelivery_backoff().build().take(5).collect();
+        assert_eq!(
+            series,
+            [1, 2, 4, 8, 8].map(Duration::from_secs).to_vec(),
+            "the consumer's waits, before jitter"
+        );
     }
 }

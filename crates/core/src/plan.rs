@@ -223,6 +223,7 @@ mod tests {
                 gateway_port: port,
             }],
             released: vec![],
+            given_back: vec![],
             ended_event_id: None,
             failure: None,
             created_at: updated_at,
@@ -236,6 +237,8 @@ mod tests {
             namespace: "team-a".into(),
             name: names::object_name(RM, id, "jupyter"),
             created,
+            uid: None,
+            resource_version: None,
         }
     }
 

@@ -70,6 +70,10 @@ pub struct Failure {
     pub reason: FailureReason,
     pub message: String,
     pub retryable: bool,
+    /// The apiserver's HTTP status behind a `kubernetes_error`, where one answered: a 403 from the task
+    /// namespace means nothing of the allocation was made there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// The KV record of one allocation.
@@ -93,6 +97,11 @@ pub struct Record {
     /// Ports freed by cleanup, for the `removed` reply.
     #[serde(default)]
     pub released: Vec<Released>,
+    /// Ports an exposing allocation gave back to choose again (a conflict, a port taken, no room). A
+    /// racing pass of the same allocation may still apply an object there after the give-back, so cleanup
+    /// withdraws these too; they are never reported as released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub given_back: Vec<Binding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +144,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             gateway: None,
             ports: Vec::new(),
             released: Vec::new(),
+            given_back: Vec::new(),
             ended_event_id: None,
             failure: None,
             created_at: now,
@@ -146,6 +156,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
                 reason: FailureReason::KubernetesError,
                 message: "the allocation failed earlier".into(),
                 retryable: true,
+                status: None,
             })),
             Phase::Ending | Phase::Removed => StartedStep::AlreadyEnded,
         },
@@ -181,6 +192,7 @@ pub fn on_ended(
             gateway: None,
             ports: Vec::new(),
             released: Vec::new(),
+            given_back: Vec::new(),
             ended_event_id: Some(event_id),
             failure: None,
             created_at: now,
@@ -366,6 +378,7 @@ mod tests {
                 reason: FailureReason::CapacityExhausted,
                 message: "full".into(),
                 retryable: true,
+                status: None,
             },
             2,
         );

@@ -39,6 +39,15 @@ pub struct Entry {
     pub revision: u64,
 }
 
+/// What a key holds, for the port search's scan of the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// A live value.
+    Live,
+    /// No live value; when it was last deleted, where the store still knows (a delete marker's time).
+    Free(Option<SystemTime>),
+}
+
 /// Compare-and-set storage. Implemented by a JetStream KV bucket; the worker is generic over it.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The live value of `key`, or `None` when absent or deleted.
@@ -70,6 +79,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         revision: u64,
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send {
         self.delete(key, revision)
+    }
+    /// Whether `key` is live and, when free, since when: the port search's scan keeps lately released
+    /// ports for last, as the index does. A store that keeps no deletion times says only live or free.
+    fn state_of(&self, key: &str) -> impl Future<Output = Result<KeyState, StoreError>> + Send {
+        async move {
+            Ok(match self.get(key).await? {
+                Some(_) => KeyState::Live,
+                None => KeyState::Free(None),
+            })
+        }
     }
     /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
