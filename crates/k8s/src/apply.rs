@@ -244,6 +244,33 @@ where
     )
 }
 
+/// Deletes an object the reconciler judged from a listing, only if it is still the one listed (same uid and
+/// resourceVersion): one changed since then (re-made or re-applied by a resend or a replay) is left, and the
+/// next pass judges it again.
+pub(crate) async fn delete_listed<K>(
+    api: Api<K>,
+    o: &itg_core::cluster::OwnedObject,
+    what: String,
+) -> Result<(), ClusterError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: o.uid.clone(),
+            resource_version: o.resource_version.clone(),
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&o.name, &dp).await.map(drop) {
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            tracing::debug!(object = %what, "changed since it was listed; left for the next pass");
+            Ok(())
+        }
+        answer => deleted(answer, &what),
+    }
+}
+
 /// What the answer to a delete means: done when the object is gone or was never there.
 fn deleted(answer: Result<(), kube::Error>, what: &str) -> Result<(), ClusterError> {
     match answer {
@@ -304,7 +331,7 @@ mod tests {
     fn a_forbidden_delete_is_an_error_and_only_a_missing_object_counts_as_gone() {
         assert!(deleted(Err(api_error(404, "NotFound")), "deleting Service a/b").is_ok());
         match deleted(Err(api_error(403, "Forbidden")), "deleting Service a/b") {
-            Err(ClusterError::Permanent(m)) => {
+            Err(ClusterError::Forbidden(m)) => {
                 assert!(
                     m.contains("deleting Service a/b") && m.contains("403"),
                     "{m}"

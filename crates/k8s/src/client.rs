@@ -67,6 +67,7 @@ pub fn classify(what: &str, err: kube::Error) -> ClusterError {
                 422 if m.contains("port, protocol") || m.contains("unique") => {
                     ClusterError::Capacity(msg)
                 }
+                403 => ClusterError::Forbidden(msg),
                 409 | 429 | 500..=599 => ClusterError::Transient(msg),
                 // The Gateway may be re-created by its operator: keep retrying until the deadline.
                 404 if what.contains("listener") => ClusterError::Transient(msg),

@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::DynamicObject;
 
 use crate::KubeGateway;
-use crate::apply::delete_ignoring_absent;
+use crate::apply::delete_listed;
 use crate::client::classify;
 
 fn owned<K: kube::Resource>(kind: ObjectKind, o: &K) -> Option<OwnedObject> {
@@ -21,6 +21,8 @@ fn owned<K: kube::Resource>(kind: ObjectKind, o: &K) -> Option<OwnedObject> {
         namespace: m.namespace.clone()?,
         name: m.name.clone()?,
         created: m.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
     })
 }
 
@@ -81,14 +83,12 @@ impl Inventory for KubeGateway {
             match o.kind {
                 ObjectKind::Service => {
                     let api: Api<Service> = Api::namespaced(self.client.clone(), &o.namespace);
-                    delete_ignoring_absent(api, &o.name, what).await
+                    delete_listed(api, o, what).await
                 }
-                ObjectKind::TcpRoute => {
-                    delete_ignoring_absent(self.routes(&o.namespace), &o.name, what).await
-                }
+                ObjectKind::TcpRoute => delete_listed(self.routes(&o.namespace), o, what).await,
                 ObjectKind::ListenerSet => {
                     let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &o.namespace);
-                    delete_ignoring_absent(api, &o.name, what).await
+                    delete_listed(api, o, what).await
                 }
             }
         })

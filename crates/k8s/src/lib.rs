@@ -25,6 +25,7 @@ use kube::runtime::reflector::Store as Reflector;
 use kube::{Api, Client};
 
 pub mod apply;
+pub mod attached;
 pub mod backend;
 pub mod client;
 pub mod inventory;
@@ -67,4 +68,7 @@ pub struct KubeGateway {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// The longest one apiserver request may take: a half-open connection answers nothing, never.
     call_timeout: std::time::Duration,
+    /// Others' ListenerSets attached to the Gateway, whose ports are foreign; `None` when the Gateway
+    /// takes none (or the apiserver serves no ListenerSet).
+    attached: Option<attached::AttachedSets>,
 }

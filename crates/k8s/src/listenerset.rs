@@ -45,8 +45,8 @@ pub struct ListenerSets {
     namespace: String,
     sets: Api<ListenerSet>,
     reflector: Reflector<ListenerSet>,
-    /// Listener name -> (port, the set's generation in which the watch first saw it with that port).
-    generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>>,
+    /// For each set of ours, its listeners' ports and the generation each was first seen with.
+    generations: Arc<Mutex<Generations>>,
     /// Whether the Gateway allows sets from `namespace`, as read at start, for the report.
     allowed: Arc<String>,
     /// The last view built, with the watches' change count it was built at: rebuilt only after a change.
@@ -73,7 +73,7 @@ impl ListenerSets {
             .unwrap_or_else(|| base.gateway_namespace.clone());
         let sets: Api<ListenerSet> = Api::namespaced(base.client.clone(), &namespace);
         let (reader, writer) = reflector::store();
-        let generations: Arc<Mutex<BTreeMap<String, (u16, i64)>>> = Arc::default();
+        let generations: Arc<Mutex<Generations>> = Arc::default();
         // Every set in the namespace, not only ours: another's listeners on the same Gateway hold ports.
         let stream = watcher(sets.clone(), watcher::Config::default())
             .default_backoff()
@@ -86,10 +86,8 @@ impl ListenerSets {
                 while let Some(ev) = stream.next().await {
                     match ev {
                         Ok(ev) => {
-                            if let watcher::Event::Apply(set) | watcher::Event::InitApply(set) = &ev
-                                && ours(set, &rm)
-                            {
-                                note_generations(set, &generations);
+                            if let Ok(mut g) = generations.lock() {
+                                g.on_event(&ev, &rm);
                             }
                             // Every event counts, the end of a relist too: the store changes then, and a
                             // view built before it must not be kept.
@@ -312,6 +310,8 @@ impl ListenerSets {
                 }
             }
         }
+        // Sets of others in every namespace the Gateway takes them from, not only where ours are made.
+        v.foreign_ports.extend(self.base.attached_ports());
         v
     }
 
@@ -332,23 +332,68 @@ fn ours(set: &ListenerSet, rm: &str) -> bool {
     })
 }
 
-/// Records, for each listener of a set of ours, the set's generation in which it was first seen with its
-/// port: never older than the real one, so conditions written before it are known stale.
-fn note_generations(set: &ListenerSet, seen: &Mutex<BTreeMap<String, (u16, i64)>>) {
-    let generation = set.metadata.generation.unwrap_or(0);
-    let Ok(mut seen) = seen.lock() else {
-        return;
-    };
-    for l in &set.spec.listeners {
-        let Ok(port) = u16::try_from(l.port) else {
-            continue;
-        };
-        match seen.get(&l.name) {
-            Some((p, _)) if *p == port => {}
-            _ => {
-                seen.insert(l.name.clone(), (port, generation));
+/// For each set of ours, listener name -> (port, the set's generation in which the watch first saw it
+/// with that port): never older than the real one, so conditions written before it are known stale. A
+/// set's entry follows the set: replaced on each change, dropped on delete, and a relist keeps only the
+/// sets it listed, so the map holds no more than the sets that exist.
+#[derive(Debug, Default)]
+pub(crate) struct Generations {
+    sets: BTreeMap<String, BTreeMap<String, (u16, i64)>>,
+    /// The sets listed so far by a relist in progress.
+    relisted: Option<std::collections::BTreeSet<String>>,
+}
+
+impl Generations {
+    pub(crate) fn on_event(&mut self, ev: &watcher::Event<ListenerSet>, rm: &str) {
+        match ev {
+            watcher::Event::Init => self.relisted = Some(Default::default()),
+            watcher::Event::InitApply(set) | watcher::Event::Apply(set) => {
+                let name = set.metadata.name.clone().unwrap_or_default();
+                if let (watcher::Event::InitApply(_), Some(seen)) = (ev, self.relisted.as_mut()) {
+                    seen.insert(name.clone());
+                }
+                if ours(set, rm) {
+                    self.note(&name, set);
+                } else {
+                    self.sets.remove(&name);
+                }
+            }
+            watcher::Event::Delete(set) => {
+                self.sets
+                    .remove(set.metadata.name.as_deref().unwrap_or_default());
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisted.take() {
+                    self.sets.retain(|name, _| seen.contains(name));
+                }
             }
         }
+    }
+
+    fn note(&mut self, set_name: &str, set: &ListenerSet) {
+        let generation = set.metadata.generation.unwrap_or(0);
+        let before = self.sets.remove(set_name).unwrap_or_default();
+        let mut now = BTreeMap::new();
+        for l in &set.spec.listeners {
+            let Ok(port) = u16::try_from(l.port) else {
+                continue;
+            };
+            let first_seen = match before.get(&l.name) {
+                Some((p, g)) if *p == port => *g,
+                _ => generation,
+            };
+            now.insert(l.name.clone(), (port, first_seen));
+        }
+        self.sets.insert(set_name.to_owned(), now);
+    }
+
+    fn get(&self, set_name: &str, listener: &str) -> Option<(u16, i64)> {
+        self.sets.get(set_name)?.get(listener).copied()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.sets.values().map(BTreeMap::len).sum()
     }
 }
 
@@ -449,7 +494,7 @@ impl Cluster for ListenerSets {
                     .generations
                     .lock()
                     .ok()
-                    .and_then(|g| g.get(&name).copied())
+                    .and_then(|g| g.get(&set_name, &name))
                     .filter(|(port, _)| *port == e.binding.gateway_port)
                     .map(|(_, generation)| generation);
                 let status = set.as_ref().and_then(|s| s.status.as_ref());
@@ -525,6 +570,8 @@ impl Inventory for ListenerSets {
                     namespace: self.namespace.clone(),
                     name,
                     created: m.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+                    uid: m.uid.clone(),
+                    resource_version: m.resource_version.clone(),
                 });
             }
         }
@@ -541,5 +588,68 @@ impl Inventory for ListenerSets {
             // Not in a set: one of ours on the Gateway, left from `gateway` mode.
             None => self.base.remove_listener(name).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_set(name: &str, generation: i64, ports: &[(&str, u16)], rm: &str) -> ListenerSet {
+        let listeners: Vec<_> = ports
+            .iter()
+            .map(|(n, p)| serde_json::json!({"name": n, "port": p, "protocol": "TCP"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "ListenerSet",
+            "metadata": {
+                "name": name, "namespace": "gw", "generation": generation,
+                "labels": {
+                    "app.kubernetes.io/managed-by": names::MANAGER,
+                    (names::rm_label_key()): names::rm_label_value(rm),
+                }
+            },
+            "spec": {"parentRef": {"name": "itg"}, "listeners": listeners}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn generations_follow_the_sets_and_are_empty_once_they_are_deleted() {
+        let mut g = Generations::default();
+        let a = mk_set("a", 1, &[("a-web", 40000), ("a-ssh", 40001)], "rm");
+        g.on_event(&watcher::Event::Apply(a.clone()), "rm");
+        assert_eq!(g.get("a", "a-web"), Some((40000, 1)));
+        // A listener dropped from the set goes with it; one kept keeps the generation it was first seen in.
+        let a2 = mk_set("a", 2, &[("a-web", 40000)], "rm");
+        g.on_event(&watcher::Event::Apply(a2.clone()), "rm");
+        assert_eq!((g.len(), g.get("a", "a-web")), (1, Some((40000, 1))));
+        g.on_event(&watcher::Event::Delete(a2), "rm");
+        assert_eq!(g.len(), 0);
+    }
+
+    #[test]
+    fn a_relist_forgets_the_sets_deleted_while_the_watch_was_away() {
+        let mut g = Generations::default();
+        for n in ["a", "b"] {
+            g.on_event(
+                &watcher::Event::Apply(mk_set(n, 1, &[(n, 40000)], "rm")),
+                "rm",
+            );
+        }
+        g.on_event(&watcher::Event::Init, "rm");
+        g.on_event(
+            &watcher::Event::InitApply(mk_set("b", 1, &[("b", 40000)], "rm")),
+            "rm",
+        );
+        g.on_event(&watcher::Event::InitDone, "rm");
+        assert_eq!((g.len(), g.get("a", "a")), (1, None));
+        // Another resource manager's sets are never held.
+        g.on_event(
+            &watcher::Event::Apply(mk_set("c", 1, &[("c", 40001)], "other")),
+            "rm",
+        );
+        assert_eq!(g.len(), 1);
     }
 }

@@ -68,6 +68,12 @@ impl KubeGateway {
             ),
         )
         .await?;
+        let attached = match reader.state().first() {
+            Some(gw) => {
+                crate::attached::AttachedSets::start(&client, gw, &rm.name, tick.clone()).await
+            }
+            None => None,
+        };
         let mut route_stores = Vec::new();
         if rm.wait_for_controller {
             let scopes: Vec<Option<String>> = match &rm.allowed_namespaces {
@@ -122,6 +128,7 @@ impl KubeGateway {
             tick,
             write_lock: Arc::default(),
             call_timeout: std::time::Duration::from_secs(15),
+            attached,
         })
     }
 
@@ -151,7 +158,16 @@ impl KubeGateway {
                 }
             }
         }
+        v.foreign_ports.extend(self.attached_ports());
         v
+    }
+
+    /// Ports of others' ListenerSets attached to the Gateway.
+    pub(crate) fn attached_ports(&self) -> BTreeSet<u16> {
+        self.attached
+            .as_ref()
+            .map(crate::attached::AttachedSets::ports)
+            .unwrap_or_default()
     }
 
     /// The controller's verdict on `exposures`, from the Gateway's and the routes' status as watched.

@@ -29,7 +29,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, NatsError> 
     let url = config::redacted_url(&cfg.url);
     // The client's own message may quote the URL, credentials included.
     let fail = |message: String| NatsError::Connect {
-        message: message.replace(&cfg.url, &url),
+        message: config::redact_in(&message, &cfg.url),
         url: url.clone(),
     };
     let mut opts = ConnectOptions::new()

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use itg_core::config::JetStreamConfig;
-use itg_core::store::{Entry, Outcome, PortIndex, Store, StoreError};
+use itg_core::store::{Entry, KeyState, Outcome, PortIndex, Store, StoreError};
 
 /// Why the bucket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -34,28 +34,25 @@ pub struct KvStore {
     indexes: Arc<Mutex<HashMap<String, Arc<PortIndex>>>>,
 }
 
-fn chain_has(err: &(dyn StdError + 'static), needles: &[&str]) -> bool {
+/// Whether a write error means "the condition did not hold": JetStream's wrong-last-sequence (10071), or
+/// 10164, which a replicated stream's leader answers while another conditional write to the key is in
+/// flight. Read from the API error's code anywhere in the chain, never from its text.
+fn is_conflict(err: &(dyn StdError + 'static)) -> bool {
+    use jetstream::ErrorCode;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
-        let text = e.to_string();
-        if needles.iter().any(|n| text.contains(n)) {
+        if let Some(api) = e.downcast_ref::<jetstream::Error>()
+            && matches!(
+                api.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        {
             return true;
         }
         cur = e.source();
     }
     false
-}
-
-/// Whether a write error means "the condition did not hold" (10071, or 10164 on replicated streams).
-fn is_conflict(err: &(dyn StdError + 'static)) -> bool {
-    chain_has(
-        err,
-        &[
-            "wrong last sequence",
-            "error code 10071",
-            "error code 10164",
-        ],
-    )
 }
 
 impl KvStore {
@@ -153,6 +150,20 @@ impl Store for KvStore {
         }))
     }
 
+    async fn state_of(&self, key: &str) -> Result<KeyState, StoreError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| self.error("get", key, &e))?;
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => KeyState::Live,
+            // A delete marker carries the time of the release.
+            Some(e) => KeyState::Free(Some(std::time::SystemTime::from(e.created))),
+            None => KeyState::Free(None),
+        })
+    }
+
     async fn create(&self, key: &str, value: Bytes) -> Result<Outcome, StoreError> {
         match self.kv.create(key, value).await {
             Ok(rev) => Ok(Outcome::Written(rev)),
@@ -221,21 +232,61 @@ impl Store for KvStore {
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let keys = tokio::time::timeout(Duration::from_secs(30), async {
-            let stream = self
-                .kv
-                .keys()
-                .await
-                .map_err(|e| self.error("keys", prefix, &e))?;
-            stream
+        let keys = tokio::time::timeout(Duration::from_secs(30), self.keys_under(prefix))
+            .await
+            .map_err(|e| self.error("keys", prefix, &e))??;
+        Ok(keys)
+    }
+}
+
+impl KvStore {
+    /// The live keys under `prefix`, read by a consumer filtered to it (the last entry per key, headers
+    /// only), so a resource manager's records or one Gateway's claims are read without walking the whole
+    /// bucket. A prefix that does not end a subject token (no trailing `.`) is read by walking it.
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| self.error("keys", prefix, e);
+        if !prefix.ends_with('.') {
+            let stream = self.kv.keys().await.map_err(|e| err(&e))?;
+            return stream
                 .try_filter(|k| futures::future::ready(k.starts_with(prefix)))
                 .try_collect::<Vec<String>>()
                 .await
-                .map_err(|e| self.error("keys", prefix, &e))
-        })
-        .await
-        .map_err(|e| self.error("keys", prefix, &e))??;
-        Ok(keys)
+                .map_err(|e| err(&e));
+        }
+        let full = format!("{}{prefix}", self.kv.prefix);
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{full}>"),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let mut left = consumer.cached_info().num_pending;
+        let mut out = Vec::new();
+        if left == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| err(&e))?;
+            let removed = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            if !removed && let Some(key) = m.subject.strip_prefix(self.kv.prefix.as_str()) {
+                out.push(key.to_owned());
+            }
+            left = left.saturating_sub(1);
+            if left == 0 || m.info().is_ok_and(|i| i.pending == 0) {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -304,4 +355,30 @@ async fn follow_once(index: &PortIndex, kv: &kv::Store, full: &str) -> Result<()
         }
     }
     Err("the watch ended".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    fn refused_with(err_code: u64) -> kv::UpdateError {
+        let api: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400,
+            "err_code": err_code,
+            "description": "a description that names no code"
+        }))
+        .unwrap();
+        kv::UpdateError::from(PublishError::with_source(PublishErrorKind::Other, api))
+    }
+
+    #[test]
+    fn a_conflict_is_told_by_the_jetstream_error_code_not_the_text() {
+        assert!(is_conflict(&refused_with(10164)));
+        assert!(is_conflict(&refused_with(10071)));
+        assert!(
+            !is_conflict(&refused_with(10077)),
+            "a stream-not-found is no conflict"
+        );
+    }
 }
