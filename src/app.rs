@@ -70,7 +70,7 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         .await
         .map_err(|e| nats::NatsError::JetStream {
             what: format!("account info at {url}"),
-            message: e.to_string().replace(&config.nats.url, &url),
+            message: crate::config::redact_in(&e.to_string(), &config.nats.url),
         })?;
     nats::ensure_streams(&js, &config.jetstream).await?;
     let store = KvStore::open(&js, &config.jetstream).await?;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -24,12 +24,9 @@ use crate::worker::Handler;
 /// jitter so a crowd of waiting events does not come back at once.
 pub fn redelivery_delay(timing: &WorkerConfig, delivered: i64) -> Duration {
     let n = usize::try_from(delivered.max(1) - 1).unwrap_or(0).min(32);
-    ExponentialBuilder::default()
-        .with_min_delay(timing.retry_min.0)
-        .with_max_delay(timing.retry_max.0)
-        .with_factor(2.0)
+    timing
+        .redelivery_backoff()
         .with_jitter()
-        .without_max_times()
         .build()
         .nth(n)
         .unwrap_or(timing.retry_max.0)

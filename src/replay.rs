@@ -112,16 +112,12 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
         .map(|_| mpsc::channel::<jetstream::Message>(LANE_DEPTH))
         .unzip();
     let read = async move {
-        let mut read = 0u64;
+        let (mut read, mut reached) = (0u64, 0u64);
         while read < total {
-            let Ok(Some(msg)) =
-                tokio::time::timeout(Duration::from_secs(10), messages.next()).await
-            else {
-                break;
-            };
-            let msg = msg.map_err(err)?;
+            let msg = next_or_stalled(&mut messages, "the events", reached, last).await?;
             read += 1;
             let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            reached = sequence;
             if senders[lane(&msg)].send(msg).await.is_err() {
                 break;
             }
@@ -169,15 +165,12 @@ async fn tombstone_ended<S: Store, C: Cluster>(
         deliver_policy,
     )
     .await?;
-    let (mut read, mut written) = (0u64, 0u64);
+    let (mut read, mut written, mut reached) = (0u64, 0u64, 0u64);
     while read < total {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await
-        else {
-            break;
-        };
-        let msg = msg.map_err(err)?;
+        let msg = next_or_stalled(&mut messages, "the ended events", reached, last).await?;
         read += 1;
         let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        reached = sequence;
         if sequence > last {
             break;
         }
@@ -195,6 +188,34 @@ async fn tombstone_ended<S: Store, C: Cluster>(
         );
     }
     Ok(written)
+}
+
+/// How long a read may wait for its next event before the replay is called stalled.
+const STALL: Duration = Duration::from_secs(10);
+
+/// The next event of an ordered read. A read that stalls or ends before the range's last sequence is an
+/// error naming the sequence reached: a replay that stopped early would leave later `ended`s without
+/// tombstones, or later events unserved, and must not look like one that finished.
+async fn next_or_stalled(
+    messages: &mut consumer::pull::Ordered,
+    what: &str,
+    reached: u64,
+    last: u64,
+) -> Result<jetstream::Message, ReplayError> {
+    let stopped = |how: &str| ReplayError {
+        stream: contract::EVENTS_STREAM,
+        message: format!(
+            "reading {what} {how} at sequence {reached} of {last}: the replay is incomplete; check the NATS connection and run it again"
+        ),
+    };
+    match tokio::time::timeout(STALL, messages.next()).await {
+        Ok(Some(msg)) => msg.map_err(err),
+        Ok(None) => Err(stopped("ended early")),
+        Err(_) => Err(stopped(&format!(
+            "stalled for {}",
+            humantime::format_duration(STALL)
+        ))),
+    }
 }
 
 /// How many lanes serve a replay at once, and how many events each may have waiting.

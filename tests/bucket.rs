@@ -111,3 +111,104 @@ async fn the_record_count_stays_flat_over_many_lifecycles() {
         "finished records pile up: {counts:?}"
     );
 }
+
+/// Every key of one resource manager's records in the bucket's stream, delete markers included.
+async fn record_subjects(js: &jetstream::Context, rm: &str) -> usize {
+    let stream = js.get_stream("KV_ITG_STATE").await.unwrap();
+    let filter = format!("$KV.ITG_STATE.{}>", itg::names::allocation_key_prefix(rm));
+    let info = stream.info_with_subjects(filter).await.unwrap();
+    let mut n = 0;
+    futures::pin_mut!(info);
+    while let Some(s) = info.next().await {
+        s.unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_up_allocations_leave_no_marker_and_a_replayed_started_repeats_its_failed() {
+    let nats = NatsServer::start(|dir| format!("jetstream {{ store_dir: {:?} }}", dir.display()));
+    let shared = Env::load();
+    let env = Env {
+        nats_url: nats.nats_url(),
+        kubeconfig: shared.kubeconfig.clone(),
+    };
+    // One port, held by a live allocation: every other started waits for capacity until it is given up.
+    let rm = TestRm::new(&env, "gaveup", (44020, 44020)).await;
+    let yaml = config_yaml(
+        &env,
+        &[&rm],
+        "  reconcile_interval: 1s\n  reconcile_hold_off: 5s\n  retry_min: 200ms\n  retry_max: 400ms\n",
+        "127.0.0.1:0",
+    )
+    .replace(
+        "jetstream:\n",
+        "jetstream:\n  events_max_age: 4s\n  replies_max_age: 60s\n  duplicate_window: 1s\n",
+    );
+    let mut cfg = Config::parse(&yaml, "test config").unwrap();
+    cfg.jetstream.max_deliver = 3;
+    let w = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let js = jetstream::new(env.nats().await);
+    master
+        .started("holder.1", &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(60, "holder.1", "ready").await;
+    let mut counts = Vec::new();
+    for round in 0..3 {
+        let ids: Vec<String> = (0..5).map(|i| format!("g{round}.{i}")).collect();
+        for id in &ids {
+            master.started(id, &rm.task_ns, &[("jupyter", 8888)]).await;
+        }
+        for id in &ids {
+            let f = replies.first(60, id, "failed").await;
+            assert_eq!(f.body["reason"], "timeout", "{:?}", f.body);
+        }
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        counts.push(record_subjects(&js, &rm.name).await);
+    }
+    println!(
+        "record keys in the bucket's stream (markers included) after each round of 5 given-up starteds: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|c| *c <= 6),
+        "given-up allocations leave keys behind: {counts:?}"
+    );
+
+    // The port frees; a started of a given-up allocation served again (as a replay serves it) repeats its
+    // `failed` instead of exposing it after that answer.
+    let gave_up = "g9.1";
+    master
+        .started(gave_up, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    replies.first(60, gave_up, "failed").await;
+    master.ended("holder.1").await;
+    replies.first(60, "holder.1", "removed").await;
+    master
+        .started(gave_up, &rm.task_ns, &[("jupyter", 8888)])
+        .await;
+    let answers = replies
+        .wait(30, "the started served again", |seen| {
+            seen.iter()
+                .filter(|s| s.alloc() == Some(gave_up) && s.kind == "failed")
+                .count()
+                >= 2
+                || seen
+                    .iter()
+                    .any(|s| s.alloc() == Some(gave_up) && s.kind == "ready")
+        })
+        .await;
+    let kinds: Vec<&str> = answers
+        .iter()
+        .filter(|s| s.alloc() == Some(gave_up))
+        .map(|s| s.kind.as_str())
+        .collect();
+    assert!(
+        !kinds.contains(&"ready"),
+        "a ready after its failed: {kinds:?}"
+    );
+    w.stop().await;
+    rm.teardown(&env).await;
+}

@@ -476,3 +476,105 @@ async fn a_gateway_that_takes_no_listenersets_is_reported_and_its_exposures_answ
     worker.stop().await;
     rm.teardown(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_listenerset_port_is_never_handed_out() {
+    foreign_set_port_stays_foreign(Mode::Gateway, 32600).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_listenerset_mode_an_operators_listenerset_port_is_never_handed_out() {
+    foreign_set_port_stays_foreign(Mode::ListenerSet, 32610).await;
+}
+
+/// The listener of `set` named `listener`, as its status last said: `Programmed` and `Conflicted`.
+async fn set_listener_status(
+    api: &kube::Api<kube::api::DynamicObject>,
+    set: &str,
+    listener: &str,
+) -> (Option<String>, Option<String>) {
+    let Ok(s) = api.get(set).await else {
+        return (None, None);
+    };
+    let conditions = s.data["status"]["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
+        .map(|l| l["conditions"].clone())
+        .unwrap_or_default();
+    let of = |t: &str| {
+        conditions.as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == t)
+                .and_then(|c| c["status"].as_str().map(str::to_owned))
+        })
+    };
+    (of("Programmed"), of("Conflicted"))
+}
+
+/// A one-port range whose port an operator's ListenerSet (no label of ours) already holds on the Gateway:
+/// the worker must answer `capacity_exhausted`, and the operator's listener must stay programmed.
+async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (base, base + 1)).await;
+    let rm = rm_in(&env, "e2eops", (base + 1, base + 1), &class, base, mode).await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "ListenerSet"),
+        "listenersets",
+    );
+    let sets: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(env.kube().await, &rm.gateway_ns, &ar);
+    let set = format!("ops-{}", rm.gateway);
+    let body = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "ListenerSet",
+        "metadata": { "name": set, "namespace": rm.gateway_ns },
+        "spec": {
+            "parentRef": { "name": rm.gateway, "kind": "Gateway", "group": "gateway.networking.k8s.io" },
+            "listeners": [{ "name": "ops", "port": base + 1, "protocol": "TCP" }]
+        }
+    });
+    sets.patch(&set, &PatchParams::apply("operator"), &Patch::Apply(&body))
+        .await
+        .expect("the operator's ListenerSet");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while set_listener_status(&sets, &set, "ops").await.0.as_deref() != Some("True") {
+        assert!(
+            Instant::now() < deadline,
+            "the operator's listener is not programmed after 60 s: {:?}",
+            set_listener_status(&sets, &set, "ops").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let cfg = config(&env, &[&rm], "  capacity_deadline: 5s\n");
+    let worker = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let alloc = format!("{}.1", Uuid::new_v4());
+    master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
+    let answers = replies
+        .wait(120, "an answer", |seen| {
+            seen.iter()
+                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
+        })
+        .await;
+    let answer = answers
+        .iter()
+        .find(|s| s.alloc() == Some(alloc.as_str()))
+        .expect("an answer");
+    println!(
+        "e2e ({mode:?}): a started on a range an operator's ListenerSet holds was answered {}: {}",
+        answer.kind, answer.body["message"]
+    );
+    assert_eq!(answer.kind, "failed", "{:?}", answer.body);
+    assert_eq!(answer.body["reason"], "capacity_exhausted");
+    let (programmed, conflicted) = set_listener_status(&sets, &set, "ops").await;
+    assert!(
+        programmed.as_deref() == Some("True") && conflicted.as_deref() != Some("True"),
+        "the operator's listener must stay programmed and unconflicted: Programmed={programmed:?} Conflicted={conflicted:?}"
+    );
+    worker.stop().await;
+    let _ = sets.delete(&set, &Default::default()).await;
+    rm.teardown(&env).await;
+}

@@ -164,3 +164,72 @@ async fn a_silent_apiserver_path_loses_nothing_turns_unready_and_every_event_is_
     w.stop().await;
     rm.teardown(&env).await;
 }
+
+#[tokio::test]
+async fn a_duplicate_started_given_up_on_while_the_apiserver_is_silent_leaves_the_ready_allocation_ready()
+ {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "hangdup", (42810, 42819)).await;
+    let proxy = SilentProxy::start(apiserver_addr(&env)).await;
+    let (_kubeconfig, through_proxy) = through(&env, &proxy.addr);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let yaml = config_yaml(
+        &through_proxy,
+        &[&rm],
+        "  kubernetes_call_timeout: 2s\n  retry_min: 1s\n  retry_max: 2s\n",
+        &admin,
+    );
+    let mut cfg = itg::config::Config::parse(&yaml, "hang test").unwrap();
+    // Few deliveries, so the duplicate is given up on while the path is silent.
+    cfg.jetstream.max_deliver = 3;
+    let w = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    wait_readiness(&admin, 200, 30).await;
+    let a = format!("{}.1", uuid::Uuid::new_v4());
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    let first = replies.first(30, &a, "ready").await;
+
+    proxy.set_silent(true);
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    // Its deliveries cannot re-apply the objects; the last one is given up on and answered.
+    let answers = replies
+        .wait(90, "an answer to the duplicate", |seen| {
+            seen.iter()
+                .filter(|s| s.alloc() == Some(a.as_str()))
+                .count()
+                >= 2
+        })
+        .await;
+    let mine: Vec<_> = answers
+        .iter()
+        .filter(|s| s.alloc() == Some(a.as_str()))
+        .collect();
+    println!(
+        "answers for the live allocation: {:?}",
+        mine.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>()
+    );
+    assert!(
+        mine.iter().all(|s| s.kind == "ready"),
+        "a `failed` followed the `ready` of a live allocation: {mine:?}"
+    );
+    assert!(
+        mine.iter().all(|s| s.addresses() == first.addresses()),
+        "every ready carries the same addresses: {mine:?}"
+    );
+
+    proxy.set_silent(false);
+    // Past the heal the allocation is still whole: its record, its claim and its objects.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let o = common::observe(&env, &rm).await;
+    assert_eq!(o.claims.len(), 1, "{o:?}");
+    assert_eq!(o.services.len(), 1, "{o:?}");
+    assert_eq!(o.routes.len(), 1, "{o:?}");
+    assert!(
+        replies.for_alloc(&a).iter().all(|s| s.kind == "ready"),
+        "{:?}",
+        replies.for_alloc(&a)
+    );
+    w.stop().await;
+    rm.teardown(&env).await;
+}

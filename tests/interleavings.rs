@@ -557,3 +557,101 @@ async fn a_refusal_is_answered_only_once_it_stands_and_then_withdraws_everything
         "only the first allocation's port: {claims:?}"
     );
 }
+
+#[tokio::test]
+async fn a_started_given_up_on_for_a_ready_allocation_keeps_it_ready_with_its_listener() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    let a = "6f1c2d3e.7";
+    let Handled::Answer {
+        reply: itg::contract::Reply::Ready(first),
+        ..
+    } = h.handle(EventKind::Started, &started(a)).await
+    else {
+        panic!("not ready")
+    };
+    // A duplicate arrives while the controller's status is stale: each delivery is a retry, and the last
+    // one is given up on.
+    cluster.set_verdict(Verdict::Pending("status not seen since the restart".into()));
+    let dup = started(a);
+    assert_eq!(kind_of(&h.handle(EventKind::Started, &dup).await), "retry");
+    let answer = h
+        .given_up(&dup, "waiting for the Gateway's controller", 7)
+        .await
+        .expect("an answer for a readable started");
+    let Handled::Answer {
+        reply: itg::contract::Reply::Ready(again),
+        ..
+    } = answer
+    else {
+        panic!("a live allocation was answered {answer:?}, not ready")
+    };
+    assert_eq!(again.proxies, first.proxies, "the same addresses");
+    assert_eq!(phase(&store, a).await, "ready");
+    assert_eq!(cluster.listeners().len(), 1, "the listener stays");
+    assert_eq!(
+        store.keys("port.").await.unwrap().len(),
+        1,
+        "the port stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_given_back_while_a_racing_pass_applies_it_is_withdrawn_by_the_ended() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    // Nine of the ten ports are held, so the allocation gets the last one and nothing else is free.
+    for i in 0..9 {
+        let other = format!("0a0b0c0d.{i}");
+        assert_eq!(
+            kind_of(&h.handle(EventKind::Started, &started(&other)).await),
+            "ready"
+        );
+    }
+    let x = "6f1c2d3e.8";
+    let listener = itg::names::object_name("rm", x, "jupyter");
+    let (paused, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *cluster.pause.lock().unwrap() = Some((paused.clone(), resume.clone()));
+    let late = {
+        let (h, body) = (h.clone(), started(x));
+        tokio::spawn(async move { h.handle(EventKind::Started, &body).await })
+    };
+    // The first pass holds the Service and the listener and is about to apply the route.
+    paused.notified().await;
+    cluster.set_verdict(Verdict::Conflicted {
+        listener: listener.clone(),
+        reason: "PortConflict".into(),
+        message: "another listener has the port".into(),
+    });
+    // A second delivery of the same started sees the conflict and gives the port back.
+    let second = h.handle(EventKind::Started, &started(x)).await;
+    assert_eq!(kind_of(&second), "retry", "{second:?}");
+    cluster.set_verdict(Verdict::Reachable);
+    // The first pass's apply lands after the give-back; it then finds no free port.
+    resume.notify_one();
+    assert_eq!(kind_of(&late.await.unwrap()), "retry");
+    assert_eq!(
+        kind_of(&h.handle(EventKind::Ended, &ended(x)).await),
+        "removed"
+    );
+    let left: Vec<String> = cluster
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.ends_with(&format!("/{listener}")))
+        .cloned()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind of the ended allocation: {left:?}"
+    );
+    let key = itg::names::allocation_key("rm", x);
+    for k in store.keys("port.").await.unwrap() {
+        let owner = store.get(&k).await.unwrap().unwrap().value;
+        assert!(
+            !String::from_utf8_lossy(&owner).contains(&key),
+            "port {k} still claimed by the ended allocation"
+        );
+    }
+}

@@ -117,3 +117,66 @@ async fn a_port_released_lately_is_chosen_after_the_others() {
         "without cooling the search keeps its order"
     );
 }
+
+/// The bucket without its index, as the port search meets it while the index restarts or lags.
+#[derive(Clone)]
+struct NoIndex(KvStore);
+
+impl Store for NoIndex {
+    async fn get(&self, key: &str) -> Result<Option<itg::store::Entry>, itg::store::StoreError> {
+        self.0.get(key).await
+    }
+    async fn create(&self, key: &str, value: Bytes) -> Result<Outcome, itg::store::StoreError> {
+        self.0.create(key, value).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<Outcome, itg::store::StoreError> {
+        self.0.update(key, value, revision).await
+    }
+    async fn delete(&self, key: &str, revision: u64) -> Result<Outcome, itg::store::StoreError> {
+        self.0.delete(key, revision).await
+    }
+    async fn state_of(&self, key: &str) -> Result<itg::store::KeyState, itg::store::StoreError> {
+        self.0.state_of(key).await
+    }
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, itg::store::StoreError> {
+        self.0.keys(prefix).await
+    }
+}
+
+#[tokio::test]
+async fn without_the_index_the_bucket_scan_keeps_a_lately_released_port_for_last() {
+    let env = Env::load();
+    let s = NoIndex(store(&env).await);
+    let prefix = format!("port.cool-{}.gateway-system.gw.", suffix());
+    let claim = Bytes::from_static(b"{\"allocation\":\"a\",\"proxy\":\"p\"}");
+    let Outcome::Written(rev) = s.create(&format!("{prefix}40001"), claim).await.unwrap() else {
+        panic!("create refused");
+    };
+    s.delete(&format!("{prefix}40001"), rev).await.unwrap();
+    // 40001 was released just now: within the cooling it comes after the port never used.
+    let cooling = Duration::from_secs(60);
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40002, 1, cooling)
+            .await
+            .unwrap(),
+        vec![40002]
+    );
+    // Still chosen when nothing else is free, and chosen first once the cooling is over.
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40002, 2, cooling)
+            .await
+            .unwrap(),
+        vec![40002, 40001]
+    );
+    assert_eq!(
+        unclaimed(&s, &prefix, 40001..=40002, 1, Duration::ZERO)
+            .await
+            .unwrap(),
+        vec![40001]
+    );
+}

@@ -148,3 +148,72 @@ async fn an_undecodable_record_stops_the_pass_and_its_claims_stay() {
     kv.purge(&claim_key).await.unwrap();
     rm.teardown(&env).await;
 }
+
+#[tokio::test]
+async fn a_delete_judged_from_a_stale_listing_spares_an_object_made_again_since() {
+    use itg::cluster::{Inventory, ObjectKind};
+    let env = Env::load();
+    let rm = TestRm::new(&env, "recpre", (42230, 42233)).await;
+    let cfg = config(&env, &[&rm], "  reconcile_interval: 1h\n");
+    let w = Worker::start(cfg.clone()).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let a = format!("{}.1", uuid::Uuid::new_v4());
+    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies.first(30, &a, "ready").await;
+    w.stop().await;
+
+    let servers = itg::app::connect(&cfg).await.unwrap();
+    let inventory = &servers.rms[0].gateway;
+    let listed = inventory
+        .owned_objects(Some(std::slice::from_ref(&rm.task_ns)))
+        .await
+        .unwrap();
+    let svc = listed
+        .iter()
+        .find(|o| o.kind == ObjectKind::Service)
+        .expect("the allocation's Service is listed")
+        .clone();
+    assert!(svc.uid.is_some(), "listed with its uid: {svc:?}");
+    // Between the listing and the delete, the Service is made again (as a resend would): a new uid.
+    let api: Api<Service> = Api::namespaced(env.kube().await, &rm.task_ns);
+    let mut again = api.get(&svc.name).await.unwrap();
+    api.delete(&svc.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    again.metadata.uid = None;
+    again.metadata.resource_version = None;
+    again.metadata.creation_timestamp = None;
+    again.metadata.managed_fields = None;
+    if let Some(spec) = again.spec.as_mut() {
+        spec.cluster_ip = None;
+        spec.cluster_ips = None;
+    }
+    for _ in 0..50 {
+        match api.create(&Default::default(), &again).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("make the Service again: {e}"),
+        }
+    }
+    inventory.delete_object(&svc).await.unwrap();
+    let now = api.get_opt(&svc.name).await.unwrap();
+    assert!(
+        now.is_some_and(|s| s.metadata.uid != svc.uid),
+        "the Service made again after the listing was deleted by it"
+    );
+    // The listing's own object, unchanged, is deleted as before.
+    let fresh = inventory
+        .owned_objects(Some(std::slice::from_ref(&rm.task_ns)))
+        .await
+        .unwrap();
+    let svc = fresh
+        .into_iter()
+        .find(|o| o.kind == ObjectKind::Service)
+        .unwrap();
+    inventory.delete_object(&svc).await.unwrap();
+    assert!(api.get_opt(&svc.name).await.unwrap().is_none());
+    rm.teardown(&env).await;
+}

@@ -208,3 +208,183 @@ async fn a_replay_after_the_state_is_lost_answers_no_ended_allocation_ready() {
     assert_eq!(o.listeners.len(), 1, "{o:?}");
     rm.teardown(&env).await;
 }
+
+/// A loopback TCP proxy to NATS that, once, holds everything the server sends for `pause` after the
+/// `nth` occurrence of `needle` in that direction (the bytes before it pass), then passes the rest: a path
+/// that stalls and recovers, losing nothing.
+async fn stalling_proxy(
+    upstream: String,
+    needle: String,
+    nth: usize,
+    pause: std::time::Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (upstream, needle) = (upstream.clone(), needle.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut ir, mut iw) = inbound.into_split();
+                let (mut or, mut ow) = outbound.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ir, &mut ow).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                let (mut seen, mut tail, mut stalled) = (0usize, Vec::<u8>::new(), false);
+                loop {
+                    let n = or.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    let mut chunk = &buf[..n];
+                    if !stalled {
+                        // Search the new bytes with the end of the last read before them, so a needle
+                        // split across reads is found.
+                        let mut hay = std::mem::take(&mut tail);
+                        let carried = hay.len();
+                        hay.extend_from_slice(chunk);
+                        let mut from = 0;
+                        while let Some(i) = hay[from..]
+                            .windows(needle.len())
+                            .position(|w| w == needle.as_bytes())
+                        {
+                            seen += 1;
+                            let at = from + i;
+                            if seen == nth {
+                                let cut = at.saturating_sub(carried).min(chunk.len());
+                                if iw.write_all(&chunk[..cut]).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(pause).await;
+                                chunk = &chunk[cut..];
+                                stalled = true;
+                                break;
+                            }
+                            from = at + 1;
+                        }
+                        let keep = hay.len().min(needle.len());
+                        tail = hay[hay.len() - keep..].to_vec();
+                    }
+                    if iw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_replay_whose_read_stalls_fails_loudly_and_answers_no_ended_allocation_ready() {
+    let env = Env::load();
+    let rm = TestRm::new(&env, "drstall", (42420, 42429)).await;
+    let w = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let ended: Vec<String> = (0..6)
+        .map(|_| format!("{}.1", uuid::Uuid::new_v4()))
+        .collect();
+    for a in &ended {
+        master.started(a, &rm.task_ns, &[("jupyter", 8888)]).await;
+        replies.first(30, a, "ready").await;
+        master.ended(a).await;
+        replies.first(30, a, "removed").await;
+    }
+    w.stop().await;
+    // The state is lost (only this resource manager's keys: other tests share the bucket).
+    let nats = env.nats().await;
+    let kv = jetstream::new(nats.clone())
+        .get_key_value("ITG_STATE")
+        .await
+        .unwrap();
+    let mut keys = kv.keys().await.unwrap();
+    while let Some(k) = futures::StreamExt::next(&mut keys).await {
+        let k = k.unwrap();
+        if k.starts_with(&format!("alloc.{}.", rm.name))
+            || k.starts_with(&format!("port.{}.", rm.name))
+        {
+            kv.purge(&k).await.unwrap();
+        }
+    }
+    let mut sub = nats
+        .subscribe(format!("itg.replies.{}.>", rm.name))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    // The replay's path to NATS stalls for 12 s in the middle of the ended events (the consumer's own
+    // replies name the subject twice before the first event does).
+    let upstream = env
+        .nats_url
+        .trim_start_matches("nats://")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = stalling_proxy(
+        upstream,
+        format!("itg.events.{}.ended", rm.name),
+        5,
+        std::time::Duration::from_secs(12),
+    )
+    .await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let yaml = format!(
+        "nats:\n  url: nats://{proxy}\nresource_managers:\n{}",
+        rm.yaml(&env)
+    );
+    std::fs::write(file.path(), yaml).unwrap();
+    let rm_name = rm.name.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_itgctl"))
+            .args([
+                "replay",
+                "--config",
+                file.path().to_str().unwrap(),
+                "--rm",
+                &rm_name,
+                "--from-seq",
+                "1",
+                "--output",
+                "json",
+            ])
+            .output()
+            .unwrap()
+    });
+    let out = out.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "replay through a stalling path: exit {:?}, stdout {}, stderr {stderr}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut readies = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        futures::StreamExt::next(&mut sub),
+    )
+    .await
+    {
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.subject.ends_with(".ready") {
+            readies.push(body["allocation_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let resurrected: Vec<&String> = readies.iter().filter(|a| ended.contains(a)).collect();
+    assert!(
+        resurrected.is_empty(),
+        "the stalled replay answered `ready` for ended allocations: {resurrected:?}"
+    );
+    assert!(
+        !out.status.success() && out.status.code() != Some(4),
+        "a replay that stopped early must fail as such, not exit {:?}",
+        out.status.code()
+    );
+    assert!(stderr.contains("stalled"), "{stderr}");
+    rm.teardown(&env).await;
+}

@@ -69,14 +69,17 @@ pub(super) async fn run(
                 }
             }
         }
-        DeadLetterCommand::Resend { seq } => {
+        DeadLetterCommand::Resend { seq, bucket } => {
             let m = stream
                 .get_raw_message(seq)
                 .await
                 .with_context(|| format!("no dead letter with sequence {seq}"))?;
             let subject = header(&m, contract::DEAD_LETTER_SUBJECT_HEADER);
-            if contract::parse_event_subject(&subject).is_none() {
+            let Some((rm, kind)) = contract::parse_event_subject(&subject) else {
                 bail!("dead letter {seq} names no event subject ({subject:?})");
+            };
+            if kind == contract::EventKind::Started {
+                clear_failed_tombstone(js, &bucket, rm, &m.payload).await?;
             }
             let mut headers = HeaderMap::new();
             // A second resend of the same letter within the duplicate window is dropped.
@@ -92,5 +95,59 @@ pub(super) async fn run(
             );
         }
     }
+    Ok(())
+}
+
+/// A started given up on leaves its allocation's record as a `failed` tombstone, so that a replay repeats
+/// that answer; the operator's resend is the one way back, so it purges the tombstone first. A record that
+/// is anything else (or a failed one still holding ports) is left alone: the resent event is then served
+/// against it as any delivery would be.
+async fn clear_failed_tombstone(
+    js: &jetstream::Context,
+    bucket: &str,
+    rm: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let Ok(contract::Event::Started(ev)) =
+        contract::decode_event(contract::EventKind::Started, payload)
+    else {
+        return Ok(());
+    };
+    let kv = js.get_key_value(bucket).await.with_context(|| {
+        format!("no KV bucket {bucket:?}; pass the worker's jetstream.state_bucket with --bucket")
+    })?;
+    let key = names::allocation_key(rm, &ev.allocation_id);
+    let Some(entry) = kv.entry(&key).await? else {
+        return Ok(());
+    };
+    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+        return Ok(());
+    }
+    let Ok(rec) = serde_json::from_slice::<crate::state::Record>(&entry.value) else {
+        return Ok(());
+    };
+    if rec.phase != crate::state::Phase::Failed {
+        return Ok(());
+    }
+    if !rec.ports.is_empty() {
+        bail!(
+            "allocation {:?} is failed but still holds ports {:?}; wait for the worker's reconciler to free them, then resend",
+            ev.allocation_id,
+            rec.ports.iter().map(|b| b.gateway_port).collect::<Vec<_>>()
+        );
+    }
+    // Purged below the revision read, as the worker purges tombstones: no delete marker is left, and a write
+    // made since survives.
+    kv.stream
+        .purge()
+        .filter(format!("$KV.{bucket}.{key}"))
+        .sequence(entry.revision + 1)
+        .await
+        .with_context(|| {
+            format!(
+                "clearing the failed record of allocation {:?}",
+                ev.allocation_id
+            )
+        })?;
     Ok(())
 }

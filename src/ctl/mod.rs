@@ -176,6 +176,10 @@ pub(crate) enum DeadLetterCommand {
         /// The dead letter's sequence in ITG_DEADLETTER (from `itgctl deadletter list`).
         #[arg(long)]
         seq: u64,
+        /// The KV bucket (jetstream.state_bucket): a started's `failed` tombstone there is cleared first,
+        /// so the event is served afresh.
+        #[arg(long, default_value = "ITG_STATE")]
+        bucket: String,
     },
 }
 

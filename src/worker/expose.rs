@@ -33,6 +33,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 message: "the allocation record has no spec; publish ended and started again"
                     .into(),
                 retryable: false,
+                status: None,
             }));
         };
         // Ports this pass lost to another allocation's claim: the search's index may not show those claims
@@ -137,8 +138,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 // never wait on each other's slots; a port found taken is not chosen again for a while.
                 Err(err @ ClusterError::Capacity(_)) if rec.phase == Phase::Exposing => {
                     if err.is_port_taken() {
-                        self.refused
-                            .note(e.binding.gateway_port, self.timing.capacity_deadline.0);
+                        self.refused.note(
+                            at,
+                            e.binding.gateway_port,
+                            self.timing.capacity_deadline.0,
+                        );
                     }
                     return self
                         .give_back(key, &rec, rev, Some(&spec.namespace), err.to_string())
@@ -178,8 +182,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             if names::object_name(&self.rm.name, &rec.allocation_id, &b.name)
                                 == listener
                             {
-                                self.refused
-                                    .note(b.gateway_port, self.timing.capacity_deadline.0);
+                                self.refused.note(
+                                    at,
+                                    b.gateway_port,
+                                    self.timing.capacity_deadline.0,
+                                );
                             }
                         }
                         let why = format!(
@@ -199,6 +206,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                                 "the Gateway's controller refused it ({reason}): {message}; fix the Gateway or the task's Service, then publish the started event again"
                             ),
                             retryable: false,
+                            status: None,
                         }));
                     }
                     Verdict::Pending(_) if self.moved(key, rev).await? => {
@@ -319,7 +327,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             )));
         }
         let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
-        taken.extend(self.refused.current());
+        taken.extend(self.refused.current(at));
         taken.extend(avoid);
         let pv = PortView {
             excluded: self.rm.excluded.clone(),
@@ -368,7 +376,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         )
         .await?;
         let mut next = rec.clone();
-        next.ports.clear();
+        // Remembered, not forgotten: another pass of this allocation may still land an apply on them, and
+        // the allocation's cleanup must then find it.
+        for b in next.ports.drain(..) {
+            add_touched(&mut next.given_back, &b);
+        }
         next.updated_at = now();
         if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
             return Ok(Pass::Moved);

@@ -64,6 +64,15 @@ impl From<ClusterError> for DriveError {
                 reason: FailureReason::KubernetesError,
                 message: format!("{m}; fix the cause and publish the started event again"),
                 retryable: false,
+                status: None,
+            }),
+            ClusterError::Forbidden(m) => DriveError::Fail(Failure {
+                reason: FailureReason::KubernetesError,
+                message: format!(
+                    "{m}; grant the worker's RBAC what it lacks and publish the started event again"
+                ),
+                retryable: false,
+                status: Some(403),
             }),
         }
     }
@@ -96,27 +105,30 @@ pub struct Handler<S, C> {
     refused: Refused,
 }
 
-/// Ports the Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
-/// the port search skips them, shared by every clone of a handler.
+/// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
+/// the port search on that Gateway skips them, shared by every clone of a handler. Keyed by the Gateway's
+/// place in the pool as well as the port: a port taken on one Gateway may be free on another.
 #[derive(Clone, Default)]
-struct Refused(
-    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, std::time::Instant>>>,
-);
+struct Refused(Arc<std::sync::Mutex<std::collections::BTreeMap<(usize, u16), std::time::Instant>>>);
 
 impl Refused {
-    fn note(&self, port: u16, for_: Duration) {
+    fn note(&self, at: usize, port: u16, for_: Duration) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert(port, std::time::Instant::now() + for_);
+            m.insert((at, port), std::time::Instant::now() + for_);
         }
     }
 
-    fn current(&self) -> Vec<u16> {
+    /// The ports refused on the pool's Gateway `at` and not yet past their time.
+    fn current(&self, at: usize) -> Vec<u16> {
         let now = std::time::Instant::now();
         self.0.lock().map_or_else(
             |_| Vec::new(),
             |mut m| {
                 m.retain(|_, until| *until > now);
-                m.keys().copied().collect()
+                m.keys()
+                    .filter(|(g, _)| *g == at)
+                    .map(|(_, p)| *p)
+                    .collect()
             },
         )
     }
@@ -129,9 +141,13 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Every binding the record knows of: the ports it holds and those its cleanup released.
+/// Every binding the record knows of: the ports it holds, those it gave back to choose again, and those
+/// its cleanup released.
 fn known_bindings(rec: &Record) -> Vec<Binding> {
     let mut all = rec.ports.clone();
+    for b in &rec.given_back {
+        add_touched(&mut all, b);
+    }
     for r in &rec.released {
         let container_port = rec
             .spec
@@ -207,6 +223,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             ev.namespace, self.rm.name
                         ),
                         retryable: false,
+                        status: None,
                     };
                     return answers::failed(&self.rm, &ev.allocation_id, ev.event_id, &f);
                 }
@@ -243,10 +260,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 /// Whether the allocation failed because its task namespace refused it (403): then nothing of it is there.
 fn refused_ns(rec: &Record) -> bool {
     rec.phase == Phase::Failed
-        && rec
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.message.contains("(403 "))
+        && rec.failure.as_ref().is_some_and(|f| {
+            // Records failed before the status was kept say it only in their message.
+            f.status == Some(403) || (f.status.is_none() && f.message.contains("(403 "))
+        })
 }
 
 fn drive_msg(e: DriveError) -> String {
@@ -255,5 +272,46 @@ fn drive_msg(e: DriveError) -> String {
         DriveError::Waiting { message, .. } => message,
         DriveError::Fail(f) => f.message,
         DriveError::Store(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_refused_on_one_gateway_of_a_pool_is_still_chosen_on_another() {
+        let r = Refused::default();
+        r.note(0, 40001, Duration::from_secs(60));
+        r.note(1, 40002, Duration::ZERO);
+        assert_eq!(r.current(0), vec![40001]);
+        assert!(
+            r.current(1).is_empty(),
+            "another Gateway's refusal, or one past its time"
+        );
+    }
+
+    #[test]
+    fn a_namespace_refusal_is_told_by_the_status_kept_not_by_the_message() {
+        let failed = |status: Option<u16>, message: &str| -> Record {
+            serde_json::from_value(serde_json::json!({
+                "allocation_id": "a.1",
+                "resource_manager": "rm",
+                "phase": "failed",
+                "failure": {
+                    "reason": "kubernetes_error",
+                    "message": message,
+                    "retryable": false,
+                    "status": status,
+                },
+            }))
+            .unwrap()
+        };
+        assert!(refused_ns(&failed(Some(403), "forbidden")));
+        assert!(!refused_ns(&failed(
+            Some(500),
+            "a message quoting (403 Forbidden)"
+        )));
+        assert!(refused_ns(&failed(None, "from before: (403 Forbidden)")));
     }
 }

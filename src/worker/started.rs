@@ -67,6 +67,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                                     .unwrap_or_default()
                             ),
                             retryable: false,
+                            status: None,
                         },
                     };
                     return Ok(answers::failed(
@@ -97,6 +98,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             humantime::format_duration(self.timing.capacity_deadline.0)
                         ),
                         retryable: true,
+                        status: None,
                     }
                 }
                 Err(DriveError::Kube(m)) if self.past(&rec, self.timing.kubernetes_deadline.0) => {
@@ -107,6 +109,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             humantime::format_duration(self.timing.kubernetes_deadline.0)
                         ),
                         retryable: true,
+                        status: None,
                     }
                 }
                 Err(DriveError::Waiting { message, since })
@@ -122,6 +125,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                             humantime::format_duration(self.timing.controller_deadline.0)
                         ),
                         retryable: true,
+                        status: None,
                     }
                 }
                 Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
@@ -157,10 +161,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 >= i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)
     }
 
-    /// The `failed` answer for a started given up on after the maximum deliveries; `None` when the payload
-    /// is not a readable started (it was answered as invalid on its first delivery). Answered `failed`, the
-    /// allocation keeps nothing: its objects are withdrawn, its ports released and its record removed, so a
-    /// resend starts afresh. What cannot be withdrawn now stays recorded as failed, for the reconciler.
+    /// The answer for a started given up on after the maximum deliveries; `None` when the payload is not a
+    /// readable started (it was answered as invalid on its first delivery).
+    ///
+    /// An allocation already `ready` is live: the delivery given up on was a duplicate or a redelivery
+    /// that could not be driven again (the apiserver away, the controller's status stale), and it is
+    /// answered `ready` again with the addresses it already has, nothing withdrawn. Any other is answered
+    /// `failed`: its objects are withdrawn, its ports released, and its record kept as a `failed` tombstone
+    /// (purged with the other tombstones), so a replay of the event repeats that answer instead of exposing
+    /// it; `itgctl deadletter resend` clears the tombstone before it sends the event back. What cannot be
+    /// withdrawn now stays recorded as failed, for the reconciler.
     pub async fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
         let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
             return None;
@@ -172,9 +182,17 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 contract::DEAD_LETTER_STREAM
             ),
             retryable: true,
+            status: None,
         };
-        if let Err(e) = self.abandon(&ev.allocation_id, &f).await {
-            tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+        match self.abandon(&ev.allocation_id, &f).await {
+            Ok(Abandoned::Live(rec)) => {
+                tracing::warn!(why = %why, "a started of a ready allocation was given up on; it stays ready");
+                return Some(answers::ready(&self.rm, ev.event_id, &rec));
+            }
+            Ok(Abandoned::Failed) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+            }
         }
         Some(answers::failed(
             &self.rm,
@@ -184,35 +202,41 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         ))
     }
 
-    pub(super) async fn abandon(&self, allocation_id: &str, f: &Failure) -> Result<(), String> {
+    /// Fails an allocation that is still exposing (or finishes the cleanup of a failed one) and leaves its
+    /// record as a `failed` tombstone; a `ready` one is left as it is.
+    pub(super) async fn abandon(
+        &self,
+        allocation_id: &str,
+        f: &Failure,
+    ) -> Result<Abandoned, String> {
         let key = self.rm.allocation_key(allocation_id);
         for _ in 0..MAX_ROUNDS {
             let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
-                return Ok(());
+                return Ok(Abandoned::Failed);
             };
-            if !rec.phase.wants_exposure() && rec.phase != Phase::Failed {
+            let pass = match rec.phase {
+                // A live allocation is never torn down by a delivery that could not confirm it.
+                Phase::Ready => return Ok(Abandoned::Live(Box::new(rec))),
                 // Ending or removed: the ended's own cleanup owns the record.
-                return Ok(());
-            }
-            let pass = if rec.phase == Phase::Failed {
-                self.cleanup(&key, &rec, rev, &mut Vec::new()).await
-            } else {
-                self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await
+                Phase::Ending | Phase::Removed => return Ok(Abandoned::Failed),
+                Phase::Failed => self.cleanup(&key, &rec, rev, &mut Vec::new()).await,
+                Phase::Exposing => self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await,
             };
             match pass.map_err(drive_msg)? {
                 Pass::Moved => continue,
-                Pass::Settled(_) => {}
-            }
-            let Some(entry) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
-                return Ok(());
-            };
-            let deleted = self.store.delete(&key, entry.revision).await;
-            if let Outcome::Written(_) = deleted.map_err(|e| e.to_string())? {
-                return Ok(());
+                Pass::Settled(_) => return Ok(Abandoned::Failed),
             }
         }
         Err(format!(
             "allocation {allocation_id:?}: the record kept changing"
         ))
     }
+}
+
+/// What giving up on a started left.
+pub(super) enum Abandoned {
+    /// The allocation is `ready` and stays so.
+    Live(Box<Record>),
+    /// The allocation is failed (or ended) and holds nothing, or never had a record.
+    Failed,
 }

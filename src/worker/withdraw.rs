@@ -32,7 +32,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 Err(
                     ClusterError::Transient(m)
                     | ClusterError::Capacity(m)
-                    | ClusterError::Permanent(m),
+                    | ClusterError::Permanent(m)
+                    | ClusterError::Forbidden(m),
                 ) => {
                     return Err(DriveError::Kube(m));
                 }
