@@ -39,6 +39,8 @@ struct Size {
     /// Live allocations for the memory figure, over `rss_gateways`.
     rss_live: usize,
     rss_gateways: usize,
+    /// Lifecycles after which the worker's RSS is read, then read again after the second figure.
+    churn: (usize, usize),
     /// Live allocations for the "how cost grows" figure: few, then many.
     live_few: usize,
     live_many: usize,
@@ -59,6 +61,7 @@ impl Size {
                 lifecycles: 24,
                 allocations: 200,
                 rss_live: 20,
+                churn: (20, 200),
                 rss_gateways: 2,
                 live_few: 10,
                 live_many: 40,
@@ -71,6 +74,7 @@ impl Size {
                 lifecycles: 400,
                 allocations: 1000,
                 rss_live: 250,
+                churn: (200, 1000),
                 rss_gateways: 4,
                 live_few: 10,
                 live_many: 500,
@@ -83,6 +87,7 @@ impl Size {
                 lifecycles: 2000,
                 allocations: 4000,
                 rss_live: 1000,
+                churn: (200, 2000),
                 rss_gateways: 16,
                 live_few: 10,
                 live_many: 2000,
@@ -671,6 +676,26 @@ impl Bench {
                 "MiB",
                 "<= 64 MiB".into(),
                 rss <= 64.0,
+            ));
+            // What ended allocations leave behind: nothing of theirs should stay in the process.
+            let (first, total) = self.size.churn;
+            let idx = self.rms_in(Mode::ListenerSet, "churnls", 1, LS_RANGE).await;
+            let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
+            let (at_first, at_total) =
+                rss::worker_rss_after_churn(&self.env, &self.waiter, &rms, first, total).await;
+            self.rows.push(info(
+                format!("itg-worker RSS after {first} lifecycles, ListenerSet mode, none live"),
+                format!("{at_first:.1} MiB"),
+            ));
+            self.rows.push(bound(
+                format!(
+                    "itg-worker RSS after {total} lifecycles, same process (+{:.1} MiB)",
+                    at_total - at_first
+                ),
+                at_total,
+                "MiB",
+                format!("<= {:.1} MiB (first figure + 10%)", at_first * 1.1),
+                at_total <= at_first * 1.1,
             ));
         }
     }

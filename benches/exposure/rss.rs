@@ -23,8 +23,8 @@ impl Drop for Proc {
     }
 }
 
-/// VmRSS and VmHWM (MiB) of a worker serving `rms` once `live` allocations are exposed over them.
-pub async fn worker_rss(env: &Env, w: &Waiter, rms: &[&TestRm], live: usize) -> (f64, f64) {
+/// A real `itg-worker` process serving `rms`; the config file lives as long as the process is needed.
+fn spawn_worker(env: &Env, rms: &[&TestRm]) -> (Proc, tempfile::NamedTempFile) {
     let mut yaml = format!(
         "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\nlog_format: json\nresource_managers:\n",
         env.nats_url
@@ -41,18 +41,51 @@ pub async fn worker_rss(env: &Env, w: &Waiter, rms: &[&TestRm], live: usize) -> 
         .stderr(Stdio::null())
         .spawn()
         .expect("itg-worker starts");
-    let proc = Proc(child);
+    (Proc(child), file)
+}
+
+/// VmRSS and VmHWM (MiB) of `proc`, once it has settled (allocator arenas, idle pull requests).
+async fn settled_mib(proc: &Proc) -> (f64, f64) {
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let pid = proc.0.id();
+    (
+        status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0,
+    )
+}
+
+async fn masters(env: &Env, rms: &[&TestRm]) -> Vec<(Master, String)> {
     let mut targets = Vec::new();
     for rm in rms {
         targets.push((Master::new(env, &rm.name).await, rm.task_ns.clone()));
     }
+    targets
+}
+
+/// VmRSS and VmHWM (MiB) of a worker serving `rms` once `live` allocations are exposed over them.
+pub async fn worker_rss(env: &Env, w: &Waiter, rms: &[&TestRm], live: usize) -> (f64, f64) {
+    let (proc, _config) = spawn_worker(env, rms);
+    let targets = masters(env, rms).await;
     let held = drive::fill(&targets, w, live, 32).await;
-    // Let the worker settle (allocator arenas, idle pull requests) before reading.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let pid = proc.0.id();
-    let rss = status_kib(pid, "VmRSS:") as f64 / 1024.0;
-    let hwm = status_kib(pid, "VmHWM:") as f64 / 1024.0;
+    let figures = settled_mib(&proc).await;
     drive::drain(&targets, w, &held, 32).await;
-    drop(proc);
-    (rss, hwm)
+    figures
+}
+
+/// VmRSS (MiB) of one worker after `first` lifecycles and again after `total`, none of them left live: what
+/// served and ended allocations leave behind in the process.
+pub async fn worker_rss_after_churn(
+    env: &Env,
+    w: &Waiter,
+    rms: &[&TestRm],
+    first: usize,
+    total: usize,
+) -> (f64, f64) {
+    let (proc, _config) = spawn_worker(env, rms);
+    let targets = masters(env, rms).await;
+    drive::lifecycles(&targets, w, first, 16).await;
+    let (after_first, _) = settled_mib(&proc).await;
+    drive::lifecycles(&targets, w, total.saturating_sub(first), 16).await;
+    let (after_total, _) = settled_mib(&proc).await;
+    (after_first, after_total)
 }

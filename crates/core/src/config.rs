@@ -104,7 +104,11 @@ pub fn redacted_url(url: &str) -> String {
 
 fn redacted_one(u: &str) -> String {
     match url::Url::parse(u) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+        // `u:p@host:4222` parses as scheme `u` with no host: that is the bare form below.
+        Ok(mut parsed)
+            if parsed.has_host()
+                && (!parsed.username().is_empty() || parsed.password().is_some()) =>
+        {
             // Cleared through the parser, so no part of them survives; the marker is put back by hand
             // because the parser would percent-encode it.
             let _ = parsed.set_password(None);
@@ -115,9 +119,9 @@ fn redacted_one(u: &str) -> String {
                 None => bare,
             }
         }
-        Ok(_) => u.to_owned(),
+        Ok(parsed) if parsed.has_host() => u.to_owned(),
         // Not a URL the parser takes (a bare `host:port`): still never show what precedes an `@`.
-        Err(_) => match u.rsplit_once('@') {
+        _ => match u.rsplit_once('@') {
             Some((_, host)) => format!("<redacted>@{host}"),
             None => u.to_owned(),
         },
