@@ -1,0 +1,223 @@
+# Contour, sourced by scripts/testenv: ensure (build), start, healthy, stop, for Contour and its one envoy.
+# shellcheck shell=bash
+
+CTT=$REPO/tools/contour
+
+# Contour is built from tools/contour like Envoy Gateway: keyed by a hash of that module, moved into place
+# only when complete.
+ensure_contour() {
+  local key tmp t0 ticker cver
+  key=$(cd "$CTT" && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort |
+        xargs sha256sum | sha256sum | cut -c1-12)
+  CONTOUR_BIN=$CACHE/contour-$key/bin/contour
+  [[ -x $CONTOUR_BIN ]] && return
+  command -v go >/dev/null || die "go is not installed: it builds Contour from tools/contour"
+  mkdir -p "$CACHE"
+  tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
+  export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+  cver=$(cd "$CTT" && go list -m -f '{{.Version}}' github.com/projectcontour/contour)
+  t0=$SECONDS
+  log "building contour $cver into $CACHE/contour-$key (first run only; minutes on 2 cores)"
+  ( while sleep 30 >/dev/null 2>&1; do log "  still building contour: $((SECONDS - t0)) s"; done ) &
+  ticker=$!
+  if ! (cd "$CTT" && go build -ldflags "-X github.com/projectcontour/contour/internal/build.Version=$cver" \
+          -o "$tmp/bin/contour" github.com/projectcontour/contour/cmd/contour); then
+    kill "$ticker" 2>/dev/null; rm -rf "$tmp"; die "building contour failed"
+  fi
+  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+  log "built contour in $((SECONDS - t0)) s"
+  mv -T "$tmp" "$CACHE/contour-$key" 2>/dev/null || rm -rf "$tmp"
+}
+
+# The Contour Gateway's block of listener ports: its placeholder is the first, the tests' ranges are inside.
+# Envoy binds each at port + 8000 (29000-29199): below the ephemeral range, apart from every other test's
+# ports, and clear of Contour's own, which are saved ports bound on 127.0.0.1.
+CONTOUR_PORTS_FIRST=21000
+CONTOUR_PORTS_LAST=21199
+CONTOUR_GATEWAY=itg-contour
+CT=$ITG/contour
+
+# The Gateway's address, one per clone: a loopback address of its own, so two clones' envoys never share a
+# socket. Kept in .itg/run/contour.address; the first free one from a hash of the clone's path.
+contour_address() {
+  local f=$RUN/contour.address h i a
+  if [[ -s $f ]]; then cat "$f"; return; fi
+  h=$(sha256sum <<<"$REPO")
+  for ((i = 0; i < 64; i++)); do
+    a=127.77.$((16#${h:0:2})).$(((16#${h:2:2} + i) % 254 + 1))
+    # Another clone's table maps it already: take the next.
+    nft list ruleset 2>/dev/null | grep -qw "daddr $a" && continue
+    echo "$a" >"$f"; echo "$a"; return
+  done
+  die "no free 127.77.x.y address for the Contour Gateway"
+}
+
+# The nftables table of this clone, named for its address.
+contour_table() { echo "itg_contour_$(contour_address | tr . _)"; }
+
+# What the LoadBalancer Service in front of Contour's envoy does: address:port reaches envoy's port + 8000.
+# Loopback traffic is locally generated, so the output hook's DNAT is the whole path; one transaction
+# replaces the table, so a rerun never stacks rules.
+contour_dnat() {
+  local addr t p map=""
+  addr=$(contour_address) t=$(contour_table)
+  for ((p = CONTOUR_PORTS_FIRST; p <= CONTOUR_PORTS_LAST; p++)); do map+="${map:+, }$p : $((p + 8000))"; done
+  nft -f - <<EOF2
+add table ip $t
+delete table ip $t
+table ip $t {
+  chain output {
+    type nat hook output priority -100; policy accept;
+    ip daddr $addr meta l4proto tcp dnat to $addr : tcp dport map { $map }
+  }
+}
+EOF2
+}
+
+# Why Contour cannot run here, or nothing: the address mapping needs nftables (installed from Debian's
+# packages when absent) and root.
+contour_blocked() {
+  if [[ $(id -u) != 0 ]]; then
+    echo "mapping the Contour Gateway's address to envoy's port + 8000 needs nftables rules, which need root"
+    return
+  fi
+  if ! command -v nft >/dev/null; then
+    log "installing nftables (Debian) for the Contour Gateway's address mapping"
+    { apt-get install -y nftables || { apt-get update && apt-get install -y nftables; }; } >>"$LOGS/apt.log" 2>&1 ||
+      { echo "nftables is not installed and apt-get could not install it (see $LOGS/apt.log)"; return; }
+  fi
+  nft list tables >/dev/null 2>&1 ||
+    echo "nft cannot reach the kernel's nftables here ($(nft list tables 2>&1 | head -n1))"
+}
+
+# Contour's own CRDs, from its module (the Gateway API CRDs are installed already).
+install_contour_crds() {
+  local dir
+  "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" get crd httpproxies.projectcontour.io >/dev/null 2>&1 &&
+    [[ $(cat "$RUN/contour.crds" 2>/dev/null) == "$CONTOUR_BIN" ]] && return
+  dir=$(module_dir "$CTT" github.com/projectcontour/contour) || die "cannot download the Contour module"
+  log "installing Contour CRDs from $dir"
+  "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" apply --server-side --force-conflicts \
+    -f "$dir/examples/contour/01-crds.yaml" >>"$LOGS/crds.log"
+  "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >>"$LOGS/crds.log"
+  echo "$CONTOUR_BIN" >"$RUN/contour.crds"
+}
+
+# The operator's part: a class for Contour's controller name (Contour serves the Gateway its config names
+# and checks no class) and that Gateway, with its address and a placeholder listener.
+contour_fixture() {
+  cat <<EOF2
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: itg-contour}
+spec: {controllerName: projectcontour.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: $CONTOUR_GATEWAY, namespace: gateway-system}
+spec:
+  gatewayClassName: itg-contour
+  addresses: [{type: IPAddress, value: $(contour_address)}]
+  listeners:
+  - {name: placeholder, protocol: TCP, port: $CONTOUR_PORTS_FIRST}
+EOF2
+}
+
+contour_healthy() { curl -fsS "http://127.0.0.1:$(saved_port contour-health)/healthz"; }
+# envoy's stats listener comes from Contour over xDS: it answers once envoy took Contour's config.
+contour_envoy_healthy() { curl -fsS "http://127.0.0.1:$(saved_port contour-envoy-stats)/ready" | grep -qx LIVE; }
+
+start_contour() {
+  CONTOUR_UNAVAILABLE=$(contour_blocked)
+  if [[ -n $CONTOUR_UNAVAILABLE ]]; then log "not starting Contour: $CONTOUR_UNAVAILABLE"; return; fi
+  install_contour_crds
+  local text f=$RUN/fixture-contour.sha addr
+  text=$(contour_fixture)
+  if ((STARTED)) || [[ $(cat "$f" 2>/dev/null) != "$(sha256sum <<<"$text")" ]] ||
+     ! "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" get -n gateway-system gateway "$CONTOUR_GATEWAY" >/dev/null 2>&1; then
+    "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" apply --server-side --field-manager=operator -f - <<<"$text" >>"$LOGS/fixture.log"
+    sha256sum <<<"$text" >"$f"
+  fi
+  addr=$(contour_address)
+  contour_dnat || die "could not install the nftables mapping for the Contour Gateway (table $(contour_table))"
+  mkdir -p "$CT/resources"
+  if ! pid_of contour contour >/dev/null; then
+    local n moved=0
+    for n in xds metrics health debug envoy-stats envoy-admin; do port "contour-$n"; ((PORT_CHANGED)) && moved=1; done
+    # envoy's bootstrap names the xDS port: a Contour on another port needs a new envoy.
+    ((moved)) && stop contour-envoy envoy
+    cat >"$CT/contour.yaml" <<EOF2
+gateway: {gatewayRef: {namespace: gateway-system, name: $CONTOUR_GATEWAY}}
+# Written into the Gateway's status addresses, as a LoadBalancer Service's address would be.
+ingress-status-address: $addr
+# The admin listener Contour gives envoy (9001 by default, a port another clone's envoy would hold).
+network: {admin-port: $(saved_port contour-envoy-admin)}
+EOF2
+    log "starting contour (xDS on 127.0.0.1:$(saved_port contour-xds), Gateway gateway-system/$CONTOUR_GATEWAY at $addr)"
+    spawn contour "$CONTOUR_BIN" serve --kubeconfig "$ITG/kubeconfig" --insecure --disable-leader-election \
+      -c "$CT/contour.yaml" \
+      --xds-address 127.0.0.1 --xds-port "$(saved_port contour-xds)" \
+      --http-address 127.0.0.1 --http-port "$(saved_port contour-metrics)" \
+      --health-address 127.0.0.1 --health-port "$(saved_port contour-health)" \
+      --debug-http-address 127.0.0.1 --debug-http-port "$(saved_port contour-debug)" \
+      --stats-address 127.0.0.1 --stats-port "$(saved_port contour-envoy-stats)" \
+      --envoy-service-http-address "$addr" --envoy-service-https-address "$addr"
+  fi
+  wait_for contour 60 contour_healthy
+  if ! pid_of contour-envoy envoy >/dev/null; then
+    "$CONTOUR_BIN" bootstrap "$CT/envoy.json" --xds-address 127.0.0.1 --xds-port "$(saved_port contour-xds)" \
+      --admin-address "$CT/envoy-admin.sock" --resources-dir "$CT/resources" >"$LOGS/contour-bootstrap.log" 2>&1 ||
+      { cat "$LOGS/contour-bootstrap.log" >&2; die "contour bootstrap failed"; }
+    log "starting envoy for Contour (listeners on $addr, at listener port + 8000)"
+    # envoy 1.40 exits at once without a node id and cluster; no hot restart, whose socket another envoy holds.
+    spawn contour-envoy "$ENVOY_BIN" -c "$CT/envoy.json" --disable-hot-restart \
+      --service-cluster itg-contour --service-node "itg-contour-$(contour_address)"
+  fi
+  wait_for contour-envoy 60 contour_envoy_healthy
+  wait_for contour 30 contour_gateway_has "{.status.addresses[*].value}" "$addr"
+  if ! contour_gateway_has '{.status.conditions[?(@.type=="Programmed")].status}' True; then
+    contour_nudge
+    wait_for contour 30 contour_gateway_has '{.status.conditions[?(@.type=="Programmed")].status}' True
+  fi
+}
+
+contour_gateway_has() {  # contour_gateway_has JSONPATH VALUE: the Contour Gateway's field is VALUE
+  [[ $("$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" get gateway -n gateway-system "$CONTOUR_GATEWAY" -o jsonpath="$1") == "$2" ]]
+}
+
+# Contour reads the Gateway again only when its generation changes, so after a first start it has not seen
+# the address it wrote into the status (the Gateway stays AddressNotAssigned, and routes are refused until
+# the first listener is added): a listener added and removed again makes it look.
+contour_nudge() {
+  local head="apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: $CONTOUR_GATEWAY, namespace: gateway-system}"
+  log "Contour has not seen its Gateway's address yet: adding and removing a listener so it reads the Gateway again"
+  "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" apply --server-side --field-manager=testenv-nudge -f - \
+    <<<"$head
+spec: {listeners: [{name: testenv-nudge, protocol: TCP, port: $((CONTOUR_PORTS_FIRST - 1))}]}" >>"$LOGS/fixture.log"
+  "$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" apply --server-side --field-manager=testenv-nudge -f - \
+    <<<"$head" >>"$LOGS/fixture.log"
+}
+
+stop_contour() {
+  stop contour-envoy envoy
+  stop contour contour
+  if command -v nft >/dev/null && [[ -s $RUN/contour.address ]]; then
+    nft delete table ip "$(contour_table)" 2>/dev/null || true
+  fi
+}
+
+contour_status() {  # rows for cmd_status, by its row function
+  local addr; addr=$(cat "$RUN/contour.address" 2>/dev/null || echo "?")
+  row contour contour "xDS 127.0.0.1:$(saved_port contour-xds), health :$(saved_port contour-health); Gateway gateway-system/$CONTOUR_GATEWAY at $addr"
+  row contour-envoy envoy "$addr:$CONTOUR_PORTS_FIRST-$CONTOUR_PORTS_LAST -> $addr:+8000 (nft table $( [[ $addr == "?" ]] && echo "?" || contour_table)), stats :$(saved_port contour-envoy-stats)"
+}
+
+contour_env() {  # lines for .itg/env
+  echo "ITG_CONTOUR_CLASS=itg-contour"
+  echo "ITG_CONTOUR_GATEWAY=gateway-system/$CONTOUR_GATEWAY"
+  echo "ITG_CONTOUR_ADDRESS=$(cat "$RUN/contour.address" 2>/dev/null)"
+  echo "ITG_CONTOUR_PORTS=$CONTOUR_PORTS_FIRST-$CONTOUR_PORTS_LAST"
+  if [[ -n ${CONTOUR_UNAVAILABLE:-} ]]; then echo "ITG_CONTOUR_UNAVAILABLE=$CONTOUR_UNAVAILABLE"; fi
+}
