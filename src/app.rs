@@ -12,7 +12,8 @@ use crate::admin::{self, Health};
 use crate::allocator::{self, PortView};
 use crate::claims;
 use crate::cluster::{ClassStatus, Cluster, Inventory};
-use crate::config::{Config, ResourceManagerConfig};
+use crate::config::{Config, PortOrRange, ResourceManagerConfig};
+use crate::controllers;
 use crate::k8s::Backend;
 use crate::nats::{self, JetStreamReplier, KvStore};
 use crate::plan::Action;
@@ -47,6 +48,8 @@ pub struct Connected {
     pub server: String,
     /// Whether a controller accepted the Gateway's class, read at start.
     pub class: ClassStatus,
+    /// What is known of each pool Gateway's controller, and the ports excluded for it, for the report.
+    pub controllers: Vec<String>,
 }
 
 /// Everything connected and checked.
@@ -87,7 +90,12 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             return Err(kerr("no Gateway configured".into()));
         };
         let class = gateway.class_status().await;
-        if rm.wait_for_controller && !class.accepted() {
+        let mut classes = vec![class.clone()];
+        for member in pool.iter().skip(1) {
+            classes.push(member.class_status().await);
+        }
+        let (rm, known) = apply_known_controllers(rm, &classes);
+        if rm.wait_for_controller && !class.may_be_served() {
             tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");
         } else {
             tracing::info!(resource_manager = %rm.name, class = %class, wait_for_controller = rm.wait_for_controller, exposes = %gateway.describe(), "Gateway class");
@@ -100,11 +108,12 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             }
         }
         rms.push(Connected {
-            config: rm.clone(),
+            config: rm,
             gateway,
             pool,
             server,
             class,
+            controllers: known,
         });
     }
     Ok(Servers {
@@ -113,6 +122,34 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         store,
         rms,
     })
+}
+
+/// `rm` with the ports that the known controllers of its Gateways cannot serve added to `excluded_ports`
+/// (logged, naming them), and a report line per Gateway whose controller is known. `classes` is in the
+/// order of `rm.gateways()`.
+fn apply_known_controllers(
+    rm: &ResourceManagerConfig,
+    classes: &[ClassStatus],
+) -> (ResourceManagerConfig, Vec<String>) {
+    let mut out = rm.clone();
+    let mut lines = Vec::new();
+    for (class, target) in classes.iter().zip(rm.gateways()) {
+        let Some(known) = class.controller().and_then(controllers::known) else {
+            continue;
+        };
+        let found = known.unservable(out.port_range(), &out.excluded_port_set());
+        let gateway = format!("{}/{}", target.gateway_namespace, target.gateway_name);
+        let mut line = format!("Gateway {gateway}: {} ({})", known.name, known.note);
+        if !found.is_empty() {
+            let why = controllers::describe(known, &found);
+            tracing::warn!(resource_manager = %rm.name, gateway = %gateway, controller = known.name, excluded = %why, "excluding ports of the range that the Gateway's controller cannot serve");
+            let _ = write!(line, "; excluded {} port(s): {why}", found.len());
+            out.excluded_ports
+                .extend(found.keys().map(|p| PortOrRange::Port(i64::from(*p))));
+        }
+        lines.push(line);
+    }
+    (out, lines)
 }
 
 /// What one Gateway has room for: the answer to "why is my task waiting".
@@ -264,6 +301,9 @@ pub async fn report(config: &Config, servers: &Servers) -> Result<String, StartE
                 "does not wait for a controller (wait_for_controller: false)"
             }
         );
+        for line in &rm.controllers {
+            let _ = writeln!(out, "resource manager {}: {line}", rm.config.name);
+        }
         for c in rows.iter().filter(|c| c.resource_manager == rm.config.name) {
             let _ = writeln!(
                 out,

@@ -19,8 +19,8 @@
 //! reply → [`consumer`] publishes it through the [`sink`] and acknowledges the event.
 
 pub use itg_core::{
-    allocator, answers, claims, cluster, config, contract, crashpoint, metrics, names, plan,
-    readiness, resource_manager, sink, state, store, validate,
+    allocator, answers, claims, cluster, config, contract, controllers, crashpoint, metrics, names,
+    plan, readiness, resource_manager, sink, state, store, validate,
 };
 pub use itg_k8s as k8s;
 pub use itg_nats as nats;

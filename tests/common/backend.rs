@@ -293,6 +293,18 @@ pub async fn first_answer_every(
     every: Duration,
 ) -> (Duration, Vec<String>) {
     let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    first_answer_at(to, backend, since, secs, every).await
+}
+
+/// [`first_answer_every`] at any address, for a Gateway whose address is not the host's loopback one.
+pub async fn first_answer_at(
+    to: SocketAddr,
+    backend: &str,
+    since: Instant,
+    secs: u64,
+    every: Duration,
+) -> (Duration, Vec<String>) {
+    let port = to.port();
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -322,12 +334,15 @@ pub async fn first_answer_every(
 
 /// Waits until 127.0.0.1:`port` refuses connections; returns how long after `since`. Panics after `secs`.
 pub async fn refused(port: u16, since: Instant, secs: u64) -> Duration {
+    refused_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), since, secs).await
+}
+
+/// [`refused`] at any address.
+pub async fn refused_at(to: SocketAddr, since: Instant, secs: u64) -> Duration {
+    let port = to.port();
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        match TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_secs(1),
-        ) {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return since.elapsed(),
             _ => {}
         }

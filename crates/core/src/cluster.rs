@@ -122,7 +122,9 @@ pub struct OwnedObject {
 pub enum ClassStatus {
     /// `Accepted=True`: a controller took the class.
     Accepted { class: String, controller: String },
-    /// The class carries no `Accepted=True`: no controller took it (or it refused it).
+    /// The class carries no `Accepted` condition: no controller took it, or its controller writes none.
+    Unwritten { class: String, controller: String },
+    /// The class carries `Accepted` other than `True`: its controller refused it.
     NotAccepted {
         class: String,
         controller: String,
@@ -138,6 +140,10 @@ impl std::fmt::Display for ClassStatus {
             ClassStatus::Accepted { class, controller } => {
                 write!(f, "GatewayClass {class} accepted by {controller}")
             }
+            ClassStatus::Unwritten { class, controller } => write!(
+                f,
+                "GatewayClass {class} ({controller}) not accepted by a controller (no status written)"
+            ),
             ClassStatus::NotAccepted {
                 class,
                 controller,
@@ -157,6 +163,28 @@ impl ClassStatus {
     /// Whether a controller accepted the class.
     pub fn accepted(&self) -> bool {
         matches!(self, ClassStatus::Accepted { .. })
+    }
+
+    /// Whether a controller can be expected to serve the Gateway: it accepted the class, or the class carries
+    /// no status and its controller is one known to write none ([`crate::controllers`]).
+    pub fn may_be_served(&self) -> bool {
+        match self {
+            ClassStatus::Accepted { .. } => true,
+            ClassStatus::Unwritten { controller, .. } => {
+                crate::controllers::known(controller).is_some_and(|c| !c.writes_class_status)
+            }
+            ClassStatus::NotAccepted { .. } | ClassStatus::Unknown { .. } => false,
+        }
+    }
+
+    /// The class's `controllerName`, where the class could be read: the key of [`crate::controllers`].
+    pub fn controller(&self) -> Option<&str> {
+        match self {
+            ClassStatus::Accepted { controller, .. }
+            | ClassStatus::Unwritten { controller, .. }
+            | ClassStatus::NotAccepted { controller, .. } => Some(controller),
+            ClassStatus::Unknown { .. } => None,
+        }
     }
 }
 

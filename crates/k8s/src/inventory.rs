@@ -123,16 +123,16 @@ impl Inventory for KubeGateway {
                     .and_then(|c| c.iter().find(|c| c.type_ == "Accepted"));
                 match accepted {
                     Some(c) if c.status == "True" => ClassStatus::Accepted { class, controller },
+                    // The CRD's default status (Unknown, Pending): no controller has written one.
+                    Some(c) if c.status == "Unknown" && c.reason == "Pending" => {
+                        ClassStatus::Unwritten { class, controller }
+                    }
                     Some(c) => ClassStatus::NotAccepted {
                         class,
                         controller,
                         why: format!("Accepted={}: {}: {}", c.status, c.reason, c.message),
                     },
-                    None => ClassStatus::NotAccepted {
-                        class,
-                        controller,
-                        why: "no status written".into(),
-                    },
+                    None => ClassStatus::Unwritten { class, controller },
                 }
             }
             Ok(None) => ClassStatus::Unknown {
