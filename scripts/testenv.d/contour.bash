@@ -3,8 +3,7 @@
 
 CTT=$REPO/tools/contour
 
-# Contour is built from tools/contour like Envoy Gateway: keyed by a hash of that module, moved into place
-# only when complete.
+# Built from tools/contour like Envoy Gateway: keyed by a hash of that module, moved into place when complete.
 ensure_contour() {
   local key tmp t0 ticker cver
   key=$(cd "$CTT" && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort |
@@ -29,16 +28,13 @@ ensure_contour() {
   mv -T "$tmp" "$CACHE/contour-$key" 2>/dev/null || rm -rf "$tmp"
 }
 
-# The Contour Gateway's block of listener ports: its placeholder is the first, the tests' ranges are inside.
-# Envoy binds each at port + 8000 (29000-29199): below the ephemeral range, apart from every other test's
-# ports, and clear of Contour's own, which are saved ports bound on 127.0.0.1.
+# The Contour Gateway's ports (placeholder first); envoy binds them + 8000, below the ephemeral range.
 CONTOUR_PORTS_FIRST=21000
 CONTOUR_PORTS_LAST=21199
 CONTOUR_GATEWAY=itg-contour
 CT=$ITG/contour
 
-# The Gateway's address, one per clone: a loopback address of its own, so two clones' envoys never share a
-# socket. Kept in .itg/run/contour.address; the first free one from a hash of the clone's path.
+# The Gateway's loopback address, one per clone (from a hash of its path) so two clones' envoys never share a socket.
 contour_address() {
   local f=$RUN/contour.address h i a
   if [[ -s $f ]]; then cat "$f"; return; fi
@@ -55,9 +51,7 @@ contour_address() {
 # The nftables table of this clone, named for its address.
 contour_table() { echo "itg_contour_$(contour_address | tr . _)"; }
 
-# What the LoadBalancer Service in front of Contour's envoy does: address:port reaches envoy's port + 8000.
-# Loopback traffic is locally generated, so the output hook's DNAT is the whole path; one transaction
-# replaces the table, so a rerun never stacks rules.
+# Stands in for envoy's LoadBalancer Service: address:port reaches port + 8000; one transaction replaces the table.
 contour_dnat() {
   local addr t p map=""
   addr=$(contour_address) t=$(contour_table)
@@ -74,8 +68,7 @@ table ip $t {
 EOF2
 }
 
-# Why Contour cannot run here, or nothing: the address mapping needs nftables (installed from Debian's
-# packages when absent) and root.
+# Why Contour cannot run here, or nothing: the address mapping needs root and nftables (installed when absent).
 contour_blocked() {
   if [[ $(id -u) != 0 ]]; then
     echo "mapping the Contour Gateway's address to envoy's port + 8000 needs nftables rules, which need root"
@@ -103,8 +96,7 @@ install_contour_crds() {
   echo "$CONTOUR_BIN" >"$RUN/contour.crds"
 }
 
-# The operator's part: a class for Contour's controller name (Contour serves the Gateway its config names
-# and checks no class) and that Gateway, with its address and a placeholder listener.
+# The operator's part: a class of Contour's controller name and the Gateway its config names, with an address.
 contour_fixture() {
   cat <<EOF2
 apiVersion: gateway.networking.k8s.io/v1
@@ -175,19 +167,18 @@ EOF2
   fi
   wait_for contour-envoy 60 contour_envoy_healthy
   wait_for contour 30 contour_gateway_has "{.status.addresses[*].value}" "$addr"
-  if ! contour_gateway_has '{.status.conditions[?(@.type=="Programmed")].status}' True; then
-    contour_nudge
-    wait_for contour 30 contour_gateway_has '{.status.conditions[?(@.type=="Programmed")].status}' True
-  fi
+  if ! contour_address_seen; then contour_nudge; wait_for contour 30 contour_address_seen; fi
+}
+
+contour_address_seen() {
+  ! contour_gateway_has '{.status.conditions[?(@.type=="Programmed")].reason}' AddressNotAssigned
 }
 
 contour_gateway_has() {  # contour_gateway_has JSONPATH VALUE: the Contour Gateway's field is VALUE
   [[ $("$BIN/kubectl" --kubeconfig "$ITG/kubeconfig" get gateway -n gateway-system "$CONTOUR_GATEWAY" -o jsonpath="$1") == "$2" ]]
 }
 
-# Contour reads the Gateway again only when its generation changes, so after a first start it has not seen
-# the address it wrote into the status (the Gateway stays AddressNotAssigned, and routes are refused until
-# the first listener is added): a listener added and removed again makes it look.
+# Contour rereads the Gateway only on a new generation, so it misses the status address it wrote at first.
 contour_nudge() {
   local head="apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
