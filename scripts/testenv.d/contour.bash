@@ -200,9 +200,11 @@ stop_contour() {
 }
 
 contour_status() {  # rows for cmd_status, by its row function
-  local addr; addr=$(cat "$RUN/contour.address" 2>/dev/null || echo "?")
+  local addr table="?"
+  addr=$(cat "$RUN/contour.address" 2>/dev/null || echo "?")
+  if [[ $addr != "?" ]]; then table=$(contour_table); fi
   row contour contour "xDS 127.0.0.1:$(saved_port contour-xds), health :$(saved_port contour-health); Gateway gateway-system/$CONTOUR_GATEWAY at $addr"
-  row contour-envoy envoy "$addr:$CONTOUR_PORTS_FIRST-$CONTOUR_PORTS_LAST -> $addr:+8000 (nft table $( [[ $addr == "?" ]] && echo "?" || contour_table)), stats :$(saved_port contour-envoy-stats)"
+  row contour-envoy envoy "$addr:$CONTOUR_PORTS_FIRST-$CONTOUR_PORTS_LAST -> $addr:+8000 (nft table $table), stats :$(saved_port contour-envoy-stats)"
 }
 
 contour_env() {  # lines for .itg/env
