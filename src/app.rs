@@ -430,3 +430,58 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rm(range: (u16, u16)) -> ResourceManagerConfig {
+        let yaml = format!(
+            "nats: {{url: \"nats://127.0.0.1:4222\"}}\nresource_managers:\n  - name: rm\n    internal_task_gateway: {{gateway_name: gw, gateway_namespace: ns, gateway_ip: 203.0.113.1, gateway_port_range_start: {}, gateway_port_range_end: {}}}\n",
+            range.0, range.1
+        );
+        Config::parse(&yaml, "test config")
+            .expect("valid")
+            .resource_managers
+            .remove(0)
+    }
+
+    fn class(controller: &str) -> ClassStatus {
+        ClassStatus::Unwritten {
+            class: "c".into(),
+            controller: controller.into(),
+        }
+    }
+
+    #[test]
+    fn ports_a_known_controller_cannot_serve_are_excluded_and_reported() {
+        let (out, lines) = apply_known_controllers(
+            &rm((18999, 19004)),
+            &[class(controllers::ENVOY_GATEWAY.controller_name)],
+        );
+        assert_eq!(
+            out.excluded_port_set(),
+            [19000, 19001, 19002, 19003].into_iter().collect()
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("Gateway ns/gw: Envoy Gateway (")
+                && lines[0].ends_with("; excluded 4 port(s): 19000-19003 land on Envoy Gateway's own port(s) 19000-19003"),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn an_unknown_or_unreadable_class_changes_nothing() {
+        let unread = ClassStatus::Unknown {
+            class: "c".into(),
+            why: "no such GatewayClass".into(),
+        };
+        for c in [class("internal-task-gateway.io/none"), unread] {
+            let (out, lines) = apply_known_controllers(&rm((19000, 19003)), &[c]);
+            assert!(out.excluded_port_set().is_empty());
+            assert!(lines.is_empty());
+        }
+    }
+}
