@@ -128,10 +128,37 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         status: None,
                     }
                 }
-                Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
+                Err(DriveError::Unserved(m))
+                    if self.past(&rec, self.rm.config.data_plane_probe.deadline.0) =>
+                {
+                    Failure {
+                        reason: FailureReason::Timeout,
+                        message: format!(
+                            "no port was served by the Gateway's data plane within {}: {m}. Check that the Gateway's envoy runs and can bind ports of the range (keep the range out of its host's ephemeral ports, or reserve it in net.ipv4.ip_local_reserved_ports); where the worker cannot reach gateway_ip, set data_plane_probe.address",
+                            humantime::format_duration(self.rm.config.data_plane_probe.deadline.0),
+                            m = m.trim_end_matches("; choosing another port")
+                        ),
+                        retryable: true,
+                        status: None,
+                    }
+                }
+                Err(DriveError::Capacity(m) | DriveError::Kube(m) | DriveError::Unserved(m)) => {
+                    return Err(m);
+                }
                 Err(DriveError::Waiting { message, .. }) => {
                     return Err(format!("waiting for the Gateway's controller: {message}"));
                 }
+            };
+            // A give-back (the data plane's refusal) wrote the record since it was read: fail what it left.
+            let (rec, rev) = if matches!(failure.reason, FailureReason::Timeout)
+                && self.moved(&key, rev).await.map_err(|e| e.to_string())?
+            {
+                match self.read(&key).await.map_err(|e| e.to_string())? {
+                    Some((r, v)) if r.phase == Phase::Exposing => (r, v),
+                    _ => continue,
+                }
+            } else {
+                (rec, rev)
             };
             match self
                 .fail(&key, &rec, rev, failure.clone(), &mut touched)
