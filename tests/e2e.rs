@@ -518,7 +518,24 @@ async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
     let env = Env::load();
     let class = envoy_class();
     clear_ports(&env, &class, (base, base + 1)).await;
-    let rm = rm_in(&env, "e2eops", (base + 1, base + 1), &class, base, mode).await;
+    let mut rm = rm_in(&env, "e2eops", (base + 1, base + 1), &class, base, mode).await;
+    if mode == Mode::ListenerSet {
+        // The worker's sets go to the task namespace and the operator's stays in the Gateway's: only a
+        // watch beyond the worker's own namespace sees it.
+        rm.extra
+            .push_str(&format!("    listenerset_namespace: {}\n", rm.task_ns));
+        let gws: kube::Api<gateway_api::gateways::Gateway> =
+            kube::Api::namespaced(env.kube().await, &rm.gateway_ns);
+        gws.patch(
+            &rm.gateway,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "allowedListeners": { "namespaces": { "from": "All" } } }
+            })),
+        )
+        .await
+        .expect("the Gateway takes sets from every namespace");
+    }
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "ListenerSet"),
         "listenersets",
