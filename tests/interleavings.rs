@@ -613,7 +613,12 @@ async fn a_started_given_up_on_for_a_ready_allocation_keeps_it_ready_with_its_li
     let dup = started(a);
     assert_eq!(kind_of(&h.handle(EventKind::Started, &dup).await), "retry");
     let answer = h
-        .given_up(&dup, "waiting for the Gateway's controller", 7)
+        .given_up(
+            &dup,
+            "waiting for the Gateway's controller",
+            7,
+            itg::worker::GaveUp::Unserved,
+        )
         .await
         .expect("an answer for a readable started");
     let Handled::Answer {

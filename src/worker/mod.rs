@@ -14,6 +14,8 @@ mod expose;
 mod reach;
 mod repair;
 mod started;
+
+pub use started::GaveUp;
 mod withdraw;
 
 use std::sync::Arc;
