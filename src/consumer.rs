@@ -18,7 +18,7 @@ use crate::crashpoint;
 use crate::metrics;
 use crate::sink::{DeadLetter, Replier};
 use crate::store::Store;
-use crate::worker::Handler;
+use crate::worker::{GaveUp, Handler};
 
 /// How long to wait before the `delivered`-th redelivery: exponential between the configured bounds, with
 /// jitter so a crowd of waiting events does not come back at once.
@@ -151,7 +151,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 () = &mut give_back => {
                     let why = format!("not served within worker.kubernetes_deadline ({:?})", timing.kubernetes_deadline.0);
                     if pacing.last_delivery(delivered) {
-                        give_up(handler, replier, &msg, kind, &why).await;
+                        give_up(handler, replier, &msg, kind, &why, GaveUp::Unserved).await;
                     } else {
                         tracing::warn!(why = %why, "giving the event back");
                         metrics::get().event(&rm, kind.as_str(), "retry");
@@ -197,7 +197,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 Err(e) if pacing.last_delivery(delivered) => {
                     m.event(&rm, kind.as_str(), "reply_error");
                     let why = format!("the reply could not be stored: {e}");
-                    give_up(handler, replier, &msg, kind, &why).await;
+                    give_up(handler, replier, &msg, kind, &why, GaveUp::AnswerLost).await;
                 }
                 Err(e) => {
                     m.event(&rm, kind.as_str(), "reply_error");
@@ -211,7 +211,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             },
             Handled::Done => ack(&msg, AckKind::Ack).await,
             Handled::Retry { why } if pacing.last_delivery(delivered) => {
-                give_up(handler, replier, &msg, kind, &why).await;
+                give_up(handler, replier, &msg, kind, &why, GaveUp::Unserved).await;
             }
             Handled::Retry { why } => {
                 m.event(&rm, kind.as_str(), "retry");
@@ -236,6 +236,7 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     msg: &jetstream::Message,
     kind: contract::EventKind,
     why: &str,
+    cause: GaveUp,
 ) {
     let rm = &handler.rm().name;
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -280,7 +281,7 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     tracing::error!(why = %why, sequence, "giving up after the maximum deliveries; stored as a dead letter");
     if kind == contract::EventKind::Started
         && let Some(Handled::Answer { reply, msg_id }) =
-            handler.given_up(&msg.payload, why, sequence).await
+            handler.given_up(&msg.payload, why, sequence, cause).await
         && let Err(e) = replier.publish(&reply, &msg_id).await
     {
         tracing::error!(error = %e, "could not answer the given-up event");

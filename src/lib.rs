@@ -15,12 +15,13 @@
 //! An event takes this path: [`consumer`] pulls it from `ITG_EVENTS` → [`worker`] decodes it
 //! ([`contract`]) and asks [`state`] what it does to the allocation's record → [`claims`] claims ports with
 //! compare-and-set in the store → the [`cluster`] seam exposes them (Service, listener, TCPRoute) and,
-//! where the controller writes status, [`readiness`] says when they carry traffic → [`answers`] builds the
+//! where the controller writes status, [`readiness`] says when it reports them programmed, and [`dataplane`]
+//! connects to each port to see that its data plane serves it → [`answers`] builds the
 //! reply → [`consumer`] publishes it through the [`sink`] and acknowledges the event.
 
 pub use itg_core::{
     allocator, answers, claims, cluster, config, contract, controllers, crashpoint, metrics, names,
-    plan, readiness, resource_manager, sink, state, store, validate,
+    plan, probe, readiness, resource_manager, sink, state, store, validate,
 };
 pub use itg_k8s as k8s;
 pub use itg_nats as nats;
@@ -30,6 +31,7 @@ pub mod app;
 pub mod cli;
 pub mod consumer;
 pub mod ctl;
+pub mod dataplane;
 pub mod reconciler;
 pub mod replay;
 pub mod worker;

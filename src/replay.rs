@@ -69,6 +69,19 @@ async fn ordered_events(
     Ok((total, ordered.messages().await.map_err(err)?))
 }
 
+impl ReplayError {
+    /// The same failure, saying where in the range the replay stopped.
+    fn at(self, sequence: u64, last: u64) -> ReplayError {
+        ReplayError {
+            message: format!(
+                "{} (serving sequence {sequence} of {last}): the replay is incomplete; check the NATS connection and run it again",
+                self.message
+            ),
+            ..self
+        }
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> ReplayError {
     ReplayError {
         stream: contract::EVENTS_STREAM,
@@ -131,7 +144,9 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
         let (rm, summary, progress) = (&rm, &summary, &progress);
         async move {
             while let Some(msg) = rx.recv().await {
-                let outcome = serve(handler, store, replier, rm, &msg).await?;
+                let outcome = serve(handler, store, replier, rm, &msg)
+                    .await
+                    .map_err(|e| e.at(msg.info().map(|i| i.stream_sequence).unwrap_or(0), last))?;
                 let mut s = summary.borrow_mut();
                 s.seen += 1;
                 match outcome {
@@ -176,7 +191,10 @@ async fn tombstone_ended<S: Store, C: Cluster>(
         }
         if let Ok(contract::Event::Ended(ev)) =
             contract::decode_event(EventKind::Ended, &msg.payload)
-            && handler.tombstone(&ev).await.map_err(err)?
+            && handler
+                .tombstone(&ev)
+                .await
+                .map_err(|e| err(e).at(sequence, last))?
         {
             written += 1;
         }

@@ -139,7 +139,7 @@ async fn given_up_allocations_leave_no_marker_and_a_replayed_started_repeats_its
     let yaml = config_yaml(
         &env,
         &[&rm],
-        "  reconcile_interval: 1s\n  reconcile_hold_off: 5s\n  retry_min: 200ms\n  retry_max: 400ms\n",
+        "  reconcile_interval: 1s\n  reconcile_hold_off: 5s\n",
         "127.0.0.1:0",
     )
     .replace(
@@ -148,6 +148,8 @@ async fn given_up_allocations_leave_no_marker_and_a_replayed_started_repeats_its
     );
     let mut cfg = Config::parse(&yaml, "test config").unwrap();
     cfg.jetstream.max_deliver = 3;
+    cfg.worker.retry_min = itg::config::Dur(Duration::from_millis(200));
+    cfg.worker.retry_max = itg::config::Dur(Duration::from_millis(400));
     let w = Worker::start(cfg).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;

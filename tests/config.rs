@@ -581,3 +581,33 @@ fn a_gateway_pool_lists_each_gateway_once_and_shares_no_ports_with_another_resou
         "{text}"
     );
 }
+
+#[test]
+fn config_refuses_a_data_plane_probe_that_cannot_work_naming_the_key() {
+    refusals(
+        r#"
+        rm.data_plane_probe.grace = "0s"            | rm.data_plane_probe.grace           | 0ns          | longer than zero | rust
+        rm.data_plane_probe.connect_timeout = "0s"  | rm.data_plane_probe.connect_timeout | 0ns          | longer than zero | rust
+        rm.data_plane_probe.grace = "5m"            | rm.data_plane_probe.grace           | 300s         | must not exceed data_plane_probe.deadline | rust
+        rm.data_plane_probe.address = "not a host!" | rm.data_plane_probe.address         | "not a host!" | IPv4 or IPv6 address or a DNS name | rust"#,
+    );
+    malformed(&config("rm.data_plane_probe.port = 1"), "port");
+    // On wherever the worker waits for the controller, unless said otherwise.
+    let on = accepted(r#"rm.data_plane_probe.address = "envoy.gateway-system.svc""#);
+    assert!(on.resource_managers[0].probes_data_plane());
+    assert_eq!(
+        on.resource_managers[0].gateways()[0]
+            .probe_address
+            .as_deref(),
+        Some("envoy.gateway-system.svc")
+    );
+    assert!(!accepted("rm.wait_for_controller = false").resource_managers[0].probes_data_plane());
+    assert!(
+        accepted("rm.wait_for_controller = false; rm.data_plane_probe.enabled = true")
+            .resource_managers[0]
+            .probes_data_plane()
+    );
+    assert!(
+        !accepted("rm.data_plane_probe.enabled = false").resource_managers[0].probes_data_plane()
+    );
+}

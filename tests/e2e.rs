@@ -518,7 +518,24 @@ async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
     let env = Env::load();
     let class = envoy_class();
     clear_ports(&env, &class, (base, base + 1)).await;
-    let rm = rm_in(&env, "e2eops", (base + 1, base + 1), &class, base, mode).await;
+    let mut rm = rm_in(&env, "e2eops", (base + 1, base + 1), &class, base, mode).await;
+    if mode == Mode::ListenerSet {
+        // The worker's sets go to the task namespace and the operator's stays in the Gateway's: only a
+        // watch beyond the worker's own namespace sees it.
+        rm.extra
+            .push_str(&format!("    listenerset_namespace: {}\n", rm.task_ns));
+        let gws: kube::Api<gateway_api::gateways::Gateway> =
+            kube::Api::namespaced(env.kube().await, &rm.gateway_ns);
+        gws.patch(
+            &rm.gateway,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "allowedListeners": { "namespaces": { "from": "All" } } }
+            })),
+        )
+        .await
+        .expect("the Gateway takes sets from every namespace");
+    }
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "ListenerSet"),
         "listenersets",
@@ -576,5 +593,118 @@ async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
     );
     worker.stop().await;
     let _ = sets.delete(&set, &Default::default()).await;
+    rm.teardown(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_envoy_cannot_bind_is_given_back_and_ready_names_one_that_answers() {
+    port_envoy_cannot_bind(Mode::Gateway, 32620).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_listenerset_mode_a_port_envoy_cannot_bind_is_given_back_and_ready_names_one_that_answers()
+ {
+    port_envoy_cannot_bind(Mode::ListenerSet, 32630).await;
+}
+
+/// A socket bound on the host and never listening: envoy cannot bind the port (as when the kernel gave it
+/// to a client's connection), and a connection there is refused. The controller still reports the
+/// listener programmed.
+fn block(port: u16) -> tokio::net::TcpSocket {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+        .unwrap_or_else(|e| panic!("bind 0.0.0.0:{port}: {e}"));
+    s
+}
+
+/// A range of two ports, the first of which envoy cannot bind. Two lifecycles one after the other: the
+/// first may choose either port, the second tries the blocked one first (the other has just been
+/// released and cools). Both must be ready on the port that answers.
+async fn port_envoy_cannot_bind(mode: Mode, base: u16) {
+    let env = Env::load();
+    let class = envoy_class();
+    clear_ports(&env, &class, (base, base + 2)).await;
+    let _blocked = block(base + 1);
+    let rm = rm_in(&env, "e2ebind", (base + 1, base + 2), &class, base, mode).await;
+    let client = env.kube().await;
+    let mut ns = Netns::create();
+    let worker = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    for i in 0..2u16 {
+        let alloc = format!("{}.{i}", Uuid::new_v4());
+        let name = format!("bind{i}");
+        ns.serve(7001 + i, &name);
+        let svc = itg::names::object_name(&rm.name, &alloc, "web");
+        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7001 + i).await;
+        master
+            .started(&alloc, &rm.task_ns, &[("web", 7001 + i)])
+            .await;
+        let (r, at) = ready(&replies, &alloc).await;
+        let port = port_of(&r, "web");
+        assert_eq!(
+            r.body["proxies"][0]["address"],
+            format!("127.0.0.1:{}", base + 2),
+            "ready names a port envoy could not bind: {:?}",
+            r.body
+        );
+        let (after, failures) = first_answer(port, &name, at, 30).await;
+        println!(
+            "e2e ({mode:?}): with :{} unbindable, lifecycle {i} was ready on :{port}, first answered {} ms after ready (failed before: {failures:?})",
+            base + 1,
+            after.as_millis()
+        );
+        master.ended(&alloc).await;
+        replies.first(60, &alloc, "removed").await;
+    }
+    worker.stop().await;
+    rm.teardown(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_whose_only_port_envoy_cannot_bind_is_answered_failed_naming_the_data_plane() {
+    let env = Env::load();
+    let class = envoy_class();
+    let base = 32640;
+    clear_ports(&env, &class, (base, base + 1)).await;
+    let _blocked = block(base + 1);
+    let mut rm = rm_in(
+        &env,
+        "e2enobind",
+        (base + 1, base + 1),
+        &class,
+        base,
+        Mode::Gateway,
+    )
+    .await;
+    rm.extra
+        .push_str("    data_plane_probe:\n      grace: 1s\n      deadline: 8s\n");
+    let worker = Worker::start(config(&env, &[&rm], "")).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let alloc = format!("{}.1", Uuid::new_v4());
+    master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
+    let answers = replies
+        .wait(120, "an answer", |seen| {
+            seen.iter()
+                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
+        })
+        .await;
+    let answer = answers
+        .iter()
+        .find(|s| s.alloc() == Some(alloc.as_str()))
+        .expect("an answer");
+    println!(
+        "e2e: a started whose only port envoy cannot bind was answered {}: {}",
+        answer.kind, answer.body["message"]
+    );
+    assert_eq!(answer.kind, "failed", "{:?}", answer.body);
+    assert_eq!(answer.body["reason"], "timeout");
+    let message = answer.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("data plane") && message.contains(&format!("127.0.0.1:{}", base + 1)),
+        "{message}"
+    );
+    worker.stop().await;
     rm.teardown(&env).await;
 }

@@ -176,12 +176,14 @@ async fn a_duplicate_started_given_up_on_while_the_apiserver_is_silent_leaves_th
     let yaml = config_yaml(
         &through_proxy,
         &[&rm],
-        "  kubernetes_call_timeout: 2s\n  retry_min: 1s\n  retry_max: 2s\n",
+        "  kubernetes_call_timeout: 2s\n",
         &admin,
     );
     let mut cfg = itg::config::Config::parse(&yaml, "hang test").unwrap();
     // Few deliveries, so the duplicate is given up on while the path is silent.
     cfg.jetstream.max_deliver = 3;
+    cfg.worker.retry_min = itg::config::Dur(Duration::from_secs(1));
+    cfg.worker.retry_max = itg::config::Dur(Duration::from_secs(2));
     let w = Worker::start(cfg).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;

@@ -18,6 +18,7 @@ use itg::answers::Handled;
 use itg::cluster::{Cluster, ClusterError, Exposure, GatewayView};
 use itg::config::Config;
 use itg::contract::EventKind;
+use itg::probe::{DataPlane, Reach};
 use itg::readiness::Verdict;
 use itg::resource_manager::RmContext;
 use itg::state::Binding;
@@ -230,9 +231,44 @@ impl Cluster for MemCluster {
     }
 }
 
+/// The data plane: every port accepts connections except those a test makes it refuse, as an envoy that
+/// could not bind them (or is down) does.
+#[derive(Clone, Default)]
+struct MemDataPlane {
+    refused: Arc<Mutex<BTreeSet<u16>>>,
+}
+
+impl DataPlane for MemDataPlane {
+    fn connect<'a>(
+        &'a self,
+        _host: &'a str,
+        port: u16,
+        _timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reach> + Send + 'a>> {
+        Box::pin(async move {
+            interleave().await;
+            if self.refused.lock().unwrap().contains(&port) {
+                Reach::Refused
+            } else {
+                Reach::Accepted
+            }
+        })
+    }
+}
+
 fn handler(store: &MemStore, cluster: &MemCluster) -> Handler<MemStore, MemCluster> {
+    handler_probing(store, cluster, &MemDataPlane::default(), "")
+}
+
+/// A handler whose data plane probe goes to `plane`, with `probe` as its `data_plane_probe` settings.
+fn handler_probing(
+    store: &MemStore,
+    cluster: &MemCluster,
+    plane: &MemDataPlane,
+    probe: &str,
+) -> Handler<MemStore, MemCluster> {
     let cfg = Config::parse(
-        "nats: {url: 'nats://127.0.0.1:4222'}\nresource_managers:\n  - name: rm\n    internal_task_gateway: {gateway_name: itg, gateway_namespace: gw, gateway_ip: 203.0.113.10, gateway_port_range_start: 40000, gateway_port_range_end: 40009}\n",
+        &format!("nats: {{url: 'nats://127.0.0.1:4222'}}\nresource_managers:\n  - name: rm\n    data_plane_probe: {{{probe}}}\n    internal_task_gateway: {{gateway_name: itg, gateway_namespace: gw, gateway_ip: 203.0.113.10, gateway_port_range_start: 40000, gateway_port_range_end: 40009}}\n"),
         "test",
     )
     .unwrap();
@@ -242,6 +278,7 @@ fn handler(store: &MemStore, cluster: &MemCluster) -> Handler<MemStore, MemClust
         cluster.clone(),
         cfg.worker.clone(),
     )
+    .with_data_plane(Arc::new(plane.clone()))
 }
 
 fn started(alloc: &str) -> Vec<u8> {
@@ -576,7 +613,12 @@ async fn a_started_given_up_on_for_a_ready_allocation_keeps_it_ready_with_its_li
     let dup = started(a);
     assert_eq!(kind_of(&h.handle(EventKind::Started, &dup).await), "retry");
     let answer = h
-        .given_up(&dup, "waiting for the Gateway's controller", 7)
+        .given_up(
+            &dup,
+            "waiting for the Gateway's controller",
+            7,
+            itg::worker::GaveUp::Unserved,
+        )
         .await
         .expect("an answer for a readable started");
     let Handled::Answer {
@@ -654,4 +696,101 @@ async fn a_port_given_back_while_a_racing_pass_applies_it_is_withdrawn_by_the_en
             "port {k} still claimed by the ended allocation"
         );
     }
+}
+
+/// The ports of the allocation's `ready`.
+fn ready_ports(h: &Handled) -> Vec<u16> {
+    let Handled::Answer { reply, .. } = h else {
+        panic!("not an answer: {h:?}")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&reply.to_json()).unwrap();
+    body["proxies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no proxies in {body}"))
+        .iter()
+        .map(|p| u16::try_from(p["gateway_port"].as_u64().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_port_the_data_plane_refuses_is_given_back_and_the_allocation_is_ready_on_one_it_serves()
+{
+    let (store, cluster, plane) = (
+        MemStore::default(),
+        MemCluster::default(),
+        MemDataPlane::default(),
+    );
+    // The controller says every listener is programmed; the data plane serves only 40007.
+    plane
+        .refused
+        .lock()
+        .unwrap()
+        .extend((40000..=40009).filter(|p| *p != 40007));
+    let h = handler_probing(&store, &cluster, &plane, "grace: 100ms");
+    let a = "6f1c2d3e.9";
+    let ready = serve(&h, EventKind::Started, &started(a)).await;
+    assert_eq!(kind_of(&ready), "ready", "{ready:?}");
+    assert_eq!(ready_ports(&ready), vec![40007], "{ready:?}");
+    let name = itg::names::object_name("rm", a, "jupyter");
+    assert_eq!(
+        *cluster.objects.lock().unwrap(),
+        BTreeSet::from([
+            format!("listener/{name}"),
+            format!("route/{name}"),
+            format!("service/{name}")
+        ]),
+    );
+    assert_eq!(cluster.ports.lock().unwrap().get(&name), Some(&40007));
+    let claims = store.keys("port.").await.unwrap();
+    assert_eq!(
+        claims.len(),
+        1,
+        "only the served port stays claimed: {claims:?}"
+    );
+    // Its ended still finds everything, the ports it gave back included.
+    assert_eq!(
+        kind_of(&serve(&h, EventKind::Ended, &ended(a)).await),
+        "removed"
+    );
+    assert!(cluster.objects.lock().unwrap().is_empty());
+    assert!(store.keys("port.").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_data_plane_that_serves_no_port_fails_the_started_naming_it_and_leaves_nothing() {
+    let (store, cluster, plane) = (
+        MemStore::default(),
+        MemCluster::default(),
+        MemDataPlane::default(),
+    );
+    // Envoy is down: the controller still reports everything programmed.
+    plane.refused.lock().unwrap().extend(40000..=40009);
+    let h = handler_probing(&store, &cluster, &plane, "grace: 100ms, deadline: 1s");
+    let a = "6f1c2d3e.10";
+    let answer = loop {
+        match h.handle(EventKind::Started, &started(a)).await {
+            Handled::Retry { why } => {
+                assert!(why.contains("data plane"), "{why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            done => break done,
+        }
+    };
+    assert_eq!(kind_of(&answer), "failed", "{answer:?}");
+    let Handled::Answer { reply, .. } = &answer else {
+        unreachable!()
+    };
+    let body: serde_json::Value = serde_json::from_slice(&reply.to_json()).unwrap();
+    assert_eq!(body["reason"], "timeout", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("data plane") && message.contains("203.0.113.10:"),
+        "{message}"
+    );
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "left behind: {:?}",
+        cluster.objects.lock().unwrap()
+    );
+    assert!(store.keys("port.").await.unwrap().is_empty());
 }

@@ -434,6 +434,18 @@ fn the_config_schemas_documented_defaults_are_the_loaders_defaults() {
         ("worker/shutdown_timeout", w.shutdown_timeout),
         ("worker/reconcile_interval", w.reconcile_interval),
         ("worker/reconcile_hold_off", w.reconcile_hold_off),
+        (
+            "resource_managers/*/data_plane_probe/grace",
+            rm.data_plane_probe.grace,
+        ),
+        (
+            "resource_managers/*/data_plane_probe/deadline",
+            rm.data_plane_probe.deadline,
+        ),
+        (
+            "resource_managers/*/data_plane_probe/connect_timeout",
+            rm.data_plane_probe.connect_timeout,
+        ),
     ];
     for (key, got) in durations {
         assert_eq!(got.0, documented_duration(key), "{key}");

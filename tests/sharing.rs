@@ -35,6 +35,7 @@ async fn two_resource_managers_sharing_a_gateway_keep_each_others_listeners() {
         task_ns: format!("tasks-{s}"),
         range: (43604, 43607),
         extra: String::new(),
+        gateway_ip: a.gateway_ip.clone(),
     };
     make_namespace(&env.kube().await, &b.task_ns).await;
     // Each in its own worker, as two installations would run; the reconcilers pass every second with the

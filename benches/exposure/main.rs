@@ -948,10 +948,25 @@ impl Bench {
         .await;
         self.rms.push(rm);
         let i = self.rms.len() - 1;
+        // The same, on a Gateway of its own, with the data plane probe off: what the probe costs.
+        let mut off = TestRm::on_class(
+            &self.env,
+            "reachoff",
+            (reachable::UNPROBED_PORT, reachable::UNPROBED_PORT),
+            &class,
+            reachable::UNPROBED_PLACEHOLDER,
+        )
+        .await;
+        off.extra
+            .push_str("    data_plane_probe: {enabled: false}\n");
+        self.rms.push(off);
+        let k = self.rms.len() - 1;
         let ns = reachable::backend();
         let client = self.env.kube().await;
-        let ws = self.workers(&[i], 1).await;
-        let rm = &self.rms[i];
+        let mut ws = self.workers(&[i], 1).await;
+        ws.extend(self.workers(&[k], 1).await);
+        let (rm, off) = (&self.rms[i], &self.rms[k]);
+        let m_off = Master::new(&self.env, &off.name).await;
         let m = Master::new(&self.env, &rm.name).await;
         // After the worker has started: it creates the state bucket.
         let fl = floor::Floor::new(
@@ -963,27 +978,38 @@ impl Bench {
         )
         .await;
         let calls = calls::snapshot();
-        let (mut wk, mut fr) = (Vec::new(), Vec::new());
+        let (mut wk, mut fr, mut unprobed) = (Vec::new(), Vec::new(), Vec::new());
         let mut cold = None;
         const WARM_UP: usize = 2;
         let n = self.size.reachable;
+        let port = reachable::WORKER_PORT;
         for j in 0..n + WARM_UP {
             // Alternate which goes first, as the latency section does.
             let (w, f) = if j % 2 == 0 {
-                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm).await;
+                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm, port).await;
                 let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
                 (w, f)
             } else {
                 let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
-                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm).await;
+                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm, port).await;
                 (w, f)
             };
+            let u = reachable::worker(
+                &client,
+                &ns,
+                &m_off,
+                &self.waiter,
+                off,
+                reachable::UNPROBED_PORT,
+            )
+            .await;
             if j == 0 {
                 cold = Some((w.answered, w.reachable));
             }
             if j >= WARM_UP {
                 wk.push(w);
                 fr.push(f);
+                unprobed.push(u);
             }
         }
         let calls = calls.since();
@@ -1031,6 +1057,19 @@ impl Bench {
             ms(reach.p50)
         );
         r.ratio = Some(ready.p50.as_secs_f64() / reach.p50.as_secs_f64());
+        self.rows.push(r);
+        let off_ready = p(&unprobed, |s| s.answered);
+        let off_reach = p(&unprobed, |s| s.reachable);
+        let off_before = unprobed.iter().filter(|s| s.reachable < s.answered).count();
+        let mut r = info(
+            "  ready p50 / p99 with the data plane probe off (a Gateway of its own, same run)",
+            both(off_ready),
+        );
+        r.reference = format!(
+            "time to reachable p50 {}; first byte before ready in {off_before} of {n}",
+            ms(off_reach.p50)
+        );
+        r.ratio = Some(ready.p50.as_secs_f64() / off_ready.p50.as_secs_f64());
         self.rows.push(r);
         let mut r = info(
             "floor p50 / p99: its calls (KV, Service, listener, TCPRoute, reply), from the first -> first byte through envoy",

@@ -30,6 +30,9 @@ pub const PLACEHOLDER: u16 = 32400;
 pub const WORKER_PORT: u16 = 32401;
 /// The floor's listener.
 pub const FLOOR_PORT: u16 = 32402;
+/// The range of a second worker, with the data plane probe off, and its Gateway's placeholder.
+pub const UNPROBED_PORT: u16 = 32403;
+pub const UNPROBED_PLACEHOLDER: u16 = 32404;
 /// The backend's port in its namespace: the container port of the worker's and the floor's Service.
 const BACKEND_PORT: u16 = 8888;
 /// What the backend calls itself in its answers.
@@ -64,7 +67,14 @@ pub struct Sample {
 }
 
 /// One exposure by the worker, from publish to first byte, then its end (untimed) until the port refuses.
-pub async fn worker(client: &Client, ns: &Netns, m: &Master, w: &Waiter, rm: &TestRm) -> Sample {
+pub async fn worker(
+    client: &Client,
+    ns: &Netns,
+    m: &Master,
+    w: &Waiter,
+    rm: &TestRm,
+    port: u16,
+) -> Sample {
     let alloc = drive::alloc_id("reach");
     let service = itg::names::object_name(&rm.name, &alloc, "jupyter");
     backend::endpoint_slice(
@@ -79,12 +89,12 @@ pub async fn worker(client: &Client, ns: &Netns, m: &Master, w: &Waiter, rm: &Te
     let t0 = Instant::now();
     let (ready, (reachable, failures)) = tokio::join!(
         drive::expose_from(m, w, &alloc, &rm.task_ns, t0),
-        first_answer_every(WORKER_PORT, BACKEND, t0, 300, EVERY),
+        first_answer_every(port, BACKEND, t0, 300, EVERY),
     );
     let ready = ready.unwrap_or_else(|e| panic!("time to reachable: {e}"));
     let ended = Instant::now();
     drive::end(m, w, &alloc).await;
-    refused(WORKER_PORT, ended, 60).await;
+    refused(port, ended, 60).await;
     backend::delete_endpoint_slice(client, &rm.task_ns, &service).await;
     Sample {
         answered: ready,

@@ -222,6 +222,20 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             _ => {}
         }
+        // The status is the controller's opinion: a port its data plane does not serve is chosen again.
+        if purpose == Purpose::Answer
+            && rec.phase == Phase::Exposing
+            && self.rm.config.probes_data_plane()
+            && let Some(why) = self.unserved(at, &rec).await
+        {
+            return match self
+                .give_back(key, &rec, rev, Some(&spec.namespace), why)
+                .await
+            {
+                Err(DriveError::Capacity(m)) => Err(DriveError::Unserved(m)),
+                other => other,
+            };
+        }
         // The record must not have moved while the objects were applied: if an ended slipped in, its
         // cleanup may have run before these applies, and the next pass must undo them.
         if rec.phase == Phase::Exposing {
@@ -329,21 +343,21 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
         taken.extend(self.refused.current(at));
         taken.extend(avoid);
-        let pv = PortView {
+        let unserved = self.unserved_ports.current(at);
+        let mut pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports.clone(),
-            taken,
+            taken: taken.iter().chain(&unserved).copied().collect(),
         };
-        let chosen = claims::choose(
-            &self.store,
-            &self.rm,
-            g,
-            &pv,
-            rand::random(),
-            n,
-            self.timing.reconcile_hold_off.0,
-        )
-        .await?;
+        let seed = rand::random();
+        let hold_off = self.timing.reconcile_hold_off.0;
+        let mut chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, n, hold_off).await?;
+        // A port the data plane refused is a hint, not a claim: trying it again beats waiting for capacity,
+        // and a data plane that serves no port at all is then answered as such, not as a full range.
+        if chosen.len() < n && !unserved.is_empty() {
+            pv.taken = taken;
+            chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, n, hold_off).await?;
+        }
         if chosen.len() < n {
             return Err(DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",

@@ -11,8 +11,11 @@
 
 mod ended;
 mod expose;
+mod reach;
 mod repair;
 mod started;
+
+pub use started::GaveUp;
 mod withdraw;
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use crate::answers::{self, Handled};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::WorkerConfig;
 use crate::contract::{self, Event, EventKind, FailureReason};
+use crate::probe::DataPlane;
 use crate::resource_manager::RmContext;
 use crate::state::{Binding, Failure, Phase, Record};
 use crate::store::{Store, StoreError};
@@ -45,6 +49,9 @@ enum DriveError {
     /// The objects are applied; the Gateway's controller has not reported them reachable yet. `since` is
     /// when the allocation's ports were bound (unix seconds), where the controller deadline counts from.
     Waiting { message: String, since: i64 },
+    /// The data plane refused connections to a port the controller reports programmed; the allocation
+    /// gave its ports back to choose others.
+    Unserved(String),
     /// NATS failed.
     Store(StoreError),
 }
@@ -103,6 +110,13 @@ pub struct Handler<S, C> {
     clusters: Arc<Vec<C>>,
     timing: WorkerConfig,
     refused: Refused,
+    /// Ports the data plane refused connections to, avoided by the port search while others are free.
+    unserved_ports: Refused,
+    /// Where the data plane probe connects; the real network unless a test gives another.
+    data_plane: Arc<dyn DataPlane>,
+    /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
+    /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
+    unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
@@ -188,7 +202,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             clusters: Arc::new(clusters),
             timing,
             refused: Refused::default(),
+            unserved_ports: Refused::default(),
+            data_plane: Arc::new(crate::dataplane::Tcp),
+            unreachable: Arc::default(),
         }
+    }
+
+    /// The same handler, probing the data plane through `data_plane` instead of the network.
+    pub fn with_data_plane(mut self, data_plane: Arc<dyn DataPlane>) -> Self {
+        self.data_plane = data_plane;
+        self
     }
 
     /// Which Gateway of the pool holds `rec`'s ports (the resource manager's own for a record naming
@@ -268,7 +291,7 @@ fn refused_ns(rec: &Record) -> bool {
 
 fn drive_msg(e: DriveError) -> String {
     match e {
-        DriveError::Capacity(m) | DriveError::Kube(m) => m,
+        DriveError::Capacity(m) | DriveError::Kube(m) | DriveError::Unserved(m) => m,
         DriveError::Waiting { message, .. } => message,
         DriveError::Fail(f) => f.message,
         DriveError::Store(e) => e.to_string(),

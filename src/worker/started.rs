@@ -128,10 +128,37 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         status: None,
                     }
                 }
-                Err(DriveError::Capacity(m) | DriveError::Kube(m)) => return Err(m),
+                Err(DriveError::Unserved(m))
+                    if self.past(&rec, self.rm.config.data_plane_probe.deadline.0) =>
+                {
+                    Failure {
+                        reason: FailureReason::Timeout,
+                        message: format!(
+                            "no port was served by the Gateway's data plane within {}: {m}. Check that the Gateway's envoy runs and can bind ports of the range (keep the range out of its host's ephemeral ports, or reserve it in net.ipv4.ip_local_reserved_ports); where the worker cannot reach gateway_ip, set data_plane_probe.address",
+                            humantime::format_duration(self.rm.config.data_plane_probe.deadline.0),
+                            m = m.trim_end_matches("; choosing another port")
+                        ),
+                        retryable: true,
+                        status: None,
+                    }
+                }
+                Err(DriveError::Capacity(m) | DriveError::Kube(m) | DriveError::Unserved(m)) => {
+                    return Err(m);
+                }
                 Err(DriveError::Waiting { message, .. }) => {
                     return Err(format!("waiting for the Gateway's controller: {message}"));
                 }
+            };
+            // A give-back (the data plane's refusal) wrote the record since it was read: fail what it left.
+            let (rec, rev) = if matches!(failure.reason, FailureReason::Timeout)
+                && self.moved(&key, rev).await.map_err(|e| e.to_string())?
+            {
+                match self.read(&key).await.map_err(|e| e.to_string())? {
+                    Some((r, v)) if r.phase == Phase::Exposing => (r, v),
+                    _ => continue,
+                }
+            } else {
+                (rec, rev)
             };
             match self
                 .fail(&key, &rec, rev, failure.clone(), &mut touched)
@@ -166,12 +193,20 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     ///
     /// An allocation already `ready` is live: the delivery given up on was a duplicate or a redelivery
     /// that could not be driven again (the apiserver away, the controller's status stale), and it is
-    /// answered `ready` again with the addresses it already has, nothing withdrawn. Any other is answered
+    /// answered `ready` again with the addresses it already has, nothing withdrawn. The exception is
+    /// [`GaveUp::AnswerLost`]: every delivery produced its `ready` and none could be stored, so the master
+    /// never learned of the allocation and it is failed like one still exposing. Any other is answered
     /// `failed`: its objects are withdrawn, its ports released, and its record kept as a `failed` tombstone
     /// (purged with the other tombstones), so a replay of the event repeats that answer instead of exposing
     /// it; `itgctl deadletter resend` clears the tombstone before it sends the event back. What cannot be
     /// withdrawn now stays recorded as failed, for the reconciler.
-    pub async fn given_up(&self, payload: &[u8], why: &str, sequence: u64) -> Option<Handled> {
+    pub async fn given_up(
+        &self,
+        payload: &[u8],
+        why: &str,
+        sequence: u64,
+        cause: GaveUp,
+    ) -> Option<Handled> {
         let Ok(Event::Started(ev)) = contract::decode_event(EventKind::Started, payload) else {
             return None;
         };
@@ -184,7 +219,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             retryable: true,
             status: None,
         };
-        match self.abandon(&ev.allocation_id, &f).await {
+        match self
+            .abandon(&ev.allocation_id, &f, cause == GaveUp::Unserved)
+            .await
+        {
             Ok(Abandoned::Live(rec)) => {
                 tracing::warn!(why = %why, "a started of a ready allocation was given up on; it stays ready");
                 return Some(answers::ready(&self.rm, ev.event_id, &rec));
@@ -203,11 +241,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     }
 
     /// Fails an allocation that is still exposing (or finishes the cleanup of a failed one) and leaves its
-    /// record as a `failed` tombstone; a `ready` one is left as it is.
+    /// record as a `failed` tombstone; a `ready` one is left as it is when `keep_ready`, else failed too.
     pub(super) async fn abandon(
         &self,
         allocation_id: &str,
         f: &Failure,
+        keep_ready: bool,
     ) -> Result<Abandoned, String> {
         let key = self.rm.allocation_key(allocation_id);
         for _ in 0..MAX_ROUNDS {
@@ -216,11 +255,13 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             };
             let pass = match rec.phase {
                 // A live allocation is never torn down by a delivery that could not confirm it.
-                Phase::Ready => return Ok(Abandoned::Live(Box::new(rec))),
+                Phase::Ready if keep_ready => return Ok(Abandoned::Live(Box::new(rec))),
                 // Ending or removed: the ended's own cleanup owns the record.
                 Phase::Ending | Phase::Removed => return Ok(Abandoned::Failed),
                 Phase::Failed => self.cleanup(&key, &rec, rev, &mut Vec::new()).await,
-                Phase::Exposing => self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await,
+                Phase::Exposing | Phase::Ready => {
+                    self.fail(&key, &rec, rev, f.clone(), &mut Vec::new()).await
+                }
             };
             match pass.map_err(drive_msg)? {
                 Pass::Moved => continue,
@@ -231,6 +272,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             "allocation {allocation_id:?}: the record kept changing"
         ))
     }
+}
+
+/// Why the consumer gave up on an event's last delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// The handler could not serve it (it asked for a retry, or ran past its deadline).
+    Unserved,
+    /// The handler answered, and the answer could not be stored.
+    AnswerLost,
 }
 
 /// What giving up on a started left.

@@ -159,6 +159,9 @@ pub struct TestRm {
     pub task_ns: String,
     pub range: (u16, u16),
     pub extra: String,
+    /// The address `ready` gives: where a served class's envoy listens on this machine (Host mode binds
+    /// every address), a documentation address for the `itg` class, which nothing serves.
+    pub gateway_ip: String,
 }
 
 impl TestRm {
@@ -188,6 +191,11 @@ impl TestRm {
             } else {
                 "    wait_for_controller: true\n".into()
             },
+            gateway_ip: if class == "itg" {
+                "203.0.113.10".into()
+            } else {
+                "127.0.0.1".into()
+            },
         };
         make_gateway_of_class(
             &client,
@@ -210,12 +218,13 @@ impl TestRm {
             "    wait_for_controller: false\n"
         };
         format!(
-            "  - name: {}\n    kubeconfig: {}\n{wait}{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: 203.0.113.10\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
+            "  - name: {}\n    kubeconfig: {}\n{wait}{}    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: {}\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
             self.name,
             env.kubeconfig.display(),
             self.extra,
             self.gateway,
             self.gateway_ns,
+            self.gateway_ip,
             self.range.0,
             self.range.1
         )

@@ -320,6 +320,9 @@ pub struct ResourceManagerConfig {
     pub listener_mode: ListenerMode,
     /// Where the ListenerSets are made, in `listenerset` mode; the Gateway's namespace when unset.
     pub listenerset_namespace: Option<String>,
+    /// Whether, and where, `ready` waits for the data plane to accept a connection.
+    #[serde(default)]
+    pub data_plane_probe: DataPlaneProbe,
     pub internal_task_gateway: InternalTaskGatewayConfig,
     /// More Gateways for this resource manager, each with its own address: an allocation's ports all go
     /// on one Gateway of the pool (this list and `internal_task_gateway`'s), which `ready` names.
@@ -334,6 +337,51 @@ pub struct PoolGateway {
     pub gateway_name: String,
     pub gateway_namespace: String,
     pub gateway_ip: String,
+    /// Where the data plane probe connects for this Gateway's ports, when not `gateway_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_address: Option<String>,
+}
+
+/// The data plane probe: after the controller's verdict, `ready` waits until a connection to each port is
+/// accepted, and a port still refused past `grace` is given back and another chosen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPlaneProbe {
+    /// On or off; absent: on where `wait_for_controller` is.
+    pub enabled: Option<bool>,
+    /// Where to connect for the resource manager's own Gateway, when the worker cannot reach `gateway_ip`
+    /// (an in-cluster Service of the envoy, say); the port is the Gateway port either way.
+    pub address: Option<String>,
+    #[serde(default = "default_probe_grace")]
+    pub grace: Dur,
+    #[serde(default = "default_probe_deadline")]
+    pub deadline: Dur,
+    #[serde(default = "default_probe_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+impl Default for DataPlaneProbe {
+    fn default() -> Self {
+        DataPlaneProbe {
+            enabled: None,
+            address: None,
+            grace: default_probe_grace(),
+            deadline: default_probe_deadline(),
+            connect_timeout: default_probe_connect_timeout(),
+        }
+    }
+}
+
+fn default_probe_grace() -> Dur {
+    Dur(Duration::from_secs(3))
+}
+
+fn default_probe_deadline() -> Dur {
+    Dur(Duration::from_secs(120))
+}
+
+fn default_probe_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 /// Where an allocation's listeners go.
@@ -550,7 +598,15 @@ impl Config {
             .capacity_deadline
             .0
             .max(w.kubernetes_deadline.0)
-            .max(w.controller_deadline.0);
+            .max(w.controller_deadline.0)
+            .max(
+                self.resource_managers
+                    .iter()
+                    .filter(|rm| rm.probes_data_plane())
+                    .map(|rm| rm.data_plane_probe.deadline.0)
+                    .max()
+                    .unwrap_or_default(),
+            );
         let budget = redelivery_span(w, js.max_deliver);
         if js.max_deliver != -1 && budget < longest {
             return Err(rule(
@@ -647,6 +703,11 @@ impl Config {
     }
 }
 
+/// Whether `host` is an IP address or a DNS name.
+fn is_host(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok() || validate::is_dns1123_subdomain(&host.to_ascii_lowercase())
+}
+
 /// The name, namespace and address rules of one Gateway, at `at`.
 fn validate_gateway(at: &str, name: &str, namespace: &str, ip: &str) -> Result<(), ConfigError> {
     if !validate::is_dns1123_subdomain(name) {
@@ -663,7 +724,7 @@ fn validate_gateway(at: &str, name: &str, namespace: &str, ip: &str) -> Result<(
             validate::DNS1123_LABEL_RULE,
         ));
     }
-    if ip.parse::<IpAddr>().is_err() && !validate::is_dns1123_subdomain(&ip.to_ascii_lowercase()) {
+    if !is_host(ip) {
         return Err(rule(
             format!("{at}.gateway_ip"),
             ip,
@@ -729,6 +790,45 @@ impl ResourceManagerConfig {
                 ));
             }
         }
+        let probe = &self.data_plane_probe;
+        for (key, d) in [
+            ("grace", probe.grace),
+            ("deadline", probe.deadline),
+            ("connect_timeout", probe.connect_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(rule(
+                    format!("{at}.data_plane_probe.{key}"),
+                    d.0,
+                    "must be longer than zero",
+                ));
+            }
+        }
+        if probe.grace.0 > probe.deadline.0 {
+            return Err(rule(
+                format!("{at}.data_plane_probe.grace"),
+                probe.grace.0,
+                "must not exceed data_plane_probe.deadline",
+            ));
+        }
+        let addresses = std::iter::once((format!("{at}.data_plane_probe.address"), &probe.address))
+            .chain(self.gateway_pool.iter().enumerate().map(|(j, g)| {
+                (
+                    format!("{at}.gateway_pool[{j}].probe_address"),
+                    &g.probe_address,
+                )
+            }));
+        for (key, a) in addresses {
+            if let Some(a) = a
+                && !is_host(a)
+            {
+                return Err(rule(
+                    key,
+                    a,
+                    "must be an IPv4 or IPv6 address or a DNS name",
+                ));
+            }
+        }
         let g = &self.internal_task_gateway;
         let at = format!("{at}.internal_task_gateway");
         validate_gateway(&at, &g.gateway_name, &g.gateway_namespace, &g.gateway_ip)?;
@@ -757,6 +857,13 @@ impl ResourceManagerConfig {
         Ok(())
     }
 
+    /// Whether `ready` waits for the data plane to accept connections.
+    pub fn probes_data_plane(&self) -> bool {
+        self.data_plane_probe
+            .enabled
+            .unwrap_or(self.wait_for_controller)
+    }
+
     /// Every Gateway of this resource manager's pool: `internal_task_gateway`'s first, then `gateway_pool`.
     pub fn gateways(&self) -> Vec<PoolGateway> {
         let g = &self.internal_task_gateway;
@@ -764,6 +871,7 @@ impl ResourceManagerConfig {
             gateway_name: g.gateway_name.clone(),
             gateway_namespace: g.gateway_namespace.clone(),
             gateway_ip: g.gateway_ip.clone(),
+            probe_address: self.data_plane_probe.address.clone(),
         }];
         all.extend(self.gateway_pool.iter().cloned());
         all

@@ -6,9 +6,10 @@
 //!
 //! What is decided: [`state`] (what an event does to an allocation's record), [`allocator`] (which ports
 //! to try, in which order), [`claims`] (the claim protocol: choose, claim, release), [`readiness`] (when
-//! the controller's status says an exposure is reachable), [`plan`] (what the reconciler repairs and
-//! removes), [`names`] (every key, subject and object name built from an allocation), [`config`],
-//! [`controllers`] (what is known of each Gateway controller: its port mapping and the ports it keeps).
+//! the controller's status says an exposure is reachable), [`probe`] (whether the data plane serves a
+//! port), [`plan`] (what the reconciler repairs and removes), [`names`] (every key, subject and object name
+//! built from an allocation), [`config`], [`controllers`] (what is known of each Gateway controller: its
+//! port mapping and the ports it keeps).
 //!
 //! The seams the adapters implement: [`store`] (compare-and-set records and claims), [`cluster`] (expose,
 //! withdraw, and the inventory the reconciler reads), [`sink`] (where replies go).
@@ -27,6 +28,7 @@ pub mod crashpoint;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod probe;
 pub mod readiness;
 pub mod resource_manager;
 pub mod sink;

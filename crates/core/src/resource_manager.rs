@@ -12,6 +12,8 @@ use crate::names;
 pub struct GatewayTarget {
     pub gateway: GatewayRef,
     pub ip: String,
+    /// Where the data plane probe connects for this Gateway's ports: `ip` unless the config names another.
+    pub probe_host: String,
 }
 
 /// One resource manager, from its validated config.
@@ -40,6 +42,7 @@ impl RmContext {
                         namespace: p.gateway_namespace,
                         name: p.gateway_name,
                     },
+                    probe_host: p.probe_address.unwrap_or_else(|| p.gateway_ip.clone()),
                     ip: p.gateway_ip,
                 })
                 .collect(),
