@@ -22,6 +22,10 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use uuid::Uuid;
 
+/// The one envoy every test here shares: the tests that send bytes take it shared, the one that stops it
+/// takes it alone.
+static ENVOY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// testenv's Contour Gateway: where it is, its address and its block of ports.
 struct ContourGateway {
     namespace: String,
@@ -180,6 +184,7 @@ async fn one_exchange(to: SocketAddr, line: String) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_port_of_every_task_reaches_its_own_backend_through_contour_from_the_first_connection()
  {
+    let _envoy = ENVOY.read().await;
     let env = Env::load();
     let gw = contour();
     let rm = ContourRm::new(&env, &gw, "contour", (21101, 21109)).await;
@@ -267,6 +272,7 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_contour_from_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_contour_an_ended_task_s_address_refuses_connections_after_removed() {
+    let _envoy = ENVOY.read().await;
     let env = Env::load();
     let gw = contour();
     let rm = ContourRm::new(&env, &gw, "contourend", (21110, 21119)).await;
@@ -343,4 +349,86 @@ async fn the_start_up_report_names_contour_and_the_ports_it_cannot_serve() {
     );
     let excluded = servers.rms[0].config.excluded_port_set();
     assert_eq!(excluded, [58559, 58560].into_iter().collect());
+}
+
+/// Contour writes status from its own model and never waits for envoy: with envoy stopped it still reports
+/// every listener programmed and every route accepted. The data plane probe makes `ready` wait, then answers
+/// `failed` naming the data plane; once envoy is back, the same worker answers `ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_contour_s_envoy_stopped_ready_waits_then_fails_naming_the_data_plane() {
+    let _alone = ENVOY.write().await;
+    let env = Env::load();
+    let gw = contour();
+    let rm = ContourRm::new(&env, &gw, "contourdown", (21120, 21121)).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pid_file = format!("{root}/.itg/run/contour-envoy.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
+        .trim()
+        .to_owned();
+    let killed = std::process::Command::new("kill")
+        .arg(&pid)
+        .status()
+        .expect("kill runs");
+    assert!(killed.success(), "could not stop envoy {pid}");
+    let gone = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < gone, "envoy {pid} still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cfg = rm.config(&env, &gw);
+    cfg.resource_managers[0].data_plane_probe.grace = itg::config::Dur(Duration::from_secs(1));
+    cfg.resource_managers[0].data_plane_probe.deadline = itg::config::Dur(Duration::from_secs(10));
+    let worker = Worker::start(cfg).await;
+    let master = Master::new(&env, &rm.name).await;
+    let replies = Replies::watch(&env, &rm.name).await;
+    let alloc = format!("{}.1", Uuid::new_v4());
+    let t0 = Instant::now();
+    master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
+    let answers = replies
+        .wait(120, "an answer", |seen| {
+            seen.iter()
+                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
+        })
+        .await;
+    let answer = answers
+        .iter()
+        .find(|s| s.alloc() == Some(alloc.as_str()))
+        .expect("an answer");
+    println!(
+        "contour, envoy stopped: answered {} after {} ms: {}",
+        answer.kind,
+        t0.elapsed().as_millis(),
+        answer.body["message"]
+    );
+    // Bring envoy back before asserting, so a failure here leaves the servers as the other tests need them.
+    let up = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(format!("{root}/scripts/testenv"))
+            .arg("up")
+            .output()
+            .expect("scripts/testenv up runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "scripts/testenv up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(answer.kind, "failed", "{:?}", answer.body);
+    assert_eq!(answer.body["reason"], "timeout", "{:?}", answer.body);
+    let message = answer.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("data plane") && message.contains(&gw.address.to_string()),
+        "{message}"
+    );
+    // With envoy back, the same worker serves the next started.
+    let again = format!("{}.2", Uuid::new_v4());
+    master.started(&again, &rm.task_ns, &[("web", 7001)]).await;
+    let (r, _) = ready(&replies, &again).await;
+    println!("contour, envoy back: ready at {}", address_of(&r, "web"));
+    master.ended(&again).await;
+    replies.first(60, &again, "removed").await;
+    worker.stop().await;
+    rm.teardown(&env).await;
 }
