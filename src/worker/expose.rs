@@ -232,6 +232,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .give_back(key, &rec, rev, Some(&spec.namespace), why)
                 .await
             {
+                // The retry chooses again; past the deadline the started's failure quotes `why` as it is.
                 Err(DriveError::Capacity(m)) => Err(DriveError::Unserved(m)),
                 other => other,
             };

@@ -56,7 +56,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .note(at, port, self.timing.capacity_deadline.0);
         }
         Some(format!(
-            "the Gateway's data plane refused every connection to {} for {} although its controller reports the listener programmed (its envoy is down, or could not bind the port); choosing another port",
+            "the Gateway's data plane refused every connection to {} for {} although its controller reports the listener programmed (its envoy is down, or could not bind the port)",
             refused
                 .iter()
                 .map(|p| probe::socket_address(host, *p))

@@ -135,8 +135,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         reason: FailureReason::Timeout,
                         message: format!(
                             "no port was served by the Gateway's data plane within {}: {m}. Check that the Gateway's envoy runs and can bind ports of the range (keep the range out of its host's ephemeral ports, or reserve it in net.ipv4.ip_local_reserved_ports); where the worker cannot reach gateway_ip, set data_plane_probe.address",
-                            humantime::format_duration(self.rm.config.data_plane_probe.deadline.0),
-                            m = m.trim_end_matches("; choosing another port")
+                            humantime::format_duration(self.rm.config.data_plane_probe.deadline.0)
                         ),
                         retryable: true,
                         status: None,
@@ -149,10 +148,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     return Err(format!("waiting for the Gateway's controller: {message}"));
                 }
             };
-            // A give-back (the data plane's refusal) wrote the record since it was read: fail what it left.
-            let (rec, rev) = if matches!(failure.reason, FailureReason::Timeout)
-                && self.moved(&key, rev).await.map_err(|e| e.to_string())?
-            {
+            // The pass may have written the record since it was read (a give-back): fail what it left.
+            let (rec, rev) = if self.moved(&key, rev).await.map_err(|e| e.to_string())? {
                 match self.read(&key).await.map_err(|e| e.to_string())? {
                     Some((r, v)) if r.phase == Phase::Exposing => (r, v),
                     _ => continue,
