@@ -51,6 +51,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         if refused.is_empty() {
             return None;
         }
+        let g = &self.rm.pool[at].gateway;
+        crate::metrics::get()
+            .data_plane_refused
+            .get_or_create(&crate::metrics::gateway(
+                &self.rm.name,
+                &g.namespace,
+                &g.name,
+            ))
+            .inc_by(refused.len() as u64);
         for &port in &refused {
             self.unserved_ports
                 .note(at, port, self.timing.capacity_deadline.0);

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub kube_calls: Family<CallLabels, Histogram>,
     pub kube_errors: Family<CallLabels, Counter>,
     pub reconciler_actions: Family<ActionLabels, Counter>,
+    pub data_plane_refused: Family<GatewayLabels, Counter>,
 }
 
 /// Labels of a reconciler action.
@@ -84,6 +85,7 @@ impl Metrics {
             kube_calls: Family::new_with_constructor(seconds_histogram),
             kube_errors: Family::default(),
             reconciler_actions: Family::default(),
+            data_plane_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +132,11 @@ impl Metrics {
             "reconciler_actions",
             "Repairs and orphan removals by the reconciler",
             m.reconciler_actions.clone(),
+        );
+        registry.register(
+            "data_plane_refused_ports",
+            "Ports given back because the Gateway's data plane refused connections although its controller reported them programmed",
+            m.data_plane_refused.clone(),
         );
         Metrics { registry, ..m }
     }
