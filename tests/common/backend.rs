@@ -59,6 +59,7 @@ pub fn unavailable() -> Option<String> {
 pub struct Netns {
     pub name: String,
     host_if: String,
+    ns_if: String,
     /// The namespace's own address: what EndpointSlices point at.
     pub addr: Ipv4Addr,
     servers: Vec<Child>,
@@ -95,13 +96,14 @@ impl Netns {
             }
             let net = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 4 * i;
             let (host, addr) = (Ipv4Addr::from(net + 1), Ipv4Addr::from(net + 2));
+            let ns_if = format!("itgb{i}n");
             let ns = Netns {
                 host_if: format!("itgb{i}h"),
+                ns_if: ns_if.clone(),
                 name,
                 addr,
                 servers: Vec::new(),
             };
-            let ns_if = format!("itgb{i}n");
             let steps: [&[&str]; 7] = [
                 &[
                     "link",
@@ -142,6 +144,49 @@ impl Netns {
 
     /// Starts a backend named `name` on `port` inside the namespace and waits until it answers from the host.
     pub fn serve(&mut self, port: u16, name: &str) {
+        self.serve_at(self.addr, port, name);
+    }
+
+    /// Makes the namespace answer on a Pod's IP, as the Pod would: the IP (/32) on the namespace's end of
+    /// the veth and a host route to it through that veth; then starts a backend named `name` on `port` and
+    /// waits until it answers at `pod_ip:port` from the host. The route goes with the veth when the
+    /// namespace is dropped; `replace` takes it over from a namespace an earlier, killed run left behind.
+    pub fn serve_pod(&mut self, pod_ip: Ipv4Addr, port: u16, name: &str) {
+        let ip32 = format!("{pod_ip}/32");
+        let addr = self.addr.to_string();
+        let steps: [&[&str]; 2] = [
+            &[
+                "-n",
+                &self.name,
+                "addr",
+                "replace",
+                &ip32,
+                "dev",
+                &self.ns_if,
+            ],
+            &[
+                "route",
+                "replace",
+                &ip32,
+                "via",
+                &addr,
+                "dev",
+                &self.host_if,
+            ],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step) {
+                panic!(
+                    "routing Pod IP {pod_ip} into network namespace {}: {e}",
+                    self.name
+                );
+            }
+        }
+        self.serve_at(pod_ip, port, name);
+    }
+
+    /// Starts a backend (it binds every address of the namespace) and waits until it answers at `at:port`.
+    fn serve_at(&mut self, at: Ipv4Addr, port: u16, name: &str) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name, "python3", "-c", SERVER])
             .args([&port.to_string(), name])
@@ -150,7 +195,7 @@ impl Netns {
             .spawn()
             .expect("start a backend with ip netns exec");
         self.servers.push(child);
-        let to = SocketAddr::from((self.addr, port));
+        let to = SocketAddr::from((at, port));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match exchange(to, "probe") {

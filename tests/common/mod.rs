@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod deploy;
 pub mod history;
+pub mod pods;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -338,8 +339,21 @@ impl Master {
 
     pub async fn started_with(&self, event_id: Uuid, alloc: &str, ns: &str, ports: &[(&str, u16)]) {
         let sel = BTreeMap::from([("determined.ai/allocation".to_owned(), "x".to_owned())]);
+        self.started_selecting(event_id, alloc, ns, &sel, ports)
+            .await;
+    }
+
+    /// A started whose `pod_selector` is `sel`, for tests with real Pods to select.
+    pub async fn started_selecting(
+        &self,
+        event_id: Uuid,
+        alloc: &str,
+        ns: &str,
+        sel: &BTreeMap<String, String>,
+        ports: &[(&str, u16)],
+    ) {
         let ports: Vec<(String, u16)> = ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect();
-        let body = itg::ctl::started_payload(event_id, alloc, ns, &sel, &ports);
+        let body = itg::ctl::started_payload(event_id, alloc, ns, sel, &ports);
         self.publish_raw(
             EventKind::Started,
             Some(event_id),
