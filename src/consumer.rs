@@ -294,10 +294,8 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
 
 /// Counts a published `failed` reply under its reason.
 fn note_failure(rm: &str, reply: &contract::Reply) {
-    if let contract::Reply::Failed(f) = reply
-        && let Ok(serde_json::Value::String(reason)) = serde_json::to_value(f.reason)
-    {
-        metrics::get().failed_reply(rm, &reason);
+    if let contract::Reply::Failed(f) = reply {
+        metrics::get().failed_reply(rm, &f.reason.to_string());
     }
 }
 

@@ -97,7 +97,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub resource_manager: String,
-    /// `release_claim`, `remove_listener`, `delete_object` or `repair`.
+    /// One of [`crate::plan::Action::LABELS`].
     pub action: String,
 }
 
@@ -226,8 +226,10 @@ impl Metrics {
         self.kube_calls
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+        // Created with the call's first observation, so an error rate reads 0 rather than nothing.
+        let errors = self.kube_errors.get_or_create(&labels);
         if !ok {
-            self.kube_errors.get_or_create(&labels).inc();
+            errors.inc();
         }
     }
 
@@ -275,6 +277,23 @@ impl Metrics {
         self.oldest_exposing.get_or_create(&labels).set(0);
         self.rm_ready.get_or_create(&labels).set(0);
         self.dead_letters.get_or_create(&labels).set(0);
+        // A counter born at its first failure hides that failure from increase() and rate().
+        for reason in crate::contract::FailureReason::ALL {
+            self.failures
+                .get_or_create(&ReasonLabels {
+                    resource_manager: rm.to_owned(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
+        for action in crate::plan::Action::LABELS {
+            self.reconciler_actions
+                .get_or_create(&ActionLabels {
+                    resource_manager: rm.to_owned(),
+                    action: action.to_owned(),
+                })
+                .inc_by(0);
+        }
     }
 
     /// Records one handled event.
