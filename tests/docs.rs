@@ -102,7 +102,10 @@ fn the_operations_guide_lists_every_metric_the_worker_exports() {
     let text = itg::metrics::get().encode();
     for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE itg_")) {
         let name = family.split(' ').next().unwrap_or_default();
-        assert!(names.contains(&name), "{name} is encoded but was not found in the source");
+        assert!(
+            names.contains(&name),
+            "{name} is encoded but was not found in the source"
+        );
     }
     for name in &names {
         let listed = ["`", "_total`", "{"]
