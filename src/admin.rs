@@ -69,7 +69,9 @@ impl Health {
             if nats.connection_state() != async_nats::connection::State::Connected {
                 problems.push(format!("NATS is {}", nats.connection_state()));
             }
+            let nats_problems = problems.len();
             for (rm, pool) in &rms {
+                let before = problems.len();
                 // One apiserver per resource manager: its pool's Gateways are all in that cluster.
                 if let Some(first) = pool.first()
                     && let Err(e) = first.check().await
@@ -105,6 +107,14 @@ impl Health {
                         .get_or_create(&labels)
                         .set(i64::try_from(slots).unwrap_or(i64::MAX));
                 }
+                let serves = nats_problems == 0
+                    && problems.len() == before
+                    && self.serving.load(Ordering::SeqCst)
+                    && !self.shutting_down.load(Ordering::SeqCst);
+                metrics::get()
+                    .rm_ready
+                    .get_or_create(&metrics::rm(&rm.name))
+                    .set(i64::from(serves));
             }
             if let Ok(mut p) = self.problems.lock() {
                 *p = problems;
@@ -112,6 +122,37 @@ impl Health {
             self.checked.store(true, Ordering::SeqCst);
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+/// Reads each resource manager's backlog (its consumer's pending and unacknowledged events, its dead
+/// letters) every `every` into the metrics: off the event path, one request per stream and resource manager.
+/// A failed reading is logged and keeps the last values.
+pub async fn watch_backlog(
+    js: async_nats::jetstream::Context,
+    cfg: crate::config::JetStreamConfig,
+    rms: Vec<String>,
+    every: Duration,
+) {
+    loop {
+        for rm in &rms {
+            match crate::nats::backlog(&js, &cfg, rm).await {
+                Ok(b) => {
+                    let m = metrics::get();
+                    let labels = metrics::rm(rm);
+                    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                    m.consumer_pending.get_or_create(&labels).set(n(b.pending));
+                    m.consumer_ack_pending
+                        .get_or_create(&labels)
+                        .set(n(b.ack_pending));
+                    m.dead_letters.get_or_create(&labels).set(n(b.dead_letters));
+                }
+                Err(e) => {
+                    tracing::warn!(resource_manager = %rm, error = %e, "could not read the backlog; the metrics keep the last reading");
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

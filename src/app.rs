@@ -359,6 +359,12 @@ pub async fn run(
         watched,
         Duration::from_secs(5),
     ));
+    let backlog = tokio::spawn(admin::watch_backlog(
+        servers.js.clone(),
+        config.jetstream.clone(),
+        servers.rms.iter().map(|c| c.config.name.clone()).collect(),
+        Duration::from_secs(5),
+    ));
     {
         let (health, mut shutdown) = (health.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -385,15 +391,22 @@ pub async fn run(
         let handler = handler(&config, &servers, c);
         let mut reconcilers = reconcilers(&config, &servers, c, config.worker.reconcile_hold_off.0);
         let (every, mut stop) = (config.worker.reconcile_interval.0, shutdown.clone());
+        let rm_name = c.config.name.clone();
+        crate::metrics::get().register_rm(&rm_name);
         side_tasks.push(tokio::spawn(tracing::Instrument::instrument(
             async move {
                 // At start, then every interval, until shutdown.
                 loop {
+                    let mut ok = true;
                     for reconciler in &mut reconcilers {
                         if let Err(e) = reconciler.pass(false).await {
+                            ok = false;
                             tracing::warn!(error = %e, "reconcile pass failed; next pass retries");
                         }
                     }
+                    #[allow(clippy::cast_precision_loss)]
+                    let now = jiff::Timestamp::now().as_millisecond() as f64 / 1e3;
+                    crate::metrics::get().reconcile_pass(&rm_name, ok, now);
                     tokio::select! {
                         () = tokio::time::sleep(every) => {}
                         _ = stop.wait_for(|s| *s) => break,
@@ -425,6 +438,7 @@ pub async fn run(
     }
     side.abort();
     checks.abort();
+    backlog.abort();
     for t in side_tasks {
         t.abort();
     }

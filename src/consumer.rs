@@ -183,6 +183,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                     }
                     tracing::info!(reply = reply.kind().as_str(), "answered");
                     m.event(&rm, kind.as_str(), reply.kind().as_str());
+                    note_failure(&rm, &reply);
                     if let (contract::ReplyKind::Ready, Ok(info)) = (reply.kind(), msg.info()) {
                         let age = jiff::Timestamp::now().as_nanosecond()
                             - info.published.unix_timestamp_nanos();
@@ -282,11 +283,20 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     if kind == contract::EventKind::Started
         && let Some(Handled::Answer { reply, msg_id }) =
             handler.given_up(&msg.payload, why, sequence, cause).await
-        && let Err(e) = replier.publish(&reply, &msg_id).await
     {
-        tracing::error!(error = %e, "could not answer the given-up event");
+        match replier.publish(&reply, &msg_id).await {
+            Ok(()) => note_failure(rm, &reply),
+            Err(e) => tracing::error!(error = %e, "could not answer the given-up event"),
+        }
     }
     ack(msg, AckKind::Term).await;
+}
+
+/// Counts a published `failed` reply under its reason.
+fn note_failure(rm: &str, reply: &contract::Reply) {
+    if let contract::Reply::Failed(f) = reply {
+        metrics::get().failed_reply(rm, &f.reason.to_string());
+    }
 }
 
 async fn ack(msg: &jetstream::Message, kind: AckKind) {

@@ -221,6 +221,14 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
     /// A server could not be read; nothing was changed.
     pub async fn pass(&mut self, dry_run: bool) -> Result<Vec<Action>, String> {
         let inputs = self.inputs().await?;
+        // Every reconciler of the pool reads every record: the first one reports.
+        if self.at == 0 && !dry_run {
+            let age = crate::state::oldest_exposing_age(inputs.records.values(), now());
+            metrics::get()
+                .oldest_exposing
+                .get_or_create(&metrics::rm(&self.rm))
+                .set(age);
+        }
         let hold_off = i64::try_from(self.hold_off.as_secs()).unwrap_or(i64::MAX);
         let (actions, suspects) = plan(&self.rm, &inputs, now(), hold_off);
         if dry_run {

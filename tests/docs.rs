@@ -84,3 +84,33 @@ fn the_configuration_reference_lists_every_schema_key_with_its_default() {
         );
     }
 }
+
+#[test]
+fn the_operations_guide_lists_every_metric_the_worker_exports() {
+    // Every name the registry is given, read from the source: a family without series is not encoded.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    let source = std::fs::read_to_string(format!("{root}/crates/core/src/metrics.rs")).unwrap();
+    let names: Vec<&str> = source
+        .split("registry.register(")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1))
+        .collect();
+    assert!(names.len() >= 15, "too few metrics found: {names:?}");
+    // What is encoded must be among them, under the names the guide gives (counters end in `_total`).
+    itg::metrics::get().register_rm("docs");
+    let text = itg::metrics::get().encode();
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE itg_")) {
+        let name = family.split(' ').next().unwrap_or_default();
+        assert!(
+            names.contains(&name),
+            "{name} is encoded but was not found in the source"
+        );
+    }
+    for name in &names {
+        let listed = ["`", "_total`", "{"]
+            .iter()
+            .any(|end| doc.contains(&format!("`itg_{name}{end}")));
+        assert!(listed, "docs/operations.md does not list `itg_{name}`");
+    }
+}

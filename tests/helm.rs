@@ -301,10 +301,38 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
         ),
         "the ServiceMonitor selects the metrics Service"
     );
+
+    // The alert rules and the dashboard are the files under deploy/, read by the templates, not copies.
+    let rule = find(&objects, "PrometheusRule", "itg-full");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rules: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("deploy/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], rules["groups"]);
+    let board = find(&objects, "ConfigMap", "itg-full-dashboard");
+    assert_eq!(board["metadata"]["namespace"], "monitoring");
+    assert_eq!(board["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(board["metadata"]["labels"]["team"], "platform");
+    assert_eq!(
+        board["metadata"]["annotations"]["grafana_folder"],
+        "Platform"
+    );
+    let json: Value = serde_json::from_str(
+        board["data"]["internal-task-gateway.json"]
+            .as_str()
+            .expect("the dashboard's JSON"),
+    )
+    .unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json, file);
     dry_run(&objects).await;
 }
 
-/// The upstream ServiceMonitor CRD, applied for real, so the dry run checks the ServiceMonitor's fields.
+/// The upstream ServiceMonitor and PrometheusRule CRDs, applied for real, so the dry run checks their fields.
 async fn install_servicemonitor_crd() {
     let out = Command::new("go")
         .args(["mod", "download", "-json", PROMETHEUS_OPERATOR])
@@ -320,22 +348,27 @@ async fn install_servicemonitor_crd() {
     );
     let info: Value = serde_json::from_slice(&out.stdout).expect("go mod download -json");
     let dir = PathBuf::from(info["Dir"].as_str().expect("Dir"));
-    let crd = documents(
-        &dir.join("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"),
-    )
-    .remove(0);
     let admin = Env::load().kube().await;
-    apply(&admin, &crd, false)
-        .await
-        .expect("apply the ServiceMonitor CRD");
-    let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while kube::discovery::pinned_kind(&admin, &gvk).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ServiceMonitor CRD was not served in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for (file, kind) in [
+        ("servicemonitors", "ServiceMonitor"),
+        ("prometheusrules", "PrometheusRule"),
+    ] {
+        let crd = documents(&dir.join(format!(
+            "example/prometheus-operator-crd/monitoring.coreos.com_{file}.yaml"
+        )))
+        .remove(0);
+        apply(&admin, &crd, false)
+            .await
+            .unwrap_or_else(|e| panic!("apply the {kind} CRD: {e}"));
+        let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while kube::discovery::pinned_kind(&admin, &gvk).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {kind} CRD was not served in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,6 +22,22 @@ pub struct EventLabels {
     /// `ready`, `failed`, `removed`, `retry`, `reply_error`, `dead_letter` or `requeued` (an ended queued
     /// again at its last delivery).
     pub outcome: String,
+}
+
+/// Labels of a failed reply.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub resource_manager: String,
+    /// The `failed` reply's `reason`, from the contract's closed set.
+    pub reason: String,
+}
+
+/// Labels of a reconcile pass.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub resource_manager: String,
+    /// `ok`, or `error` when a server could not be read and the pass stopped.
+    pub result: String,
 }
 
 /// Labels of a resource manager.
@@ -50,6 +68,23 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     pub started_to_ready: Family<RmLabels, Histogram>,
     pub redeliveries: Family<RmLabels, Counter>,
+    /// `failed` replies by reason: why exposures fail.
+    pub failures: Family<ReasonLabels, Counter>,
+    /// The durable consumer's `num_pending`, read every few seconds off the event path.
+    pub consumer_pending: Family<RmLabels, Gauge>,
+    /// The durable consumer's `num_ack_pending`.
+    pub consumer_ack_pending: Family<RmLabels, Gauge>,
+    /// Messages kept in the dead-letter stream per resource manager.
+    pub dead_letters: Family<RmLabels, Gauge>,
+    /// Seconds since the oldest `exposing` allocation's record was created, as of the last reconcile pass.
+    pub oldest_exposing: Family<RmLabels, Gauge>,
+    /// Unix time of the last reconcile pass over every Gateway of the pool that completed.
+    pub reconciler_last_success: Family<RmLabels, Gauge<f64, AtomicU64>>,
+    /// Reconcile passes by result.
+    pub reconciler_passes: Family<PassLabels, Counter>,
+    /// 1 while this worker serves the resource manager: its consumer exists, NATS is connected, its
+    /// apiserver answers and its Gateways exist.
+    pub rm_ready: Family<RmLabels, Gauge>,
     pub ports_in_use: Family<GatewayLabels, Gauge>,
     pub ports_free: Family<GatewayLabels, Gauge>,
     pub listener_slots_free: Family<GatewayLabels, Gauge>,
@@ -63,7 +98,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub resource_manager: String,
-    /// `release_claim`, `remove_listener`, `delete_object` or `repair`.
+    /// One of [`crate::plan::Action::LABELS`].
     pub action: String,
 }
 
@@ -79,6 +114,14 @@ impl Metrics {
             events: Family::default(),
             started_to_ready: Family::new_with_constructor(seconds_histogram),
             redeliveries: Family::default(),
+            failures: Family::default(),
+            consumer_pending: Family::default(),
+            consumer_ack_pending: Family::default(),
+            dead_letters: Family::default(),
+            oldest_exposing: Family::default(),
+            reconciler_last_success: Family::default(),
+            reconciler_passes: Family::default(),
+            rm_ready: Family::default(),
             ports_in_use: Family::default(),
             ports_free: Family::default(),
             listener_slots_free: Family::default(),
@@ -102,6 +145,46 @@ impl Metrics {
             "redeliveries",
             "Events delivered more than once",
             m.redeliveries.clone(),
+        );
+        registry.register(
+            "failed_replies",
+            "Failed replies published, by the contract's reason",
+            m.failures.clone(),
+        );
+        registry.register(
+            "consumer_pending_messages",
+            "Events of the stream the resource manager's durable consumer has not delivered yet",
+            m.consumer_pending.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending_messages",
+            "Events delivered by the durable consumer and not acknowledged yet",
+            m.consumer_ack_pending.clone(),
+        );
+        registry.register(
+            "dead_letter_messages",
+            "Dead letters kept in ITG_DEADLETTER for the resource manager",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "oldest_exposing_allocation_age_seconds",
+            "Age of the oldest allocation still exposing, as of the last reconcile pass (0 when none)",
+            m.oldest_exposing.clone(),
+        );
+        registry.register(
+            "reconciler_last_success_timestamp_seconds",
+            "Unix time the last complete reconcile pass ended (0 before the first)",
+            m.reconciler_last_success.clone(),
+        );
+        registry.register(
+            "reconciler_passes",
+            "Reconcile passes, by result",
+            m.reconciler_passes.clone(),
+        );
+        registry.register(
+            "resource_manager_ready",
+            "1 while this worker serves the resource manager (consumer, NATS, apiserver and Gateways up)",
+            m.rm_ready.clone(),
         );
         registry.register(
             "ports_in_use",
@@ -150,8 +233,10 @@ impl Metrics {
         self.kube_calls
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+        // Created with the call's first observation, so an error rate reads 0 rather than nothing.
+        let errors = self.kube_errors.get_or_create(&labels);
         if !ok {
-            self.kube_errors.get_or_create(&labels).inc();
+            errors.inc();
         }
     }
 
@@ -163,6 +248,59 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    /// Records one `failed` reply.
+    pub fn failed_reply(&self, rm: &str, reason: &str) {
+        self.failures
+            .get_or_create(&ReasonLabels {
+                resource_manager: rm.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the end of one reconcile pass over a resource manager's pool, at `now` (Unix seconds).
+    pub fn reconcile_pass(&self, rm: &str, ok: bool, now: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciler_passes
+            .get_or_create(&PassLabels {
+                resource_manager: rm.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        if ok {
+            self.reconciler_last_success
+                .get_or_create(&self::rm(rm))
+                .set(now);
+        }
+    }
+
+    /// Creates a resource manager's series at start, at 0, so a worker that never completes a pass or never
+    /// reads its backlog shows zeros rather than nothing.
+    pub fn register_rm(&self, rm: &str) {
+        let labels = self::rm(rm);
+        self.reconciler_last_success.get_or_create(&labels).set(0.0);
+        self.oldest_exposing.get_or_create(&labels).set(0);
+        self.rm_ready.get_or_create(&labels).set(0);
+        self.dead_letters.get_or_create(&labels).set(0);
+        // A counter born at its first failure hides that failure from increase() and rate().
+        for reason in crate::contract::FailureReason::ALL {
+            self.failures
+                .get_or_create(&ReasonLabels {
+                    resource_manager: rm.to_owned(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
+        for action in crate::plan::Action::LABELS {
+            self.reconciler_actions
+                .get_or_create(&ActionLabels {
+                    resource_manager: rm.to_owned(),
+                    action: action.to_owned(),
+                })
+                .inc_by(0);
+        }
     }
 
     /// Records one handled event.

@@ -39,6 +39,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every [`Action::label`], for series created at zero before the first action.
+    pub const LABELS: [&'static str; 5] = [
+        "release_claim",
+        "remove_listener",
+        "delete_object",
+        "repair",
+        "purge_tombstone",
+    ];
+
     /// The action's name in metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -259,6 +259,17 @@ impl Record {
     }
 }
 
+/// Seconds since the oldest `exposing` record among `records` was created (0 when none is exposing): an
+/// exposure that stays `exposing` for long waits on capacity, a controller or an apiserver.
+pub fn oldest_exposing_age<'a>(records: impl IntoIterator<Item = &'a Record>, now: i64) -> i64 {
+    records
+        .into_iter()
+        .filter(|r| r.phase == Phase::Exposing)
+        .map(|r| now.saturating_sub(r.created_at).max(0))
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +407,19 @@ mod tests {
         let r = created("a.1");
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn the_oldest_exposing_age_ignores_every_other_phase() {
+        let mut old = created("a.1");
+        old.created_at = 100;
+        old.phase = Phase::Ready;
+        let mut young = created("a.2");
+        young.created_at = 150;
+        assert_eq!(oldest_exposing_age([&old, &young], 160), 10);
+        young.phase = Phase::Removed;
+        assert_eq!(oldest_exposing_age([&old, &young], 160), 0);
+        old.phase = Phase::Exposing;
+        assert_eq!(oldest_exposing_age([&old, &young], 160), 60);
     }
 }

@@ -3,11 +3,13 @@
 //! durable consumers. The pull loop that serves events lives with the worker, which owns what a delivery
 //! does.
 
+pub mod backlog;
 pub mod client;
 pub mod kv;
 pub mod replier;
 pub mod streams;
 
+pub use backlog::{Backlog, backlog};
 pub use client::{NatsError, connect, server_addrs, url_credentials};
 pub use kv::{KvStore, OpenError};
 pub use replier::JetStreamReplier;

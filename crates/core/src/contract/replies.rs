@@ -49,6 +49,19 @@ pub enum FailureReason {
     GatewayRejected,
 }
 
+impl FailureReason {
+    /// Every reason, for series created at zero before the first failure.
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::InvalidEvent,
+        FailureReason::UnknownResourceManager,
+        FailureReason::NamespaceNotAllowed,
+        FailureReason::CapacityExhausted,
+        FailureReason::KubernetesError,
+        FailureReason::Timeout,
+        FailureReason::GatewayRejected,
+    ];
+}
+
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
