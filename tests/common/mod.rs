@@ -6,6 +6,7 @@ pub mod backend;
 pub mod deploy;
 pub mod history;
 pub mod process;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
