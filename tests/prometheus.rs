@@ -223,35 +223,51 @@ async fn a_full_range_failures_and_a_dead_letter_raise_their_alerts_and_every_da
     }
 
     // Every dashboard query runs and returns series for this resource manager.
-    let mut data = Vec::new();
-    let end = jiff::Timestamp::now();
-    for (panel, expr) in dashboard_queries(&rm.name, &gateway) {
-        let result = prom.query(&expr);
+    let queries = dashboard_queries(&rm.name, &gateway);
+    for (panel, expr) in &queries {
+        let result = prom.query(expr);
         println!("{panel}: {} series <- {expr}", result.len());
         assert!(!result.is_empty(), "panel {panel}: no series for {expr}");
-        if !panel.starts_with("variable") {
-            let range = prom.api(
-                "/api/v1/query_range",
-                &[
-                    ("query", &expr),
-                    ("start", &started_at.as_second().to_string()),
-                    ("end", &end.as_second().to_string()),
-                    ("step", "1"),
-                ],
-            );
-            data.push(json!({ "panel": panel, "expr": expr, "result": range["result"] }));
-        }
     }
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-data.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&data).unwrap()).unwrap();
-    println!("the panels' data: {}", out.display());
 
+    // The tasks end: Prometheus sees the ports come back. Then the panels' data, load and recovery, is
+    // written out for scripts/plot-dashboard.
     for a in filling.iter().chain(&waiting).chain([&poison]) {
         master.ended(a).await;
     }
     kv.purge(itg::names::allocation_key(&rm.name, &poison))
         .await
         .unwrap();
+    let free = format!(
+        "max(itg_ports_free{{resource_manager=\"{}\"}}) == 4",
+        rm.name
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while prom.query(&free).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not see the four ports free again"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let end = jiff::Timestamp::now();
+    let mut data = Vec::new();
+    for (panel, expr) in queries.iter().filter(|(p, _)| !p.starts_with("variable")) {
+        let range = prom.api(
+            "/api/v1/query_range",
+            &[
+                ("query", expr),
+                ("start", &started_at.as_second().to_string()),
+                ("end", &end.as_second().to_string()),
+                ("step", "1"),
+            ],
+        );
+        data.push(json!({ "panel": panel, "expr": expr, "result": range["result"] }));
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-data.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&data).unwrap()).unwrap();
+    println!("the panels' data: {}", out.display());
     worker.kill();
     rm.teardown(&env).await;
 }
