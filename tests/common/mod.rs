@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod history;
 pub mod pods;
 pub mod process;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -62,6 +62,28 @@ pub struct CallLabels {
     pub call: String,
 }
 
+/// Every apiserver call [`Metrics::kube_call`] is given, for series created at zero before the first call.
+pub const KUBE_CALLS: [&str; 6] = [
+    "apply_service",
+    "apply_listener",
+    "apply_route",
+    "delete_route",
+    "remove_listener",
+    "delete_service",
+];
+
+/// The outcomes each event kind can have in [`Metrics::event`], created at zero at start.
+const OUTCOMES: [(&str, &[&str]); 2] = [
+    (
+        "started",
+        &["ready", "failed", "retry", "reply_error", "dead_letter"],
+    ),
+    (
+        "ended",
+        &["removed", "failed", "retry", "reply_error", "requeued"],
+    ),
+];
+
 /// Every metric the worker exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -277,7 +299,7 @@ impl Metrics {
     }
 
     /// Creates a resource manager's series at start, at 0, so a worker that never completes a pass or never
-    /// reads its backlog shows zeros rather than nothing.
+    /// reads its backlog shows zeros rather than nothing, and the first event of each kind counts in rates.
     pub fn register_rm(&self, rm: &str) {
         let labels = self::rm(rm);
         self.reconciler_last_success.get_or_create(&labels).set(0.0);
@@ -292,6 +314,27 @@ impl Metrics {
                     reason: reason.to_string(),
                 })
                 .inc_by(0);
+        }
+        // A histogram or counter born with its first observation shows that observation in no rate().
+        drop(self.started_to_ready.get_or_create(&labels));
+        for call in KUBE_CALLS {
+            let labels = CallLabels {
+                resource_manager: rm.to_owned(),
+                call: call.to_owned(),
+            };
+            drop(self.kube_calls.get_or_create(&labels));
+            self.kube_errors.get_or_create(&labels).inc_by(0);
+        }
+        for (kind, outcomes) in OUTCOMES {
+            for outcome in outcomes {
+                self.events
+                    .get_or_create(&EventLabels {
+                        resource_manager: rm.to_owned(),
+                        kind: kind.to_owned(),
+                        outcome: (*outcome).to_owned(),
+                    })
+                    .inc_by(0);
+            }
         }
         for action in crate::plan::Action::LABELS {
             self.reconciler_actions
