@@ -125,37 +125,6 @@ impl Health {
     }
 }
 
-/// Reads each resource manager's backlog (its consumer's pending and unacknowledged events, its dead
-/// letters) every `every` into the metrics: off the event path, one request per stream and resource manager.
-/// A failed reading is logged and keeps the last values.
-pub async fn watch_backlog(
-    js: async_nats::jetstream::Context,
-    cfg: crate::config::JetStreamConfig,
-    rms: Vec<String>,
-    every: Duration,
-) {
-    loop {
-        for rm in &rms {
-            match crate::nats::backlog(&js, &cfg, rm).await {
-                Ok(b) => {
-                    let m = metrics::get();
-                    let labels = metrics::rm(rm);
-                    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                    m.consumer_pending.get_or_create(&labels).set(n(b.pending));
-                    m.consumer_ack_pending
-                        .get_or_create(&labels)
-                        .set(n(b.ack_pending));
-                    m.dead_letters.get_or_create(&labels).set(n(b.dead_letters));
-                }
-                Err(e) => {
-                    tracing::warn!(resource_manager = %rm, error = %e, "could not read the backlog; the metrics keep the last reading");
-                }
-            }
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
 async fn healthz() -> &'static str {
     "ok"
 }
