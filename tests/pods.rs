@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::backend::{Netns, exchange};
@@ -41,12 +41,51 @@ fn addresses(slices: &[EndpointSlice]) -> Vec<(String, Option<bool>)> {
         .collect()
 }
 
+/// Publishes a `started` of one port whose `pod_selector` is `sel`, waits for its `ready`, and returns the
+/// name of the Service the worker made for that port.
+async fn expose_selecting(
+    s: &Scenario,
+    sel: &BTreeMap<String, String>,
+    port: (&str, u16),
+) -> String {
+    let alloc = format!("{}.1", uuid::Uuid::new_v4());
+    s.master
+        .started_selecting(uuid::Uuid::new_v4(), &alloc, &s.rm.task_ns, sel, &[port])
+        .await;
+    s.replies.first(30, &alloc, "ready").await;
+    itg::names::object_name(&s.rm.name, &alloc, port.0)
+}
+
+/// Waits until the Service's slices list exactly `ip` with readiness `ready`, and returns them.
+async fn wait_endpoint(
+    s: &Scenario,
+    service: &str,
+    ip: Ipv4Addr,
+    ready: bool,
+    secs: u64,
+    what: &str,
+) -> Vec<EndpointSlice> {
+    let client = s.env.kube().await;
+    wait_slices(&client, &s.rm.task_ns, service, secs, what, |ss| {
+        addresses(ss) == [(ip.to_string(), Some(ready))]
+    })
+    .await
+}
+
+/// Sends `line` to `to` and returns the answer; panics naming `what` when nothing answers.
+async fn ask(to: SocketAddr, line: &'static str, what: &str) -> String {
+    tokio::task::spawn_blocking(move || exchange(to, line))
+        .await
+        .expect("exchange task")
+        .unwrap_or_else(|e| panic!("connecting to {what} {to}: {e}"))
+}
+
 #[tokio::test]
 async fn the_endpointslice_controller_lists_the_selected_pod_under_the_services_port_and_bytes_reach_it()
  {
     let nodes = kwok_nodes();
     let s = Scenario::start("pods", (44500, 44509), "").await;
-    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
+    let (env, rm) = (&s.env, &s.rm);
     let client = env.kube().await;
     let sel = selector();
     let pod = format!("task-{}", suffix());
@@ -58,19 +97,7 @@ async fn the_endpointslice_controller_lists_the_selected_pod_under_the_services_
     let ip = wait_pod_ready(&client, &rm.task_ns, &pod, 30).await;
     println!("Pod {}/{pod} on {} is Ready at {ip}", rm.task_ns, nodes[0]);
 
-    let alloc = format!("{}.1", uuid::Uuid::new_v4());
-    master
-        .started_selecting(
-            uuid::Uuid::new_v4(),
-            &alloc,
-            &rm.task_ns,
-            &sel,
-            &[("jupyter", 8888)],
-        )
-        .await;
-    replies.first(30, &alloc, "ready").await;
-
-    let service = itg::names::object_name(&rm.name, &alloc, "jupyter");
+    let service = expose_selecting(&s, &sel, ("jupyter", 8888)).await;
     let svc = Api::<Service>::namespaced(client.clone(), &rm.task_ns)
         .get(&service)
         .await
@@ -80,15 +107,7 @@ async fn the_endpointslice_controller_lists_the_selected_pod_under_the_services_
         .and_then(|s| s.ports)
         .and_then(|ps| ps.into_iter().next())
         .expect("the Service's port");
-    let slices = wait_slices(
-        &client,
-        &rm.task_ns,
-        &service,
-        30,
-        "ready endpoint at the Pod's IP",
-        |ss| addresses(ss) == [(ip.to_string(), Some(true))],
-    )
-    .await;
+    let slices = wait_endpoint(&s, &service, ip, true, 30, "ready endpoint at the Pod's IP").await;
     for slice in &slices {
         let labels = slice.metadata.labels.clone().unwrap_or_default();
         assert_eq!(
@@ -127,10 +146,7 @@ async fn the_endpointslice_controller_lists_the_selected_pod_under_the_services_
             .expect("IPv4"),
         8888,
     ));
-    let reply = tokio::task::spawn_blocking(move || exchange(to, "hello"))
-        .await
-        .expect("exchange task")
-        .unwrap_or_else(|e| panic!("connecting to the slice's endpoint {to}: {e}"));
+    let reply = ask(to, "hello", "the slice's endpoint").await;
     assert_eq!(reply, "task-a hello");
     println!("{to} answered {reply:?}");
     drop(backend);
@@ -141,21 +157,10 @@ async fn the_endpointslice_controller_lists_the_selected_pod_under_the_services_
 async fn a_pod_whose_readiness_is_delayed_is_listed_not_ready_then_ready() {
     let nodes = kwok_nodes();
     let s = Scenario::start("podsdelay", (44510, 44519), "").await;
-    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
+    let (env, rm) = (&s.env, &s.rm);
     let client = env.kube().await;
     let sel = selector();
-    let alloc = format!("{}.1", uuid::Uuid::new_v4());
-    master
-        .started_selecting(
-            uuid::Uuid::new_v4(),
-            &alloc,
-            &rm.task_ns,
-            &sel,
-            &[("tensorboard", 6006)],
-        )
-        .await;
-    replies.first(30, &alloc, "ready").await;
-    let service = itg::names::object_name(&rm.name, &alloc, "tensorboard");
+    let service = expose_selecting(&s, &sel, ("tensorboard", 6006)).await;
 
     let delay = Duration::from_secs(10);
     let pod = format!("task-{}", suffix());
@@ -167,25 +172,17 @@ async fn a_pod_whose_readiness_is_delayed_is_listed_not_ready_then_ready() {
         .await;
     let ip = wait_pod_ip(&client, &rm.task_ns, &pod, 30).await;
     // Listed while not ready: the controller publishes the address with ready false.
-    wait_slices(
-        &client,
-        &rm.task_ns,
+    wait_endpoint(
+        &s,
         &service,
+        ip,
+        false,
         30,
         "not-ready endpoint at the Pod's IP",
-        |ss| addresses(ss) == [(ip.to_string(), Some(false))],
     )
     .await;
     println!("{ip} listed with ready: false");
-    wait_slices(
-        &client,
-        &rm.task_ns,
-        &service,
-        60,
-        "ready endpoint at the Pod's IP",
-        |ss| addresses(ss) == [(ip.to_string(), Some(true))],
-    )
-    .await;
+    wait_endpoint(&s, &service, ip, true, 60, "ready endpoint at the Pod's IP").await;
     // kwok held readiness back for the delay: the Pod's own record says when it turned Ready.
     let ready = wait_pod_ready(&client, &rm.task_ns, &pod, 5).await;
     assert_eq!(ready, ip);
@@ -217,21 +214,10 @@ async fn a_pod_whose_readiness_is_delayed_is_listed_not_ready_then_ready() {
 async fn a_pod_deleted_and_made_again_elsewhere_gets_a_new_ip_and_the_slice_follows() {
     let nodes = kwok_nodes();
     let s = Scenario::start("podsmove", (44520, 44529), "").await;
-    let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
+    let (env, rm) = (&s.env, &s.rm);
     let client = env.kube().await;
     let sel = selector();
-    let alloc = format!("{}.1", uuid::Uuid::new_v4());
-    master
-        .started_selecting(
-            uuid::Uuid::new_v4(),
-            &alloc,
-            &rm.task_ns,
-            &sel,
-            &[("ssh", 2222)],
-        )
-        .await;
-    replies.first(30, &alloc, "ready").await;
-    let service = itg::names::object_name(&rm.name, &alloc, "ssh");
+    let service = expose_selecting(&s, &sel, ("ssh", 2222)).await;
 
     let first = format!("task-{}", suffix());
     mk_pod(&first, &nodes[0])
@@ -240,10 +226,7 @@ async fn a_pod_deleted_and_made_again_elsewhere_gets_a_new_ip_and_the_slice_foll
         .create(&client, &rm.task_ns)
         .await;
     let ip1 = wait_pod_ready(&client, &rm.task_ns, &first, 30).await;
-    wait_slices(&client, &rm.task_ns, &service, 30, "the first Pod", |ss| {
-        addresses(ss) == [(ip1.to_string(), Some(true))]
-    })
-    .await;
+    wait_endpoint(&s, &service, ip1, true, 30, "the first Pod").await;
     let mut backend = Netns::create();
     backend.serve_pod(ip1, 2222, "first");
     println!("first Pod at {ip1}, listed and answering");
@@ -270,19 +253,13 @@ async fn a_pod_deleted_and_made_again_elsewhere_gets_a_new_ip_and_the_slice_foll
         .await;
     let ip2 = wait_pod_ready(&client, &rm.task_ns, &second, 30).await;
     assert_ne!(ip1, ip2, "the Pod made again kept the deleted one's IP");
-    let slices = wait_slices(&client, &rm.task_ns, &service, 30, "the second Pod", |ss| {
-        addresses(ss) == [(ip2.to_string(), Some(true))]
-    })
-    .await;
+    let slices = wait_endpoint(&s, &service, ip2, true, 30, "the second Pod").await;
     let endpoint = endpoints(&slices[0]).remove(0);
     assert_eq!(endpoint.node.as_deref(), Some(nodes[1].as_str()));
     let mut backend = Netns::create();
     backend.serve_pod(ip2, 2222, "second");
     let to = SocketAddr::from((ip2, 2222));
-    let reply = tokio::task::spawn_blocking(move || exchange(to, "hello"))
-        .await
-        .expect("exchange task")
-        .unwrap_or_else(|e| panic!("connecting to the new endpoint {to}: {e}"));
+    let reply = ask(to, "hello", "the new endpoint").await;
     assert_eq!(reply, "second hello");
     println!(
         "second Pod at {ip2}, listed on {}; {to} answered {reply:?}",
