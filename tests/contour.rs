@@ -1,6 +1,6 @@
 //! Bytes through Contour, as tests/e2e.rs sends them through Envoy Gateway: Contour programs its envoy from
 //! what the worker writes, and each task's backend is a small server in a network namespace
-//! (tests/common/backend.rs). Every address in a `ready` must carry bytes to its own task's backend from
+//! (tests/common/backend.rs) answering on its kwok Pod's IP (tests/common/pods.rs). Every address in a `ready` must carry bytes to its own task's backend from
 //! the first connection, and refuse connections once the task has ended.
 //!
 //! Contour has no ListenerSet, so this is `gateway` mode only. It serves the one Gateway its config names
@@ -11,166 +11,23 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, endpoint_slice, exchange, first_answer_at, refused_at};
-use common::{Env, Master, Replies, Seen, Worker, config_yaml, env_var, make_namespace, suffix};
-use itg::config::Config;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
+use common::backend::{Netns, exchange, first_answer_at, refused_at};
+use common::contour::{ContourRm, contour};
+use common::pods::{serve_task_pod, serve_tasks, task_selector};
+use common::{Env, Master, Replies, Seen, Worker, suffix};
 use uuid::Uuid;
 
 /// The one envoy every test here shares: the tests that send bytes take it shared, the one that stops it
 /// takes it alone.
 static ENVOY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// testenv's Contour Gateway: where it is, its address and its block of ports.
-struct ContourGateway {
-    namespace: String,
-    name: String,
-    address: Ipv4Addr,
-    ports: (u16, u16),
-}
-
-/// The Contour Gateway; fails with testenv's reason when Contour is not running.
-fn contour() -> ContourGateway {
-    if let Some(why) = env_var("ITG_CONTOUR_UNAVAILABLE") {
-        panic!("Contour is not running: {why}");
-    }
-    let get = |k: &str| {
-        env_var(k).unwrap_or_else(|| {
-            panic!("{k} unknown: run `scripts/testenv up` first (it writes .itg/env)")
-        })
-    };
-    let gateway = get("ITG_CONTOUR_GATEWAY");
-    let (namespace, name) = gateway
-        .split_once('/')
-        .expect("ITG_CONTOUR_GATEWAY is ns/name");
-    let ports = get("ITG_CONTOUR_PORTS");
-    let (lo, hi) = ports.split_once('-').expect("ITG_CONTOUR_PORTS is a-b");
-    ContourGateway {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        address: get("ITG_CONTOUR_ADDRESS")
-            .parse()
-            .expect("ITG_CONTOUR_ADDRESS"),
-        ports: (lo.parse().expect("port"), hi.parse().expect("port")),
-    }
-}
-
-/// One resource manager on the Contour Gateway, with its own task namespace and range.
-struct ContourRm {
-    name: String,
-    task_ns: String,
-    range: (u16, u16),
-}
-
-impl ContourRm {
-    async fn new(env: &Env, gw: &ContourGateway, prefix: &str, range: (u16, u16)) -> ContourRm {
-        assert!(
-            gw.ports.0 < range.0 && range.1 <= gw.ports.1,
-            "range {range:?} is outside testenv's Contour block {:?} (its first port is the placeholder's)",
-            gw.ports
-        );
-        clear_listeners(env, gw, range).await;
-        let s = suffix();
-        let rm = ContourRm {
-            name: format!("{prefix}-{s}"),
-            task_ns: format!("tasks-{s}"),
-            range,
-        };
-        make_namespace(&env.kube().await, &rm.task_ns).await;
-        rm
-    }
-
-    /// A worker config serving only this resource manager; Contour writes listener and route status, so
-    /// `ready` waits for it.
-    fn config(&self, env: &Env, gw: &ContourGateway) -> Config {
-        let mut y = config_yaml(env, &[], "", "127.0.0.1:0");
-        y.push_str(&format!(
-            "  - name: {}\n    kubeconfig: {}\n    wait_for_controller: true\n    internal_task_gateway:\n      gateway_name: {}\n      gateway_namespace: {}\n      gateway_ip: {}\n      gateway_port_range_start: {}\n      gateway_port_range_end: {}\n",
-            self.name,
-            env.kubeconfig.display(),
-            gw.name,
-            gw.namespace,
-            gw.address,
-            self.range.0,
-            self.range.1
-        ));
-        Config::parse(&y, "contour test config").expect("test config valid")
-    }
-
-    /// The shared Gateway stays; only the task namespace goes.
-    async fn teardown(&self, env: &Env) {
-        common::delete_namespace(&env.kube().await, &self.task_ns).await;
-    }
-}
-
-/// A test that failed before `ended` leaves its listeners on the shared Gateway, where they would count as
-/// foreign to the next run: removes every listener in `range` (never the placeholder) and waits until
-/// their addresses refuse.
-async fn clear_listeners(env: &Env, gw: &ContourGateway, range: (u16, u16)) {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"),
-        "gateways",
-    );
-    let api: Api<DynamicObject> = Api::namespaced_with(env.kube().await, &gw.namespace, &ar);
-    let inside = |l: &serde_json::Value| {
-        l["port"]
-            .as_u64()
-            .is_some_and(|p| (u64::from(range.0)..=u64::from(range.1)).contains(&p))
-    };
-    for _ in 0..20 {
-        let g = api.get(&gw.name).await.expect("the Contour Gateway");
-        let listeners = g.data["spec"]["listeners"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let (stale, kept): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
-            listeners.into_iter().partition(inside);
-        if stale.is_empty() {
-            break;
-        }
-        println!(
-            "removing listeners left by an earlier run: {:?}",
-            stale.iter().map(|l| &l["name"]).collect::<Vec<_>>()
-        );
-        // Conditional on the resourceVersion read, so a Gateway changed meanwhile refuses the patch.
-        let body = serde_json::json!({
-            "metadata": { "resourceVersion": g.metadata.resource_version },
-            "spec": { "listeners": kept }
-        });
-        if api
-            .patch(&gw.name, &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for p in range.0..=range.1 {
-        refused_at(SocketAddr::from((gw.address, p)), Instant::now(), 30).await;
-    }
-}
-
 /// `ready` for `alloc`, and when this test first saw it.
 async fn ready(replies: &Replies, alloc: &str) -> (Seen, Instant) {
     let r = replies.first(120, alloc, "ready").await;
     (r, Instant::now())
-}
-
-/// The `address` of proxy `name` in a `ready`, exactly as sent.
-fn address_of(ready: &Seen, name: &str) -> SocketAddr {
-    ready.body["proxies"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-        .and_then(|p| p["address"].as_str())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address for proxy {name} in {:?}", ready.body))
 }
 
 /// One line through `to`, at once: the backend that answered, or why nothing did.
@@ -199,16 +56,7 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_contour_from_t
             )
         })
         .collect();
-    let mut backend = BTreeMap::new();
-    for (t, (alloc, ports)) in tasks.iter().enumerate() {
-        for (name, cport) in ports {
-            let b = format!("task{t}-{name}");
-            ns.serve(*cport, &b);
-            let svc = itg::names::object_name(&rm.name, alloc, name);
-            endpoint_slice(&client, &rm.task_ns, &svc, name, ns.addr, *cport).await;
-            backend.insert((alloc.clone(), *name), b);
-        }
-    }
+    let backend = serve_tasks(&client, &rm.task_ns, &tasks, &mut ns).await;
     let worker = Worker::start(rm.config(&env, &gw)).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -221,7 +69,7 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_contour_from_t
         let (r, at) = ready(&replies, alloc).await;
         let targets: Vec<(SocketAddr, &String)> = ports
             .iter()
-            .map(|(name, _)| (address_of(&r, name), &backend[&(alloc.clone(), *name)]))
+            .map(|(name, _)| (r.address(name), &backend[&(alloc.clone(), *name)]))
             .collect();
         // The first connection to each address, all at once, as a master's client would make them.
         let firsts = futures::future::join_all(
@@ -279,15 +127,14 @@ async fn through_contour_an_ended_task_s_address_refuses_connections_after_remov
     let client = env.kube().await;
     let mut ns = Netns::create();
     let alloc = format!("{}.1", Uuid::new_v4());
-    ns.serve(7001, "ending");
-    let svc = itg::names::object_name(&rm.name, &alloc, "web");
-    endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7001).await;
+    let web = [("web", 7001, "ending")];
+    serve_task_pod(&client, &rm.task_ns, &task_selector(&alloc), &web, &mut ns).await;
     let worker = Worker::start(rm.config(&env, &gw)).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
     let (r, at) = ready(&replies, &alloc).await;
-    let to = address_of(&r, "web");
+    let to = r.address("web");
     let (after, failures) = first_answer_at(to, "ending", at, 60, Duration::from_millis(10)).await;
     println!(
         "contour: {to} first answered {} ms after ready (failed before: {failures:?})",
@@ -426,7 +273,7 @@ async fn with_contour_s_envoy_stopped_ready_waits_then_fails_naming_the_data_pla
     let again = format!("{}.2", Uuid::new_v4());
     master.started(&again, &rm.task_ns, &[("web", 7001)]).await;
     let (r, _) = ready(&replies, &again).await;
-    println!("contour, envoy back: ready at {}", address_of(&r, "web"));
+    println!("contour, envoy back: ready at {}", r.address("web"));
     master.ended(&again).await;
     replies.first(60, &again, "removed").await;
     worker.stop().await;

@@ -1,5 +1,6 @@
 //! Bytes through a real Gateway: Envoy Gateway programs envoy from what the worker writes, and each task's
-//! backend is a small server in a network namespace (tests/common/backend.rs). Every address in a `ready`
+//! backend is a small server in a network namespace (tests/common/backend.rs) answering on the IP kwok
+//! gave the task's Pod, whose endpoints the EndpointSlice controller lists (tests/common/pods.rs). Every address in a `ready`
 //! must carry bytes to its own task's backend, and stop accepting connections once `removed` is sent.
 //!
 //! Each runs in both listener modes: listeners on the Gateway (`gateway`), and a ListenerSet per allocation
@@ -17,7 +18,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, clear_ports, endpoint_slice, exchange, first_answer, refused};
+use common::backend::{Netns, clear_ports, exchange, first_answer, refused};
+use common::pods::{serve_task_pod, serve_tasks, task_selector};
 use common::process::WorkerProcess;
 use common::{
     Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
@@ -109,16 +111,8 @@ async fn every_port_reaches_its_backend(mode: Mode, base: u16) {
             )
         })
         .collect();
-    let mut backend = BTreeMap::new();
-    for (t, (alloc, ports)) in tasks.iter().enumerate() {
-        for (name, cport) in ports {
-            let b = format!("task{t}-{name}");
-            ns.serve(*cport, &b);
-            let svc = itg::names::object_name(&rm.name, alloc, name);
-            endpoint_slice(&client, &rm.task_ns, &svc, name, ns.addr, *cport).await;
-            backend.insert((alloc.clone(), *name), b);
-        }
-    }
+    // Each task's Pod declares its ports; the EndpointSlice controller lists it behind the worker's Services.
+    let backend = serve_tasks(&client, &rm.task_ns, &tasks, &mut ns).await;
     let worker = Worker::start(config(&env, &[&rm], "")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -174,9 +168,8 @@ async fn ended_port_refuses(mode: Mode, base: u16) {
     let client = env.kube().await;
     let mut ns = Netns::create();
     let alloc = format!("{}.1", Uuid::new_v4());
-    ns.serve(7001, "ending");
-    let svc = itg::names::object_name(&rm.name, &alloc, "web");
-    endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7001).await;
+    let web = [("web", 7001, "ending")];
+    serve_task_pod(&client, &rm.task_ns, &task_selector(&alloc), &web, &mut ns).await;
     let worker = Worker::start(config(&env, &[&rm], "")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -228,9 +221,9 @@ async fn duplicates_and_a_kill(mode: Mode, base: u16) {
         .map(|i| format!("{}.{i}", Uuid::new_v4()))
         .collect();
     for (i, alloc) in (0u16..).zip(&allocs) {
-        ns.serve(7100 + i, &format!("t{i}"));
-        let svc = itg::names::object_name(&rm.name, alloc, "web");
-        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7100 + i).await;
+        let web = [("web", 7100 + i, format!("t{i}"))];
+        let web = web.each_ref().map(|(n, p, b)| (*n, *p, b.as_str()));
+        serve_task_pod(&client, &rm.task_ns, &task_selector(alloc), &web, &mut ns).await;
     }
     let yaml = |admin: &str| config_yaml(&env, &[&rm], "", admin);
     let mut workers = [
@@ -347,18 +340,25 @@ async fn in_listenerset_mode_500_live_allocations_on_one_gateway_are_all_reachab
     .await;
     let client = env.kube().await;
     let mut ns = Netns::create();
-    ns.serve(7500, "live");
+    // One Pod behind every allocation's Service: they all select it.
+    let sel = BTreeMap::from([(common::pods::TASK_LABEL.to_owned(), common::suffix())]);
+    serve_task_pod(
+        &client,
+        &rm.task_ns,
+        &sel,
+        &[("web", 7500, "live")],
+        &mut ns,
+    )
+    .await;
     let allocs: Vec<String> = (0..n).map(|i| format!("{}.{i}", Uuid::new_v4())).collect();
-    for a in &allocs {
-        let svc = itg::names::object_name(&rm.name, a, "web");
-        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7500).await;
-    }
     let worker = Worker::start(config(&env, &[&rm], "  concurrency: 32\n")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     let t = Instant::now();
     for a in &allocs {
-        master.started(a, &rm.task_ns, &[("web", 7500)]).await;
+        master
+            .started_selecting(Uuid::new_v4(), a, &rm.task_ns, &sel, &[("web", 7500)])
+            .await;
     }
     let mut ports = Vec::new();
     for a in &allocs {
@@ -635,9 +635,8 @@ async fn port_envoy_cannot_bind(mode: Mode, base: u16) {
     for i in 0..2u16 {
         let alloc = format!("{}.{i}", Uuid::new_v4());
         let name = format!("bind{i}");
-        ns.serve(7001 + i, &name);
-        let svc = itg::names::object_name(&rm.name, &alloc, "web");
-        endpoint_slice(&client, &rm.task_ns, &svc, "web", ns.addr, 7001 + i).await;
+        let web = [("web", 7001 + i, name.as_str())];
+        serve_task_pod(&client, &rm.task_ns, &task_selector(&alloc), &web, &mut ns).await;
         master
             .started(&alloc, &rm.task_ns, &[("web", 7001 + i)])
             .await;
@@ -821,12 +820,7 @@ async fn first_connects(mode: Mode, placeholder: u16, range: (u16, u16)) {
     let mut ns = Netns::create();
     let cport = |slot: u16, name: &str| 7100 + 2 * slot + u16::from(name == "ssh");
     let backend = |slot: u16, name: &str| format!("slot{slot}-{name}");
-    // One backend per slot and port name; each wave's allocations take the slots anew.
-    for slot in 0..WAVE {
-        for name in ["web", "ssh"] {
-            ns.serve(cport(slot, name), &backend(slot, name));
-        }
-    }
+    // One backend per slot and port name; each wave's allocations take the slots anew, with Pods of their own.
     let worker = Worker::start(config(&env, &[&rm], "  concurrency: 16\n")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -836,10 +830,12 @@ async fn first_connects(mode: Mode, placeholder: u16, range: (u16, u16)) {
             .map(|s| format!("{}.{wave}{s}", Uuid::new_v4()))
             .collect();
         for (slot, a) in (0..WAVE).zip(&allocs) {
-            for name in ["web", "ssh"] {
-                let svc = itg::names::object_name(&rm.name, a, name);
-                endpoint_slice(&client, &rm.task_ns, &svc, name, ns.addr, cport(slot, name)).await;
-            }
+            let (web, ssh) = (backend(slot, "web"), backend(slot, "ssh"));
+            let declared = [
+                ("web", cport(slot, "web"), web.as_str()),
+                ("ssh", cport(slot, "ssh"), ssh.as_str()),
+            ];
+            serve_task_pod(&client, &rm.task_ns, &task_selector(a), &declared, &mut ns).await;
         }
         for (slot, a) in (0..WAVE).zip(&allocs) {
             let ports = [("web", cport(slot, "web")), ("ssh", cport(slot, "ssh"))];

@@ -122,6 +122,11 @@ impl Floor {
     }
 
     /// The name of the Service, listener and TCPRoute the floor makes for `alloc` (its port is `jupyter`).
+    /// The `pod_selector` of every exposure of the floor's.
+    pub fn pod_selector(&self) -> &BTreeMap<String, String> {
+        &self.spec.pod_selector
+    }
+
     pub fn object_name(&self, alloc: &str) -> String {
         format!(
             "floor-{}",

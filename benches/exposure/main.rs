@@ -961,7 +961,7 @@ impl Bench {
             .push_str("    data_plane_probe: {enabled: false}\n");
         self.rms.push(off);
         let k = self.rms.len() - 1;
-        let ns = reachable::backend();
+        let mut ns = reachable::backend();
         let client = self.env.kube().await;
         let mut ws = self.workers(&[i], 1).await;
         ws.extend(self.workers(&[k], 1).await);
@@ -982,25 +982,28 @@ impl Bench {
         let mut cold = None;
         const WARM_UP: usize = 2;
         let n = self.size.reachable;
-        let port = reachable::WORKER_PORT;
+        let to = reachable::loopback(reachable::WORKER_PORT);
+        let floor_to = reachable::loopback(reachable::FLOOR_PORT);
         for j in 0..n + WARM_UP {
             // Alternate which goes first, as the latency section does.
             let (w, f) = if j % 2 == 0 {
-                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm, port).await;
-                let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
+                let w =
+                    reachable::worker(&client, &mut ns, &m, &self.waiter, &rm.task_ns, to).await;
+                let f = reachable::floor(&client, &mut ns, &fl, &rm.task_ns, floor_to).await;
                 (w, f)
             } else {
-                let f = reachable::floor(&client, &ns, &fl, &rm.task_ns).await;
-                let w = reachable::worker(&client, &ns, &m, &self.waiter, rm, port).await;
+                let f = reachable::floor(&client, &mut ns, &fl, &rm.task_ns, floor_to).await;
+                let w =
+                    reachable::worker(&client, &mut ns, &m, &self.waiter, &rm.task_ns, to).await;
                 (w, f)
             };
             let u = reachable::worker(
                 &client,
-                &ns,
+                &mut ns,
                 &m_off,
                 &self.waiter,
-                off,
-                reachable::UNPROBED_PORT,
+                &off.task_ns,
+                reachable::loopback(reachable::UNPROBED_PORT),
             )
             .await;
             if j == 0 {
@@ -1017,18 +1020,119 @@ impl Bench {
             w.stop().await;
         }
         let steps = fl.breakdown();
+        let ready = self.reach_rows("Envoy Gateway", "envoy", &wk, &fr, steps);
         let p = |s: &[reachable::Sample], f: fn(&reachable::Sample) -> Duration| {
             pcts(&s.iter().map(f).collect::<Vec<_>>())
         };
-        let reach = p(&wk, |s| s.reachable);
-        let ready = p(&wk, |s| s.answered);
-        let floor_reach = p(&fr, |s| s.reachable);
-        let floor_calls = p(&fr, |s| s.answered);
+        let both = |x: drive::Pcts| format!("{} / {}", ms(x.p50), ms(x.p99));
+        let off_ready = p(&unprobed, |s| s.answered);
+        let off_reach = p(&unprobed, |s| s.reachable);
+        let off_before = unprobed.iter().filter(|s| s.reachable < s.answered).count();
+        let mut r = info(
+            "  ready p50 / p99 with the data plane probe off (a Gateway of its own, same run)",
+            both(off_ready),
+        );
+        r.reference = format!(
+            "time to reachable p50 {}; first byte before ready in {off_before} of {n}",
+            ms(off_reach.p50)
+        );
+        r.ratio = Some(ready.p50.as_secs_f64() / off_ready.p50.as_secs_f64());
+        self.rows.push(r);
+        if let Some((ready, reach)) = cold {
+            self.rows.push(info(
+                "  first exposure on the new Gateway (warm-up, not counted): ready / first byte",
+                format!("{} / {}", ms(ready), ms(reach)),
+            ));
+        }
+        self.rows
+            .push(info("  worker's apiserver calls (count x mean)", calls));
+        self.reachable_contour(&mut ns).await;
+    }
+
+    /// Time to reachable through Contour's envoy, beside the floor's on the same Gateway: testenv's one
+    /// Contour Gateway, whose address is mapped to envoy as a LoadBalancer Service would map it; every
+    /// probe connects to the address the `ready` names.
+    async fn reachable_contour(&mut self, ns: &mut common::backend::Netns) {
+        if let Some(why) = reachable::contour_unavailable() {
+            if self.size.name == "ci" {
+                panic!(
+                    "time to reachable through Contour: {why} (at --size ci, as in the tests, it must run)"
+                );
+            }
+            self.rows.push(info(
+                "time to reachable, Contour",
+                format!("skipped: {why}"),
+            ));
+            return;
+        }
+        let gw = common::contour::contour();
+        let (wp, fp) = (
+            reachable::CONTOUR_WORKER_PORT,
+            reachable::CONTOUR_FLOOR_PORT,
+        );
+        let mut rm = common::contour::ContourRm::new(&self.env, &gw, "reachct", (wp, fp)).await;
+        // The floor's port was cleared with the worker's; the worker's range is its one port.
+        rm.range = (wp, wp);
+        let client = self.env.kube().await;
+        let worker = Worker::start(rm.config(&self.env, &gw)).await;
+        let m = Master::new(&self.env, &rm.name).await;
+        let fl = floor::Floor::new(
+            self.env.nats().await,
+            client.clone(),
+            &gw.namespace,
+            &gw.name,
+            &rm.task_ns,
+        )
+        .await;
+        let to = std::net::SocketAddr::from((gw.address, wp));
+        let floor_to = std::net::SocketAddr::from((gw.address, fp));
+        let (mut wk, mut fr) = (Vec::new(), Vec::new());
+        const WARM_UP: usize = 2;
+        for j in 0..self.size.reachable + WARM_UP {
+            let (w, f) = if j % 2 == 0 {
+                let w = reachable::worker(&client, ns, &m, &self.waiter, &rm.task_ns, to).await;
+                let f = reachable::floor(&client, ns, &fl, &rm.task_ns, floor_to).await;
+                (w, f)
+            } else {
+                let f = reachable::floor(&client, ns, &fl, &rm.task_ns, floor_to).await;
+                let w = reachable::worker(&client, ns, &m, &self.waiter, &rm.task_ns, to).await;
+                (w, f)
+            };
+            if j >= WARM_UP {
+                wk.push(w);
+                fr.push(f);
+            }
+        }
+        worker.stop().await;
+        let steps = fl.breakdown();
+        self.reach_rows("Contour", "Contour's envoy", &wk, &fr, steps);
+        rm.teardown(&self.env).await;
+    }
+
+    /// The rows every controller's run of the reachable section prints: time to reachable beside the
+    /// floor, time to ready in the same samples, the floor's calls and steps, and the failures met.
+    /// Returns the worker's time to ready.
+    fn reach_rows(
+        &mut self,
+        controller: &str,
+        plane: &str,
+        wk: &[reachable::Sample],
+        fr: &[reachable::Sample],
+        steps: String,
+    ) -> drive::Pcts {
+        let n = wk.len();
+        let p = |s: &[reachable::Sample], f: fn(&reachable::Sample) -> Duration| {
+            pcts(&s.iter().map(f).collect::<Vec<_>>())
+        };
+        let reach = p(wk, |s| s.reachable);
+        let ready = p(wk, |s| s.answered);
+        let floor_reach = p(fr, |s| s.reachable);
+        let floor_calls = p(fr, |s| s.answered);
         let before = wk.iter().filter(|s| s.reachable < s.answered).count();
         let both = |x: drive::Pcts| format!("{} / {}", ms(x.p50), ms(x.p99));
         let mut r = info(
             format!(
-                "time to reachable p50 / p99, 1 worker, Envoy Gateway ({n} samples): started published -> first byte through envoy"
+                "time to reachable p50 / p99, 1 worker, {controller} ({n} samples): started published -> first byte through {plane}"
             ),
             both(reach),
         );
@@ -1058,21 +1162,10 @@ impl Bench {
         );
         r.ratio = Some(ready.p50.as_secs_f64() / reach.p50.as_secs_f64());
         self.rows.push(r);
-        let off_ready = p(&unprobed, |s| s.answered);
-        let off_reach = p(&unprobed, |s| s.reachable);
-        let off_before = unprobed.iter().filter(|s| s.reachable < s.answered).count();
         let mut r = info(
-            "  ready p50 / p99 with the data plane probe off (a Gateway of its own, same run)",
-            both(off_ready),
-        );
-        r.reference = format!(
-            "time to reachable p50 {}; first byte before ready in {off_before} of {n}",
-            ms(off_reach.p50)
-        );
-        r.ratio = Some(ready.p50.as_secs_f64() / off_ready.p50.as_secs_f64());
-        self.rows.push(r);
-        let mut r = info(
-            "floor p50 / p99: its calls (KV, Service, listener, TCPRoute, reply), from the first -> first byte through envoy",
+            format!(
+                "floor p50 / p99: its calls (KV, Service, listener, TCPRoute, reply), from the first -> first byte through {plane}"
+            ),
             both(floor_reach),
         );
         r.reference = format!(
@@ -1086,18 +1179,11 @@ impl Bench {
             "  failures before the first byte, in how many samples",
             format!(
                 "worker: {}; floor: {}",
-                reachable::failures(&wk),
-                reachable::failures(&fr)
+                reachable::failures(wk),
+                reachable::failures(fr)
             ),
         ));
-        if let Some((ready, reach)) = cold {
-            self.rows.push(info(
-                "  first exposure on the new Gateway (warm-up, not counted): ready / first byte",
-                format!("{} / {}", ms(ready), ms(reach)),
-            ));
-        }
-        self.rows
-            .push(info("  worker's apiserver calls (count x mean)", calls));
+        ready
     }
 
     async fn teardown(&self) {

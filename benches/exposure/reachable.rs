@@ -4,22 +4,31 @@
 //! floor: the floor's own calls (floor.rs) on the same Gateway, timed from just before them to the first
 //! byte through envoy, which is what Envoy Gateway and envoy take to program a port with no worker at all.
 //!
-//! The backend is a server in a network namespace behind a hand-made EndpointSlice, as in tests/e2e.rs
-//! (tests/common/backend.rs). Probing starts with the publish (or the floor's first call): connect, send a
+//! Each sample's task has a Pod of its own, made and Ready (kwok) before the clock starts and deleted after
+//! the sample; the backend is a server in a network namespace answering on the Pod's IP, as in
+//! tests/e2e.rs (tests/common/pods.rs). Its EndpointSlice is the EndpointSlice controller's, made once the
+//! worker's (or the floor's) Service exists: that step is inside the figures, as in a cluster. Probing starts with the publish (or the floor's first call): connect, send a
 //! line, read the answer, every 2 ms until the backend's answer comes back.
 //!
 //! The worker's range is one port and the floor has one port of its own, so the port to probe is known
 //! before the worker answers; after each sample the bench waits, untimed, until the port refuses
 //! connections again, so no sample can be answered by the listener of the one before.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use kube::Client;
 
-use crate::common::backend::{self, Netns, first_answer_every, refused};
-use crate::common::{Master, TestRm};
+use crate::common::Master;
+use crate::common::backend::{self, Netns, first_answer_at, refused_at};
+use crate::common::pods::{self, serve_task_pod, task_selector};
 use crate::drive::{self, Waiter};
 use crate::floor::Floor;
+
+/// The ports of the Contour run, in testenv's Contour block (tests/contour.rs and tests/pod_lifecycle.rs
+/// take 21101-21179): the worker's whole range, and the floor's listener.
+pub const CONTOUR_WORKER_PORT: u16 = 21190;
+pub const CONTOUR_FLOOR_PORT: u16 = 21191;
 
 /// The host ports of this section, disjoint from tests/e2e.rs's 32100-32399: in Host mode every listener
 /// of a Gateway of the envoy class binds 0.0.0.0:<port>.
@@ -40,10 +49,29 @@ const BACKEND: &str = "reach";
 /// Time between two tries of the probe: the figures' resolution.
 const EVERY: Duration = Duration::from_millis(2);
 
+/// Why the Contour run cannot run on this machine, or `None`.
+pub fn contour_unavailable() -> Option<String> {
+    if let Some(why) = crate::common::env_var("ITG_CONTOUR_UNAVAILABLE") {
+        return Some(format!("Contour is not running: {why}"));
+    }
+    if crate::common::env_var("ITG_CONTOUR_GATEWAY").is_none() {
+        return Some("ITG_CONTOUR_GATEWAY unknown: run `scripts/testenv up` first".into());
+    }
+    None
+}
+
+/// `127.0.0.1:port`: where a Host-mode Envoy Gateway envoy listens.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
 /// Why this section cannot run on this machine, or `None`.
 pub fn unavailable() -> Option<String> {
     if let Some(why) = crate::common::env_var("ITG_ENVOY_UNAVAILABLE") {
         return Some(format!("Envoy Gateway is not running: {why}"));
+    }
+    if let Some(why) = crate::common::env_var("ITG_KWOK_UNAVAILABLE") {
+        return Some(format!("kwok is not running: {why}"));
     }
     if crate::common::env_var("ITG_ENVOY_CLASS").is_none() {
         return Some("ITG_ENVOY_CLASS unknown: run `scripts/testenv up` first".into());
@@ -66,36 +94,30 @@ pub struct Sample {
     pub failures: Vec<String>,
 }
 
-/// One exposure by the worker, from publish to first byte, then its end (untimed) until the port refuses.
+/// One exposure by the worker, from publish to first byte at `to` (the address its `ready` will name),
+/// then its end (untimed) until `to` refuses.
 pub async fn worker(
     client: &Client,
-    ns: &Netns,
+    ns: &mut Netns,
     m: &Master,
     w: &Waiter,
-    rm: &TestRm,
-    port: u16,
+    task_ns: &str,
+    to: SocketAddr,
 ) -> Sample {
     let alloc = drive::alloc_id("reach");
-    let service = itg::names::object_name(&rm.name, &alloc, "jupyter");
-    backend::endpoint_slice(
-        client,
-        &rm.task_ns,
-        &service,
-        "jupyter",
-        ns.addr,
-        BACKEND_PORT,
-    )
-    .await;
+    let sel = task_selector(&alloc);
+    let backend = [("jupyter", BACKEND_PORT, BACKEND)];
+    let (pod, _) = serve_task_pod(client, task_ns, &sel, &backend, ns).await;
     let t0 = Instant::now();
     let (ready, (reachable, failures)) = tokio::join!(
-        drive::expose_from(m, w, &alloc, &rm.task_ns, t0),
-        first_answer_every(port, BACKEND, t0, 300, EVERY),
+        drive::expose_from(m, w, &alloc, task_ns, t0),
+        first_answer_at(to, BACKEND, t0, 300, EVERY),
     );
     let ready = ready.unwrap_or_else(|e| panic!("time to reachable: {e}"));
     let ended = Instant::now();
     drive::end(m, w, &alloc).await;
-    refused(port, ended, 60).await;
-    backend::delete_endpoint_slice(client, &rm.task_ns, &service).await;
+    refused_at(to, ended, 60).await;
+    pods::delete_pod(client, task_ns, &pod, 30).await;
     Sample {
         answered: ready,
         reachable,
@@ -103,21 +125,27 @@ pub async fn worker(
     }
 }
 
-/// The floor's calls for one port, from just before the first to the first byte, then its withdrawal
-/// (untimed) until the port refuses.
-pub async fn floor(client: &Client, ns: &Netns, fl: &Floor, task_ns: &str) -> Sample {
+/// The floor's calls for its listener on `to`'s port, from just before the first to the first byte at
+/// `to`, then its withdrawal (untimed) until `to` refuses.
+pub async fn floor(
+    client: &Client,
+    ns: &mut Netns,
+    fl: &Floor,
+    task_ns: &str,
+    to: SocketAddr,
+) -> Sample {
     let alloc = drive::alloc_id("reachfloor");
-    let service = fl.object_name(&alloc);
-    backend::endpoint_slice(client, task_ns, &service, "jupyter", ns.addr, BACKEND_PORT).await;
+    let backend = [("jupyter", BACKEND_PORT, BACKEND)];
+    let (pod, _) = serve_task_pod(client, task_ns, fl.pod_selector(), &backend, ns).await;
     let t0 = Instant::now();
     let (calls, (reachable, failures)) = tokio::join!(
-        fl.expose(&alloc, FLOOR_PORT),
-        first_answer_every(FLOOR_PORT, BACKEND, t0, 300, EVERY),
+        fl.expose(&alloc, to.port()),
+        first_answer_at(to, BACKEND, t0, 300, EVERY),
     );
     let withdrawn = Instant::now();
-    fl.withdraw(&alloc, FLOOR_PORT).await;
-    refused(FLOOR_PORT, withdrawn, 60).await;
-    backend::delete_endpoint_slice(client, task_ns, &service).await;
+    fl.withdraw(&alloc, to.port()).await;
+    refused_at(to, withdrawn, 60).await;
+    pods::delete_pod(client, task_ns, &pod, 30).await;
     Sample {
         answered: calls,
         reachable,

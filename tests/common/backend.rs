@@ -63,6 +63,8 @@ pub struct Netns {
     /// The namespace's own address: what EndpointSlices point at.
     pub addr: Ipv4Addr,
     servers: Vec<Child>,
+    /// The backend serving each port (on every address of the namespace).
+    served: std::collections::BTreeMap<u16, String>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -103,6 +105,7 @@ impl Netns {
                 name,
                 addr,
                 servers: Vec::new(),
+                served: Default::default(),
             };
             let steps: [&[&str]; 7] = [
                 &[
@@ -147,11 +150,27 @@ impl Netns {
         self.serve_at(self.addr, port, name);
     }
 
-    /// Makes the namespace answer on a Pod's IP, as the Pod would: the IP (/32) on the namespace's end of
-    /// the veth and a host route to it through that veth; then starts a backend named `name` on `port` and
-    /// waits until it answers at `pod_ip:port` from the host. The route goes with the veth when the
-    /// namespace is dropped; `replace` takes it over from a namespace an earlier, killed run left behind.
+    /// Makes the namespace answer on a Pod's IP, as the Pod would ([`Netns::hold_pod_ip`]); then starts a
+    /// backend named `name` on `port`, unless one of that name serves it already (a backend binds every
+    /// address of the namespace, so it answers on each Pod IP held here), and waits until it answers at
+    /// `pod_ip:port` from the host.
     pub fn serve_pod(&mut self, pod_ip: Ipv4Addr, port: u16, name: &str) {
+        self.hold_pod_ip(pod_ip);
+        match self.served.get(&port) {
+            Some(have) if have == name => self.wait_answer(SocketAddr::from((pod_ip, port)), name),
+            Some(have) => panic!(
+                "network namespace {} serves port {port} as {have}, not {name}: give each backend its own port",
+                self.name
+            ),
+            None => self.serve_at(pod_ip, port, name),
+        }
+    }
+
+    /// The Pod's IP (/32) on the namespace's end of the veth and a host route to it through that veth. The
+    /// route goes with the veth when the namespace is dropped; `replace` takes it over from a namespace an
+    /// earlier, killed run left behind, or from another test's namespace that held a deleted Pod's IP
+    /// before kwok gave it again.
+    pub fn hold_pod_ip(&mut self, pod_ip: Ipv4Addr) {
         let ip32 = format!("{pod_ip}/32");
         let addr = self.addr.to_string();
         let steps: [&[&str]; 2] = [
@@ -182,7 +201,6 @@ impl Netns {
                 );
             }
         }
-        self.serve_at(pod_ip, port, name);
     }
 
     /// Starts a backend (it binds every address of the namespace) and waits until it answers at `at:port`.
@@ -195,7 +213,12 @@ impl Netns {
             .spawn()
             .expect("start a backend with ip netns exec");
         self.servers.push(child);
-        let to = SocketAddr::from((at, port));
+        self.served.insert(port, name.to_owned());
+        self.wait_answer(SocketAddr::from((at, port)), name);
+    }
+
+    /// Waits until the backend `name` answers at `to`.
+    fn wait_answer(&self, to: SocketAddr, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match exchange(to, "probe") {

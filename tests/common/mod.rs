@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod contour;
 pub mod deploy;
 pub mod history;
 pub mod pods;
@@ -339,7 +340,7 @@ impl Master {
     }
 
     pub async fn started_with(&self, event_id: Uuid, alloc: &str, ns: &str, ports: &[(&str, u16)]) {
-        let sel = BTreeMap::from([("determined.ai/allocation".to_owned(), "x".to_owned())]);
+        let sel = pods::task_selector(alloc);
         self.started_selecting(event_id, alloc, ns, &sel, ports)
             .await;
     }
@@ -412,6 +413,16 @@ impl Seen {
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// The `address` of proxy `name` of a ready reply, exactly as sent.
+    pub fn address(&self, name: &str) -> std::net::SocketAddr {
+        self.body["proxies"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["address"].as_str())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address for proxy {name} in {:?}", self.body))
     }
 
     pub fn ports(&self) -> Vec<u16> {

@@ -14,7 +14,53 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
+use super::backend::Netns;
 use super::env_var;
+
+/// The label a test's `started` selects its allocation's Pods by.
+pub const TASK_LABEL: &str = "tests.internal-task-gateway.io/allocation";
+
+/// The `pod_selector` a test's `started` for `alloc` carries ([`super::Master::started`] sends it): a label
+/// of the allocation's own, a hash because an allocation ID need not be a valid label value, so each
+/// allocation's Services select its own Pods and no other's.
+pub fn task_selector(alloc: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        TASK_LABEL.to_owned(),
+        itg::names::allocation_hash("tests", alloc),
+    )])
+}
+
+/// The kwok Node for the next Pod: the Nodes in turn, so a test's Pods are spread over both.
+fn next_node() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nodes = kwok_nodes();
+    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    nodes[i % nodes.len()].clone()
+}
+
+/// A task's Pod, made as the master's would be: it carries the labels `sel` and declares `ports`
+/// (`(port name, container port, backend name)`), and once kwok has made it Ready, `net` answers on its IP
+/// at each container port as the backend of that name. Returns the Pod's name and IP. The EndpointSlices
+/// are the EndpointSlice controller's, made from the worker's Service and this Pod.
+pub async fn serve_task_pod(
+    client: &kube::Client,
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+    ports: &[(&str, u16, &str)],
+    net: &mut Netns,
+) -> (String, Ipv4Addr) {
+    let name = format!("task-{}", super::suffix());
+    let mut pod = mk_pod(&name, &next_node()).labels(sel);
+    for (port_name, cport, _) in ports {
+        pod = pod.port(port_name, *cport);
+    }
+    pod.create(client, ns).await;
+    let ip = wait_pod_ready(client, ns, &name, 30).await;
+    for (_, cport, backend) in ports {
+        net.serve_pod(ip, *cport, backend);
+    }
+    (name, ip)
+}
 
 /// The `endpointslice.kubernetes.io/managed-by` of the slices Kubernetes' own EndpointSlice controller makes.
 pub const CONTROLLER_MANAGER: &str = "endpointslice-controller.k8s.io";
@@ -248,4 +294,28 @@ pub async fn wait_slices(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One Pod per task of `tasks` (its allocation ID and its ports), through [`serve_task_pod`], the backend of
+/// each port named `task<i>-<port name>`; returns the backends' names by (allocation ID, port name).
+pub async fn serve_tasks<'a>(
+    client: &kube::Client,
+    ns: &str,
+    tasks: &'a [(String, Vec<(&'a str, u16)>)],
+    net: &mut Netns,
+) -> BTreeMap<(String, &'a str), String> {
+    let mut backend = BTreeMap::new();
+    for (t, (alloc, ports)) in tasks.iter().enumerate() {
+        let names: Vec<String> = ports.iter().map(|(n, _)| format!("task{t}-{n}")).collect();
+        let declared: Vec<(&str, u16, &str)> = ports
+            .iter()
+            .zip(&names)
+            .map(|((n, p), b)| (*n, *p, b.as_str()))
+            .collect();
+        serve_task_pod(client, ns, &task_selector(alloc), &declared, net).await;
+        for ((name, _), b) in ports.iter().zip(names) {
+            backend.insert((alloc.clone(), *name), b);
+        }
+    }
+    backend
 }
