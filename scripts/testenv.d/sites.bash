@@ -138,7 +138,7 @@ EOF
 cmd_sites() {
   local verb=${1:-} s=${2:-} k i
   sites_net
-  [[ -n $s ]] || die "usage: $0 sites delay SITE RTT_MS | cut SITE | heal SITE (sites: $SITES)"
+  [[ -n $s ]] || die "usage: $0 sites delay SITE RTT_MS | cut SITE | heal SITE | lose SITE (sites: $SITES)"
   k=$(site_index "$s") i=$(link_host_if "$(site_index "$s")")
   case $verb in
     delay)  # delay SITE RTT_MS: the round trip of the site's WAN link; 0 for none
@@ -155,7 +155,12 @@ EOF
       ;;
     heal)   # heal SITE: the link carries packets again, with the round trip set before
       nft delete table ip "$(sites_nft "$s")" 2>/dev/null || true ;;
-    *) die "usage: $0 sites delay SITE RTT_MS | cut SITE | heal SITE (sites: $SITES)" ;;
+    lose)   # lose SITE: the site's leaf server loses its store for good, and starts again empty
+      ensure_nats
+      stop "nats-$s" nats-server
+      rm -rf "${ITG:?}/sites/$s"
+      start_sites ;;
+    *) die "usage: $0 sites delay SITE RTT_MS | cut SITE | heal SITE | lose SITE (sites: $SITES)" ;;
   esac
 }
 

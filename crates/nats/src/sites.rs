@@ -91,9 +91,34 @@ pub async fn ensure_site(
     for want in contract_streams(cfg, false) {
         ensure_stream(hub, want, false).await?;
     }
-    let want = sites::hub_reply_sources(site_domain, rms);
+    // Refused before anything of the site changes: a resource manager of another site stays out of it.
+    let config = hub
+        .get_stream(contract::REPLIES_STREAM)
+        .await
+        .map_err(|e| js_err("reading the hub's replies stream", e))?
+        .info()
+        .await
+        .map_err(|e| js_err("reading the hub's replies stream", e))?
+        .config
+        .clone();
+    if let Some((rm, other)) =
+        sites::served_elsewhere(&layout_of(&config.sources), site_domain, rms)
+            .into_iter()
+            .next()
+    {
+        return Err(NatsError::ServedElsewhere { rm, site: other });
+    }
+    // A site whose store was lost gets its replies stream anew, from sequence 1: a source the hub keeps
+    // from before would wait for the old sequence and stall, so this site's sources are made again.
+    let fresh = site.get_stream(contract::REPLIES_STREAM).await.is_err();
+    for l in sites::site_streams(hub_domain, rms) {
+        ensure_stream(site, site_config(&l, cfg), true).await?;
+    }
+    let mut want = sites::hub_reply_sources(site_domain, rms);
+    let mine = sites::domain_api(site_domain);
     // A stream update replaces the whole config: two sites starting at once can each drop the other's
     // source, so read it back until this site's sources are there.
+    let mut reset = fresh;
     for attempt in 0..5u64 {
         let mut replies = hub
             .get_stream(contract::REPLIES_STREAM)
@@ -110,12 +135,33 @@ pub async fn ensure_site(
             .map_err(|e| js_err("reading the hub's replies stream", e))?
             .config
             .clone();
-        let have = layout_of(&config.sources);
+        let mut have = layout_of(&config.sources);
         if let Some((rm, other)) = sites::served_elsewhere(&have, site_domain, rms)
             .into_iter()
             .next()
         {
             return Err(NatsError::ServedElsewhere { rm, site: other });
+        }
+        if std::mem::take(&mut reset) && have.iter().any(|s| s.api == mine) {
+            // Every source from this site reads the same new stream: all of them are made again, those
+            // of the site's other resource managers too.
+            let others: Vec<SourceLayout> = have
+                .iter()
+                .filter(|s| s.api == mine && !want.contains(s))
+                .cloned()
+                .collect();
+            want.extend(others);
+            have.retain(|s| s.api != mine);
+            let mut update = config.clone();
+            update.sources = (!have.is_empty()).then(|| have.iter().map(to_source).collect());
+            hub.update_stream(update).await.map_err(|e| {
+                js_err(
+                    "resetting this site's sources on the hub's replies stream",
+                    e,
+                )
+            })?;
+            tracing::info!(site = %site_domain, "this site's replies stream is new: its sources on the hub's ITG_REPLIES are made again");
+            continue;
         }
         let Some(next) = sites::with_sources(&have, &want) else {
             break;
@@ -126,9 +172,6 @@ pub async fn ensure_site(
             .await
             .map_err(|e| js_err("adding this site's sources to the hub's replies stream", e))?;
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-    }
-    for l in sites::site_streams(hub_domain, rms) {
-        ensure_stream(site, site_config(&l, cfg), true).await?;
     }
     Ok(())
 }
