@@ -17,6 +17,7 @@ mod gwwrites;
 mod reachable;
 mod report;
 mod rss;
+mod sites;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1282,6 +1283,15 @@ async fn main() {
     if want("reachable") {
         eprintln!("[bench] reachable ({:.0} s)", t0.elapsed().as_secs_f64());
         b.reachable().await;
+    }
+    // Only when named: it needs `scripts/testenv up --topology sites`.
+    if only
+        .as_deref()
+        .is_some_and(|o| o.split(',').any(|x| x == "sites"))
+    {
+        eprintln!("[bench] sites ({:.0} s)", t0.elapsed().as_secs_f64());
+        b.rows
+            .extend(sites::sites(b.size.latency, b.size.lifecycles).await);
     }
     b.teardown().await;
     let nats = b.env.nats().await.server_info().version;
