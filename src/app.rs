@@ -67,15 +67,39 @@ pub struct Servers {
 /// [`StartError`] naming the first server that could not be used.
 pub async fn connect(config: &Config) -> Result<Servers, StartError> {
     let client = nats::connect(&config.nats).await?;
-    let js = jetstream::new(client.clone());
+    // A leaf node's worker reaches another domain's JetStream through its `$JS.<domain>.API` prefix.
+    let js = match &config.jetstream.domain {
+        Some(domain) => jetstream::with_domain(client.clone(), domain),
+        None => jetstream::new(client.clone()),
+    };
     let url = crate::config::redacted_url(&config.nats.url);
-    js.query_account()
+    let account = js
+        .query_account()
         .await
         .map_err(|e| nats::NatsError::JetStream {
             what: format!("account info at {url}"),
             message: crate::config::redact_in(&e.to_string(), &config.nats.url),
         })?;
-    nats::ensure_streams(&js, &config.jetstream).await?;
+    match &config.jetstream.hub_domain {
+        None => nats::ensure_streams(&js, &config.jetstream).await?,
+        Some(hub) => {
+            let Some(site) = account.domain.filter(|d| !d.is_empty() && d != hub) else {
+                return Err(nats::NatsError::JetStream {
+                    what: format!("jetstream.hub_domain {hub} at {url}"),
+                    message: "the server this worker connects to has no JetStream domain of its own (or it is the hub's): a site's worker connects to the site's leaf node, whose jetstream block sets a domain".into(),
+                }
+                .into());
+            };
+            let rms: Vec<String> = config
+                .resource_managers
+                .iter()
+                .map(|rm| rm.name.clone())
+                .collect();
+            let hub_js = jetstream::with_domain(client.clone(), hub);
+            nats::ensure_site(&js, &hub_js, hub, &site, &config.jetstream, &rms).await?;
+            tracing::info!(site = %site, hub = %hub, resource_managers = ?rms, "serving at a site: events sourced from the hub, replies sourced by it");
+        }
+    }
     let store = KvStore::open(&js, &config.jetstream).await?;
     let mut rms = Vec::new();
     for rm in &config.resource_managers {

@@ -104,15 +104,12 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
         // Only listeners this resource manager provably owns: others on a shared Gateway are not ours.
         i.listeners = self.gateway.view().owned.clone();
         let listed = self.objects(&mut i).await?;
-        for key in self
+        for (key, e) in self
             .store
-            .keys(&names::allocation_key_prefix(&self.rm))
+            .entries(&names::allocation_key_prefix(&self.rm))
             .await
             .map_err(|e| e.to_string())?
         {
-            let Some(e) = self.store.get(&key).await.map_err(|e| e.to_string())? else {
-                continue;
-            };
             // A record that cannot be read would make its ports and objects look orphaned: stop the pass
             // rather than release what a live allocation may hold.
             let (Some((_, id)), Ok(r)) = (
@@ -199,14 +196,13 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
     /// The task namespaces that the records of this resource manager name.
     async fn record_namespaces(&self) -> Result<BTreeSet<String>, String> {
         let mut out = BTreeSet::new();
-        for key in self
+        for (_, e) in self
             .store
-            .keys(&names::allocation_key_prefix(&self.rm))
+            .entries(&names::allocation_key_prefix(&self.rm))
             .await
             .map_err(|e| e.to_string())?
         {
-            if let Some(e) = self.store.get(&key).await.map_err(|e| e.to_string())?
-                && let Ok(r) = serde_json::from_slice::<Record>(&e.value)
+            if let Ok(r) = serde_json::from_slice::<Record>(&e.value)
                 && let Some(spec) = r.spec
             {
                 out.insert(spec.namespace);

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -174,31 +174,41 @@ async fn tombstone_ended<S: Store, C: Cluster>(
     deliver_policy: consumer::DeliverPolicy,
     last: u64,
 ) -> Result<u64, ReplayError> {
-    let (total, mut messages) = ordered_events(
+    let (total, messages) = ordered_events(
         stream,
         contract::event_subject(rm, EventKind::Ended),
         deliver_policy,
     )
     .await?;
-    let (mut read, mut written, mut reached) = (0u64, 0u64, 0u64);
-    while read < total {
-        let msg = next_or_stalled(&mut messages, "the ended events", reached, last).await?;
-        read += 1;
-        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        reached = sequence;
-        if sequence > last {
-            break;
-        }
-        if let Ok(contract::Event::Ended(ev)) =
-            contract::decode_event(EventKind::Ended, &msg.payload)
-            && handler
-                .tombstone(&ev)
-                .await
-                .map_err(|e| err(e).at(sequence, last))?
-        {
-            written += 1;
-        }
-    }
+    // Read in order, written LANES at a time: each is a KV round trip of its own allocation's key, and one
+    // after another they took longer than the replay that follows.
+    let ended = futures::stream::try_unfold(
+        (messages, 0u64, 0u64),
+        move |(mut messages, read, reached)| async move {
+            if read >= total {
+                return Ok(None);
+            }
+            let msg = next_or_stalled(&mut messages, "the ended events", reached, last).await?;
+            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if sequence > last {
+                return Ok(None);
+            }
+            Ok(Some(((msg, sequence), (messages, read + 1, sequence))))
+        },
+    );
+    let written = ended
+        .map_ok(|(msg, sequence)| async move {
+            match contract::decode_event(EventKind::Ended, &msg.payload) {
+                Ok(contract::Event::Ended(ev)) => handler
+                    .tombstone(&ev)
+                    .await
+                    .map_err(|e| err(e).at(sequence, last)),
+                _ => Ok(false),
+            }
+        })
+        .try_buffer_unordered(LANES)
+        .try_fold(0u64, |n, w| futures::future::ready(Ok(n + u64::from(w))))
+        .await?;
     if written > 0 {
         tracing::info!(
             written,

@@ -611,3 +611,23 @@ fn config_refuses_a_data_plane_probe_that_cannot_work_naming_the_key() {
         !accepted("rm.data_plane_probe.enabled = false").resource_managers[0].probes_data_plane()
     );
 }
+
+#[test]
+fn config_refuses_a_jetstream_domain_that_is_not_one_subject_token_or_both_domains_at_once() {
+    refusals(
+        r#"
+        jetstream.domain = "hub.eu"                          | jetstream.domain     | "hub.eu" | a JetStream domain: 1 to 64 characters | both
+        jetstream.hub_domain = ""                            | jetstream.hub_domain | ""       | a JetStream domain: 1 to 64 characters | both
+        jetstream.domain = "hub"; jetstream.hub_domain = "hub" | jetstream.hub_domain | "hub" | excludes jetstream.domain | both"#,
+    );
+    assert_eq!(
+        accepted(r#"jetstream.domain = "hub""#)
+            .jetstream
+            .domain
+            .as_deref(),
+        Some("hub")
+    );
+    let site = accepted(r#"jetstream.hub_domain = "hub""#);
+    assert_eq!(site.jetstream.hub_domain.as_deref(), Some("hub"));
+    assert_eq!(accepted("").jetstream.hub_domain, None);
+}

@@ -1,9 +1,9 @@
-//! The apiserver's own account of its writes: mean request duration per resource and verb, from its
-//! `/metrics`, between two snapshots.
+//! The apiserver's own account of its requests: mean request duration per resource and verb, from its
+//! `/metrics`, between two snapshots; writes only, or every verb with the scope of each list.
 
 use std::collections::BTreeMap;
 
-async fn read(client: &kube::Client) -> BTreeMap<(String, String, bool), f64> {
+async fn read(client: &kube::Client, all: bool) -> BTreeMap<(String, String, bool), f64> {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("metrics request");
@@ -23,8 +23,13 @@ async fn read(client: &kube::Client) -> BTreeMap<(String, String, bool), f64> {
                 .unwrap_or("")
                 .to_owned()
         };
-        let verb = label("verb");
-        if !matches!(
+        let mut verb = label("verb");
+        if all {
+            // A list of every namespace is told from one of a namespace, a watch the same way.
+            if matches!(verb.as_str(), "LIST" | "WATCH") {
+                verb = format!("{verb}({})", label("scope"));
+            }
+        } else if !matches!(
             verb.as_str(),
             "APPLY" | "DELETE" | "PATCH" | "CREATE" | "UPDATE"
         ) {
@@ -41,16 +46,22 @@ async fn read(client: &kube::Client) -> BTreeMap<(String, String, bool), f64> {
     out
 }
 
-pub struct Snapshot(BTreeMap<(String, String, bool), f64>);
+pub struct Snapshot(BTreeMap<(String, String, bool), f64>, bool);
 
+/// The writes from now on.
 pub async fn snapshot(client: &kube::Client) -> Snapshot {
-    Snapshot(read(client).await)
+    Snapshot(read(client, false).await, false)
+}
+
+/// Every request from now on, reads too (`services LIST(cluster) 1 x 30.0 ms, ...`).
+pub async fn requests(client: &kube::Client) -> Snapshot {
+    Snapshot(read(client, true).await, true)
 }
 
 impl Snapshot {
     /// `gateways APPLY 1200 x 85.0 ms, services APPLY ...` since the snapshot, busiest first.
     pub async fn since(&self, client: &kube::Client) -> String {
-        let now = read(client).await;
+        let now = read(client, self.1).await;
         let delta = |k: &(String, String, bool)| {
             now.get(k).copied().unwrap_or(0.0) - self.0.get(k).copied().unwrap_or(0.0)
         };

@@ -38,10 +38,16 @@ pub struct Sample {
 }
 
 pub fn start() -> Sample {
+    start_with(&[])
+}
+
+/// [`start`], with more processes (name, pid) beside the servers and this one.
+pub fn start_with(more: &[(String, String)]) -> Sample {
     Sample {
         at: Instant::now(),
         start: pids()
             .into_iter()
+            .chain(more.iter().cloned())
             .map(|(n, p)| {
                 let s = cpu_seconds(&p);
                 (n, p, s)

@@ -17,6 +17,8 @@ mod gwwrites;
 mod reachable;
 mod report;
 mod rss;
+mod scale;
+mod sites;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,8 +119,12 @@ const RANGE: (u16, u16) = (40000, 40063);
 const IN_FLIGHT: usize = 32;
 /// Lifecycles in flight per Gateway: half the listener cap, a busy Gateway.
 const LIFE_IN_FLIGHT: usize = 16;
-/// The range of a ListenerSet-mode Gateway that holds many live allocations: no 64-listener cap there.
-const LS_RANGE: (u16, u16) = (42000, 44999);
+/// The range of a ListenerSet-mode Gateway that holds `live` allocations: no 64-listener cap there, so the
+/// range bounds them (3,000 ports at least, a thousand more than `live` above that).
+fn ls_range(live: usize) -> (u16, u16) {
+    let len = u16::try_from(live.saturating_add(1000).max(3000)).unwrap_or(u16::MAX);
+    (42000, 42000u16.saturating_add(len - 1).min(65000))
+}
 /// The floor's ports in the lifecycles figures, one per lane (outside every worker's range).
 const FLOOR_LIFE_PORTS: u16 = 41600;
 
@@ -614,48 +620,54 @@ impl Bench {
             ("just ended", "120s"),
             ("ended over the hold-off ago", "5s"),
         ] {
-            let extra = format!("  reconcile_hold_off: {hold_off}\n");
-            let config = common::config(&self.env, &[&self.rms[rm]], &extra);
             if hold_off == "5s" {
                 tokio::time::sleep(Duration::from_secs(6)).await;
             }
-            let servers = itg::app::connect(&config).await.expect("connect");
-            let c = &servers.rms[0];
-            let handler = itg::worker::Handler::new(
-                itg::resource_manager::RmContext::new(&c.config),
-                servers.store.clone(),
-                c.gateway.clone(),
-                config.worker.clone(),
-            );
-            let replier = itg::nats::JetStreamReplier::new(servers.js.clone());
-            let calls = calls::snapshot();
-            let t0 = Instant::now();
-            let summary = itg::replay::replay(
-                &servers.js,
-                &handler,
-                &servers.store,
-                &replier,
-                itg::replay::From::Sequence(1),
-                |_, _| {},
-            )
-            .await
-            .expect("replay");
-            let rate = summary.seen as f64 / t0.elapsed().as_secs_f64();
-            self.rows.push(bound(
-                format!(
-                    "replay of done events, {when} ({} events, {} already right)",
-                    summary.seen, summary.already_right
-                ),
-                rate,
-                "events/s",
-                ">= 5000".into(),
-                rate >= 5000.0,
-            ));
-            self.rows.push(info(
-                "  worker's apiserver calls during the replay",
-                calls.since(),
-            ));
+            self.replay_pass(rm, when, hold_off).await;
         }
+    }
+
+    /// One replay from sequence 1 over resource manager `rm`'s events, with `hold_off` as the worker's
+    /// `reconcile_hold_off`: its rate and the worker's apiserver calls meanwhile.
+    async fn replay_pass(&mut self, rm: usize, when: &str, hold_off: &str) {
+        let extra = format!("  reconcile_hold_off: {hold_off}\n");
+        let config = common::config(&self.env, &[&self.rms[rm]], &extra);
+        let servers = itg::app::connect(&config).await.expect("connect");
+        let c = &servers.rms[0];
+        let handler = itg::worker::Handler::new(
+            itg::resource_manager::RmContext::new(&c.config),
+            servers.store.clone(),
+            c.gateway.clone(),
+            config.worker.clone(),
+        );
+        let replier = itg::nats::JetStreamReplier::new(servers.js.clone());
+        let calls = calls::snapshot();
+        let t0 = Instant::now();
+        let summary = itg::replay::replay(
+            &servers.js,
+            &handler,
+            &servers.store,
+            &replier,
+            itg::replay::From::Sequence(1),
+            |_, _| {},
+        )
+        .await
+        .expect("replay");
+        let rate = summary.seen as f64 / t0.elapsed().as_secs_f64();
+        self.rows.push(bound(
+            format!(
+                "replay of done events, {when} ({} events, {} already right)",
+                summary.seen, summary.already_right
+            ),
+            rate,
+            "events/s",
+            ">= 5000".into(),
+            rate >= 5000.0,
+        ));
+        self.rows.push(info(
+            "  worker's apiserver calls during the replay",
+            calls.since(),
+        ));
     }
 
     async fn memory(&mut self) {
@@ -665,7 +677,9 @@ impl Bench {
         if self.wants(Mode::ListenerSet) {
             // One Gateway: in ListenerSet mode the listener cap does not bound it, the range does.
             let live = self.size.live_many;
-            let idx = self.rms_in(Mode::ListenerSet, "rssls", 1, LS_RANGE).await;
+            let idx = self
+                .rms_in(Mode::ListenerSet, "rssls", 1, ls_range(self.size.live_many))
+                .await;
             let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
             let (rss, hwm) = rss::worker_rss(&self.env, &self.waiter, &rms, live).await;
             self.rows.push(bound(
@@ -679,7 +693,14 @@ impl Bench {
             ));
             // What ended allocations leave behind: nothing of theirs should stay in the process.
             let (first, total) = self.size.churn;
-            let idx = self.rms_in(Mode::ListenerSet, "churnls", 1, LS_RANGE).await;
+            let idx = self
+                .rms_in(
+                    Mode::ListenerSet,
+                    "churnls",
+                    1,
+                    ls_range(self.size.live_many),
+                )
+                .await;
             let rms: Vec<&TestRm> = idx.iter().map(|&i| &self.rms[i]).collect();
             let (at_first, at_total) =
                 rss::worker_rss_after_churn(&self.env, &self.waiter, &rms, first, total).await;
@@ -753,7 +774,9 @@ impl Bench {
     async fn growth_listenerset(&mut self) {
         let mode = Mode::ListenerSet;
         let (few, many) = (self.size.live_few, self.size.live_many);
-        let idx = self.rms_in(mode, "growls", 1, LS_RANGE).await;
+        let idx = self
+            .rms_in(mode, "growls", 1, ls_range(self.size.live_many))
+            .await;
         let targets = self.targets(&idx).await;
         let writes = self.count_writes(&idx).await;
         let ws = self.workers(&idx, 1).await;
@@ -916,7 +939,11 @@ impl Bench {
             self.rows
                 .push(info(format!("floor steps p50 at {live} live{mode}"), steps));
         }
+        // A worker in another process has no call counts here.
         for (live, calls) in [(few, g.calls.0), (many, g.calls.1)] {
+            if calls.is_empty() {
+                continue;
+            }
             self.rows.push(info(
                 format!("  worker's apiserver calls at {live} live{mode}"),
                 calls,
@@ -1229,6 +1256,19 @@ async fn main() {
     if let Some(n) = value("--lifecycles").and_then(|v| v.parse().ok()) {
         size_v.lifecycles = n;
     }
+    // `--live N`: the many-live size of the ListenerSet-mode memory, growth and scale sections.
+    if let Some(n) = value("--live") {
+        size_v.live_many = n
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > size_v.live_few && n <= 22000)
+            .unwrap_or_else(|| {
+                panic!(
+                    "--live {n:?}: a number of live allocations above {} and at most 22000",
+                    size_v.live_few
+                )
+            });
+    }
     let only = value("--only");
     // `--modes gateway,listenerset` (both by default): which listener modes the sections run.
     let modes: Vec<Mode> = value("--modes")
@@ -1278,10 +1318,23 @@ async fn main() {
         eprintln!("[bench] growth ({:.0} s)", t0.elapsed().as_secs_f64());
         b.growth().await;
     }
+    if want("scale") && b.wants(Mode::ListenerSet) {
+        eprintln!("[bench] scale ({:.0} s)", t0.elapsed().as_secs_f64());
+        b.scale().await;
+    }
     b.ls_row();
     if want("reachable") {
         eprintln!("[bench] reachable ({:.0} s)", t0.elapsed().as_secs_f64());
         b.reachable().await;
+    }
+    // Only when named: it needs `scripts/testenv up --topology sites`.
+    if only
+        .as_deref()
+        .is_some_and(|o| o.split(',').any(|x| x == "sites"))
+    {
+        eprintln!("[bench] sites ({:.0} s)", t0.elapsed().as_secs_f64());
+        b.rows
+            .extend(sites::sites(b.size.latency, b.size.lifecycles).await);
     }
     b.teardown().await;
     let nats = b.env.nats().await.server_info().version;

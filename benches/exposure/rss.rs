@@ -14,7 +14,13 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .expect("status field")
 }
 
-struct Proc(Child);
+pub struct Proc(Child);
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -24,7 +30,7 @@ impl Drop for Proc {
 }
 
 /// A real `itg-worker` process serving `rms`; the config file lives as long as the process is needed.
-fn spawn_worker(env: &Env, rms: &[&TestRm]) -> (Proc, tempfile::NamedTempFile) {
+pub fn spawn_worker(env: &Env, rms: &[&TestRm]) -> (Proc, tempfile::NamedTempFile) {
     let mut yaml = format!(
         "nats:\n  url: {}\nadmin:\n  address: 127.0.0.1:0\nlog_format: json\nresource_managers:\n",
         env.nats_url
@@ -45,7 +51,7 @@ fn spawn_worker(env: &Env, rms: &[&TestRm]) -> (Proc, tempfile::NamedTempFile) {
 }
 
 /// VmRSS and VmHWM (MiB) of `proc`, once it has settled (allocator arenas, idle pull requests).
-async fn settled_mib(proc: &Proc) -> (f64, f64) {
+pub async fn settled_mib(proc: &Proc) -> (f64, f64) {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let pid = proc.0.id();
     (

@@ -9,6 +9,7 @@ pub mod history;
 pub mod pods;
 pub mod process;
 pub mod prometheus;
+pub mod sites;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -228,9 +228,8 @@ pub async fn claims<S: Store>(
 ) -> Result<BTreeMap<u16, (PortClaim, u64)>, StoreError> {
     let prefix = rm.port_key_prefix(on);
     let mut out = BTreeMap::new();
-    for key in store.keys(&prefix).await? {
-        let (Some(port), Some(e)) = (names::parse_port_key(&key, &prefix), store.get(&key).await?)
-        else {
+    for (key, e) in store.entries(&prefix).await? {
+        let Some(port) = names::parse_port_key(&key, &prefix) else {
             continue;
         };
         if let Ok(c) = serde_json::from_slice::<PortClaim>(&e.value) {

@@ -205,6 +205,12 @@ pub struct JetStreamConfig {
     pub consumer_prefix: String,
     pub ack_wait: Dur,
     pub max_deliver: i64,
+    /// The JetStream domain the streams, the consumers and the bucket live in, when it is not the domain
+    /// of the server the worker connects to (a leaf node reaching the hub's JetStream, say).
+    pub domain: Option<String>,
+    /// Where the master's streams live, for a worker at a site of its own (see `sites`): the site keeps
+    /// its own streams and bucket, sources its events from this domain and has its replies sourced there.
+    pub hub_domain: Option<String>,
 }
 
 impl Default for JetStreamConfig {
@@ -218,6 +224,8 @@ impl Default for JetStreamConfig {
             consumer_prefix: "itg-worker".into(),
             ack_wait: Dur(Duration::from_secs(30)),
             max_deliver: 50,
+            domain: None,
+            hub_domain: None,
         }
     }
 }
@@ -529,6 +537,31 @@ impl Config {
                     format!("1 to {max} characters of A-Z, a-z, 0-9, '_' and '-'"),
                 ));
             }
+        }
+        for (key, v) in [
+            ("jetstream.domain", &js.domain),
+            ("jetstream.hub_domain", &js.hub_domain),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+            {
+                return Err(rule(
+                    key,
+                    v,
+                    "a JetStream domain: 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+                ));
+            }
+        }
+        if let (Some(_), Some(hub)) = (&js.domain, &js.hub_domain) {
+            return Err(rule(
+                "jetstream.hub_domain",
+                hub,
+                "excludes jetstream.domain: set domain to keep everything in that domain, or hub_domain to keep the streams and the bucket at the site and source them from the hub",
+            ));
         }
         if js.max_deliver == 0 || js.max_deliver < -1 {
             return Err(rule(

@@ -9,7 +9,8 @@
 //! the controller's status says an exposure is reachable), [`probe`] (whether the data plane serves a
 //! port), [`plan`] (what the reconciler repairs and removes), [`names`] (every key, subject and object name
 //! built from an allocation), [`config`], [`controllers`] (what is known of each Gateway controller: its
-//! port mapping and the ports it keeps).
+//! port mapping and the ports it keeps), [`sites`] (which streams a worker beside a NATS leaf node keeps at
+//! its site and which it sources from the hub).
 //!
 //! The seams the adapters implement: [`store`] (compare-and-set records and claims), [`cluster`] (expose,
 //! withdraw, and the inventory the reconciler reads), [`sink`] (where replies go).
@@ -32,6 +33,7 @@ pub mod probe;
 pub mod readiness;
 pub mod resource_manager;
 pub mod sink;
+pub mod sites;
 pub mod state;
 pub mod store;
 pub mod validate;

@@ -92,6 +92,22 @@ pub trait Store: Clone + Send + Sync + 'static {
     }
     /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Every live key starting with `prefix`, with its value and revision. A store that can read them in
+    /// one pass should: a get per key is a round trip per record, and a reconciler pass reads them all.
+    fn entries(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Entry)>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::new();
+            for key in self.keys(prefix).await? {
+                if let Some(e) = self.get(&key).await? {
+                    out.push((key, e));
+                }
+            }
+            Ok(out)
+        }
+    }
     /// The claimed ports under `prefix` as a watch last saw them, when this store keeps such an index and
     /// it has caught up; `None` sends the port search to the bucket itself.
     fn port_index(&self, prefix: &str) -> impl Future<Output = Option<Arc<PortIndex>>> + Send {

@@ -51,23 +51,11 @@ impl Inventory for KubeGateway {
                 ),
             };
             let what = format!("listing Services in {}", ns.unwrap_or("all namespaces"));
-            let found = self
-                .bounded(&what, async {
-                    svcs.list(&lp).await.map_err(|e| classify(&what, e))
-                })
+            self.list_owned(&svcs, &lp, &what, ObjectKind::Service, &mut out)
                 .await?;
-            for s in found {
-                out.extend(owned(ObjectKind::Service, &s));
-            }
             let what = format!("listing TCPRoutes in {}", ns.unwrap_or("all namespaces"));
-            let found = self
-                .bounded(&what, async {
-                    routes.list(&lp).await.map_err(|e| classify(&what, e))
-                })
+            self.list_owned(&routes, &lp, &what, ObjectKind::TcpRoute, &mut out)
                 .await?;
-            for r in found {
-                out.extend(owned(ObjectKind::TcpRoute, &r));
-            }
         }
         Ok(out)
     }
@@ -157,5 +145,38 @@ impl Inventory for KubeGateway {
 
     fn describe(&self) -> String {
         format!("TCPRoute {}", self.route_version())
+    }
+}
+
+/// Objects listed per page: a page is one bounded call, however many objects the resource manager has.
+const PAGE: u32 = 500;
+
+impl KubeGateway {
+    /// Adds what `api` lists under `lp` to `out`, metadata only (the reconciler judges names, ages and
+    /// versions, never specs), a page at a time.
+    pub(crate) async fn list_owned<K>(
+        &self,
+        api: &Api<K>,
+        lp: &kube::api::ListParams,
+        what: &str,
+        kind: ObjectKind,
+        out: &mut Vec<OwnedObject>,
+    ) -> Result<(), ClusterError>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let mut lp = lp.clone().limit(PAGE);
+        loop {
+            let page = self
+                .bounded(what, async {
+                    api.list_metadata(&lp).await.map_err(|e| classify(what, e))
+                })
+                .await?;
+            out.extend(page.items.iter().filter_map(|m| owned(kind, m)));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(()),
+            }
+        }
     }
 }

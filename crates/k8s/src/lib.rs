@@ -31,6 +31,7 @@ pub mod client;
 pub mod inventory;
 pub mod listenerset;
 pub mod objects;
+mod setsview;
 pub mod watch;
 
 pub use backend::Backend;

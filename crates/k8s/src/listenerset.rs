@@ -13,11 +13,11 @@
 //! of other sets attached to the Gateway are foreign) and the controller's verdict, read from each set's
 //! status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use gateway_api::experimental::gateways::GatewayAllowedListenersNamespacesFrom;
+use gateway_api::experimental::gateways::{Gateway, GatewayAllowedListenersNamespacesFrom};
 use gateway_api::experimental::listenersets::ListenerSet;
 use itg_core::cluster::{
     ClassStatus, Cluster, ClusterError, Exposure, GatewayView, Inventory, ObjectKind, OwnedObject,
@@ -35,6 +35,7 @@ use kube::{Api, Resource};
 use crate::KubeGateway;
 use crate::client::classify;
 use crate::objects::{Parent, listenerset_patch, listenerset_removal};
+use crate::setsview::{Scope, SetsView};
 use crate::watch::{conditions_of, route_parent_conditions};
 
 /// A resource manager's apiserver, Gateway and ListenerSets.
@@ -49,12 +50,9 @@ pub struct ListenerSets {
     generations: Arc<Mutex<Generations>>,
     /// Whether the Gateway allows sets from `namespace`, as read at start, for the report.
     allowed: Arc<String>,
-    /// The last view built, with the watches' change count it was built at: rebuilt only after a change.
-    view: Arc<Mutex<Option<BuiltView>>>,
+    /// The view, kept up to date by the sets' watch one event at a time.
+    sets_view: Arc<Mutex<SetsView>>,
 }
-
-/// A view, and the watches' change count it was built at.
-type BuiltView = (u64, Arc<GatewayView>);
 
 impl ListenerSets {
     /// Starts watching the sets of `rm`'s namespace for ListenerSets. Returns once the first list has
@@ -74,12 +72,21 @@ impl ListenerSets {
         let sets: Api<ListenerSet> = Api::namespaced(base.client.clone(), &namespace);
         let (reader, writer) = reflector::store();
         let generations: Arc<Mutex<Generations>> = Arc::default();
+        let sets_view = Arc::new(Mutex::new(SetsView::new(Scope::new(
+            &namespace,
+            &base.gateway_namespace,
+            &base.gateway_name,
+            &rm.name,
+        ))));
         // Every set in the namespace, not only ours: another's listeners on the same Gateway hold ports.
         let stream = watcher(sets.clone(), watcher::Config::default())
             .default_backoff()
+            // Nothing reads a set's managedFields, and at thousands of sets they are most of the cache.
+            .modify(|s| s.metadata.managed_fields = None)
             .reflect(writer);
         {
             let (tick, generations, rm) = (base.tick.clone(), generations.clone(), rm.name.clone());
+            let sets_view = sets_view.clone();
             let what = namespace.clone();
             tokio::spawn(async move {
                 futures::pin_mut!(stream);
@@ -89,6 +96,10 @@ impl ListenerSets {
                             if let Ok(mut g) = generations.lock() {
                                 g.on_event(&ev, &rm);
                             }
+                            sets_view
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .on_event(&ev);
                             // Every event counts, the end of a relist too: the store changes then, and a
                             // view built before it must not be kept.
                             tick.send_modify(|n| *n = n.wrapping_add(1));
@@ -112,7 +123,7 @@ impl ListenerSets {
             reflector: reader,
             generations,
             allowed,
-            view: Arc::default(),
+            sets_view,
         })
     }
 
@@ -264,16 +275,14 @@ impl ListenerSets {
             .and_then(|s| s.metadata.name.clone())
     }
 
-    /// The Gateway's listeners and those of every set attached to it, ours told from others'.
-    fn build_view(&self) -> GatewayView {
-        let Some(gw) = self.base.gateway() else {
-            return GatewayView::default();
-        };
+    /// The Gateway's own listeners and the others' attached sets: the part of the view that is not kept
+    /// from the sets' watch.
+    fn base_view(&self, gw: &Gateway, attached: BTreeSet<u16>) -> GatewayView {
         let mut v = GatewayView {
             present: true,
             ..Default::default()
         };
-        let managers = crate::watch::listener_managers(&gw);
+        let managers = crate::watch::listener_managers(gw);
         // The Gateway's own listeners are foreign, except ours from a time in `gateway` mode, which the
         // reconciler may still remove.
         for l in &gw.spec.listeners {
@@ -292,34 +301,9 @@ impl ListenerSets {
                 v.foreign_ports.insert(p);
             }
         }
-        for set in self.reflector.state() {
-            if !self.attached(&set) {
-                continue;
-            }
-            let mine = ours(&set, &self.base.rm);
-            for l in &set.spec.listeners {
-                let Ok(p) = u16::try_from(l.port) else {
-                    continue;
-                };
-                if mine && names::is_owned_listener_name(&l.name) {
-                    v.listeners.insert(l.name.clone());
-                    v.owned.insert(l.name.clone());
-                    v.owned_ports.insert(p);
-                } else {
-                    v.foreign_ports.insert(p);
-                }
-            }
-        }
         // Sets of others in every namespace the Gateway takes them from, not only where ours are made.
-        v.foreign_ports.extend(self.base.attached_ports());
+        v.foreign_ports.extend(attached);
         v
-    }
-
-    fn attached(&self, set: &ListenerSet) -> bool {
-        let p = &set.spec.parent_ref;
-        p.name == self.base.gateway_name
-            && p.namespace.as_deref().unwrap_or(&self.namespace) == self.base.gateway_namespace
-            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
     }
 }
 
@@ -445,19 +429,18 @@ async fn allows(base: &KubeGateway, namespace: &str) -> String {
 
 impl Cluster for ListenerSets {
     fn view(&self) -> Arc<GatewayView> {
-        // The count is read before the build: a change that lands meanwhile makes the next call rebuild.
-        let at = *self.base.tick.borrow();
-        if let Ok(cached) = self.view.lock()
-            && let Some((built_at, v)) = cached.as_ref()
-            && *built_at == at
-        {
-            return v.clone();
-        }
-        let v = Arc::new(self.build_view());
-        if let Ok(mut cached) = self.view.lock() {
-            *cached = Some((at, v.clone()));
-        }
-        v
+        let Some(gw) = self.base.gateway() else {
+            return Arc::default();
+        };
+        let attached = self.base.attached_ports();
+        let key = (
+            gw.metadata.resource_version.clone().unwrap_or_default(),
+            attached.clone(),
+        );
+        self.sets_view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .view(key, || self.base_view(&gw, attached))
     }
 
     async fn expose(&self, e: &Exposure<'_>) -> Result<(), ClusterError> {
@@ -556,25 +539,9 @@ impl Inventory for ListenerSets {
         let mut out = self.base.owned_objects(namespaces).await?;
         let lp = ListParams::default().labels(&names::owned_selector(&self.base.rm));
         let what = format!("listing ListenerSets in {}", self.namespace);
-        let found = self
-            .base
-            .bounded(&what, async {
-                self.sets.list(&lp).await.map_err(|e| classify(&what, e))
-            })
+        self.base
+            .list_owned(&self.sets, &lp, &what, ObjectKind::ListenerSet, &mut out)
             .await?;
-        for s in found {
-            let m = s.meta();
-            if let Some(name) = m.name.clone() {
-                out.push(OwnedObject {
-                    kind: ObjectKind::ListenerSet,
-                    namespace: self.namespace.clone(),
-                    name,
-                    created: m.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
-                    uid: m.uid.clone(),
-                    resource_version: m.resource_version.clone(),
-                });
-            }
-        }
         Ok(out)
     }
 

@@ -88,7 +88,11 @@ impl KubeGateway {
                 let writer = reflector::store::Writer::new(route_resource.clone());
                 let store = writer.as_reader();
                 let cfg = watcher::Config::default().labels(&names::owned_selector(&rm.name));
-                let stream = watcher(api, cfg).default_backoff().reflect(writer);
+                // The verdict reads a route's generation and status, never its managedFields.
+                let stream = watcher(api, cfg)
+                    .default_backoff()
+                    .modify(|r| r.metadata.managed_fields = None)
+                    .reflect(writer);
                 let (tick, what) = (
                     tick.clone(),
                     scope.clone().unwrap_or_else(|| "all namespaces".into()),

@@ -12,6 +12,11 @@ pub enum NatsError {
     /// A stream or consumer could not be created or read.
     #[error("JetStream {what}: {message}; check that the server runs with JetStream enabled")]
     JetStream { what: String, message: String },
+    /// A site's worker was given a resource manager that the hub already sources from another site.
+    #[error(
+        "resource manager {rm} is served at site {site}: the hub's ITG_REPLIES sources its replies from there, and a resource manager is served at one site only; remove it from resource_managers, or, to move it here, remove that source from the hub's ITG_REPLIES first"
+    )]
+    ServedElsewhere { rm: String, site: String },
 }
 
 pub(crate) fn js_err(what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {

@@ -237,6 +237,24 @@ impl Store for KvStore {
             .map_err(|e| self.error("keys", prefix, &e))??;
         Ok(keys)
     }
+
+    async fn entries(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+        if !prefix.ends_with('.') {
+            let mut out = Vec::new();
+            for key in self.keys(prefix).await? {
+                if let Some(e) = self.get(&key).await? {
+                    out.push((key, e));
+                }
+            }
+            return Ok(out);
+        }
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.last_per_key("entries", prefix, false),
+        )
+        .await
+        .map_err(|e| self.error("entries", prefix, &e))?
+    }
 }
 
 impl KvStore {
@@ -244,8 +262,8 @@ impl KvStore {
     /// only), so a resource manager's records or one Gateway's claims are read without walking the whole
     /// bucket. A prefix that does not end a subject token (no trailing `.`) is read by walking it.
     async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| self.error("keys", prefix, e);
         if !prefix.ends_with('.') {
+            let err = |e: &dyn std::fmt::Display| self.error("keys", prefix, e);
             let stream = self.kv.keys().await.map_err(|e| err(&e))?;
             return stream
                 .try_filter(|k| futures::future::ready(k.starts_with(prefix)))
@@ -253,6 +271,19 @@ impl KvStore {
                 .await
                 .map_err(|e| err(&e));
         }
+        let live = self.last_per_key("keys", prefix, true).await?;
+        Ok(live.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The last live entry of every key under `prefix` (which ends a subject token), by one consumer
+    /// filtered to it; values too unless `headers_only`.
+    async fn last_per_key(
+        &self,
+        op: &'static str,
+        prefix: &str,
+        headers_only: bool,
+    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| self.error(op, prefix, e);
         let full = format!("{}{prefix}", self.kv.prefix);
         let consumer = self
             .kv
@@ -260,7 +291,7 @@ impl KvStore {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{full}>"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                headers_only: true,
+                headers_only,
                 ..Default::default()
             })
             .await
@@ -278,11 +309,18 @@ impl KvStore {
                 .as_ref()
                 .and_then(|h| h.get("KV-Operation"))
                 .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            let info = m.info().ok().map(|i| (i.stream_sequence, i.pending));
             if !removed && let Some(key) = m.subject.strip_prefix(self.kv.prefix.as_str()) {
-                out.push(key.to_owned());
+                out.push((
+                    key.to_owned(),
+                    Entry {
+                        value: m.payload.clone(),
+                        revision: info.map_or(0, |i| i.0),
+                    },
+                ));
             }
             left = left.saturating_sub(1);
-            if left == 0 || m.info().is_ok_and(|i| i.pending == 0) {
+            if left == 0 || info.is_some_and(|i| i.1 == 0) {
                 break;
             }
         }

@@ -7,10 +7,12 @@ pub mod backlog;
 pub mod client;
 pub mod kv;
 pub mod replier;
+pub mod sites;
 pub mod streams;
 
 pub use backlog::{Backlog, backlog};
 pub use client::{NatsError, connect, server_addrs, url_credentials};
 pub use kv::{KvStore, OpenError};
 pub use replier::JetStreamReplier;
+pub use sites::ensure_site;
 pub use streams::{ensure_consumer, ensure_streams};

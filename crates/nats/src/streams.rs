@@ -7,7 +7,7 @@ use itg_core::{contract, names};
 
 use crate::client::{NatsError, js_err};
 
-fn stream_config(
+pub(crate) fn stream_config(
     name: &str,
     subjects: &str,
     max_age: std::time::Duration,
@@ -35,57 +35,97 @@ pub async fn ensure_streams(
     js: &jetstream::Context,
     cfg: &JetStreamConfig,
 ) -> Result<(), NatsError> {
-    for (name, subjects, age) in [
-        (
+    for want in contract_streams(cfg, true) {
+        ensure_stream(js, want, false).await?;
+    }
+    Ok(())
+}
+
+/// The streams of the contract as one server keeps them; `dead_letters` adds `ITG_DEADLETTER`.
+pub(crate) fn contract_streams(cfg: &JetStreamConfig, dead_letters: bool) -> Vec<stream::Config> {
+    let mut v = vec![
+        stream_config(
             contract::EVENTS_STREAM,
             contract::EVENTS_SUBJECTS,
             cfg.events_max_age.0,
+            cfg,
         ),
-        (
+        stream_config(
             contract::REPLIES_STREAM,
             contract::REPLIES_SUBJECTS,
             cfg.replies_max_age.0,
+            cfg,
         ),
-        (
+    ];
+    if dead_letters {
+        v.push(stream_config(
             contract::DEAD_LETTER_STREAM,
             contract::DEAD_LETTER_SUBJECTS,
             cfg.events_max_age.0,
-        ),
-    ] {
-        let want = stream_config(name, subjects, age, cfg);
-        match js.get_stream(name).await {
-            Ok(mut s) => {
-                let have = s
-                    .info()
-                    .await
-                    .map_err(|e| js_err(format!("reading stream {name}"), e))?
-                    .config
-                    .clone();
-                if have.max_age != want.max_age
-                    || have.duplicate_window != want.duplicate_window
-                    || have.num_replicas != want.num_replicas
-                {
-                    let mut next = have;
-                    next.max_age = want.max_age;
-                    next.duplicate_window = want.duplicate_window;
-                    next.num_replicas = want.num_replicas;
-                    js.update_stream(next)
-                        .await
-                        .map_err(|e| js_err(format!("updating stream {name}"), e))?;
-                }
-            }
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            cfg,
+        ));
+    }
+    v
+}
+
+/// The stream `want.name` created when absent, its owned settings brought up to date when present; with
+/// `layout`, its subjects and sources too (a site's streams, whose layout follows the config).
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+    layout: bool,
+) -> Result<(), NatsError> {
+    let name = want.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut s) => {
+            let have = s
+                .info()
+                .await
+                .map_err(|e| js_err(format!("reading stream {name}"), e))?
+                .config
+                .clone();
+            // A site's layout only grows: another worker of the site may serve other resource managers.
+            let subjects = union(&have.subjects, &want.subjects);
+            let sources = crate::sites::union_sources(&have.sources, &want.sources);
+            let stale_layout = layout
+                && (subjects.len() != have.subjects.len()
+                    || sources.as_ref().map_or(0, Vec::len)
+                        != have.sources.as_ref().map_or(0, Vec::len));
+            if have.max_age != want.max_age
+                || have.duplicate_window != want.duplicate_window
+                || have.num_replicas != want.num_replicas
+                || stale_layout
             {
-                js.create_stream(want)
+                let mut next = have;
+                next.max_age = want.max_age;
+                next.duplicate_window = want.duplicate_window;
+                next.num_replicas = want.num_replicas;
+                if layout {
+                    next.subjects = subjects;
+                    next.sources = sources;
+                }
+                js.update_stream(next)
                     .await
-                    .map_err(|e| js_err(format!("creating stream {name}"), e))?;
+                    .map_err(|e| js_err(format!("updating stream {name}"), e))?;
             }
-            Err(e) => return Err(js_err(format!("reading stream {name}"), e)),
         }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            js.create_stream(want)
+                .await
+                .map_err(|e| js_err(format!("creating stream {name}"), e))?;
+        }
+        Err(e) => return Err(js_err(format!("reading stream {name}"), e)),
     }
     Ok(())
+}
+
+fn union(have: &[String], want: &[String]) -> Vec<String> {
+    let mut v = have.to_vec();
+    v.extend(want.iter().filter(|w| !have.contains(w)).cloned());
+    v
 }
 
 /// Creates or updates the shared durable pull consumer of one resource manager.
