@@ -66,7 +66,8 @@ async fn a_controller_less_gateway_with_the_wait_on_times_out_at_the_deadline_an
 // ------------------------------------------------------------------------------ through Envoy Gateway
 
 /// A resource manager whose own Gateway is of Envoy Gateway's class, with the wait on. Its placeholder
-/// listener really binds on the host: `placeholder` must be free.
+/// listener really binds on the host: `placeholder` must be free, and the range below the ephemeral range
+/// (32768 and up here), where the servers' own connections may hold a port envoy must bind.
 async fn envoy_rm(env: &Env, prefix: &str, range: (u16, u16), placeholder: u16) -> TestRm {
     let rm = TestRm::on_class(env, prefix, range, &envoy_class(), placeholder).await;
     assert!(rm.yaml(env).contains("wait_for_controller: true"));
@@ -124,7 +125,7 @@ async fn wait_until_empty(env: &Env, rm: &TestRm) {
 async fn through_envoy_gateway_ready_comes_once_the_listener_is_programmed_and_the_route_accepted()
 {
     let env = Env::load();
-    let rm = envoy_rm(&env, "egok", (41680, 41687), 41689).await;
+    let rm = envoy_rm(&env, "egok", (31700, 31707), 31709).await;
     let worker = Worker::start(config(&env, &[&rm], "")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -193,7 +194,7 @@ async fn through_envoy_gateway_ready_comes_once_the_listener_is_programmed_and_t
 #[tokio::test]
 async fn a_route_envoy_gateway_refuses_is_answered_gateway_rejected_with_its_reason() {
     let env = Env::load();
-    let rm = envoy_rm(&env, "egno", (41690, 41697), 41699).await;
+    let rm = envoy_rm(&env, "egno", (31710, 31717), 31719).await;
     let worker = Worker::start(config(&env, &[&rm], "")).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
