@@ -150,10 +150,23 @@ impl TestPod {
             }
         }))
         .expect("Pod body");
-        Api::<Pod>::namespaced(client.clone(), ns)
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap_or_else(|e| panic!("create Pod {ns}/{}: {e}", self.name))
+        // In a namespace just made, the ServiceAccount controller may not have made `default` yet, and
+        // admission refuses the Pod until it has (kubectl waits the same way).
+        let api = Api::<Pod>::namespaced(client.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(p) => return p,
+                Err(kube::Error::Api(e))
+                    if e.code == 403
+                        && e.message.contains("serviceaccount")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("create Pod {ns}/{}: {e}", self.name),
+            }
+        }
     }
 }
 

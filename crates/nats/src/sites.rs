@@ -11,43 +11,7 @@ use itg_core::contract;
 use itg_core::sites::{self, SourceLayout, StreamLayout};
 
 use crate::client::{NatsError, js_err};
-use crate::streams::{contract_streams, ensure_stream, stream_config};
-
-/// A source as the core describes it.
-fn source_layout(s: &stream::Source) -> SourceLayout {
-    SourceLayout {
-        name: s.name.clone(),
-        api: s
-            .external
-            .as_ref()
-            .map(|e| e.api_prefix.clone())
-            .or_else(|| s.domain.as_deref().map(sites::domain_api))
-            .unwrap_or_default(),
-        filter: s.filter_subject.clone().unwrap_or_default(),
-    }
-}
-
-/// The sources of a stream's config as the core describes them, sorted.
-pub(crate) fn layout_of(sources: &Option<Vec<stream::Source>>) -> Vec<SourceLayout> {
-    let mut v: Vec<SourceLayout> = sources.iter().flatten().map(source_layout).collect();
-    v.sort();
-    v
-}
-
-/// `have`'s sources and those of `want` it lacks (compared as the core describes them).
-pub(crate) fn union_sources(
-    have: &Option<Vec<stream::Source>>,
-    want: &Option<Vec<stream::Source>>,
-) -> Option<Vec<stream::Source>> {
-    let known = layout_of(have);
-    let mut v: Vec<stream::Source> = have.clone().unwrap_or_default();
-    for w in want.iter().flatten() {
-        if !known.contains(&source_layout(w)) {
-            v.push(w.clone());
-        }
-    }
-    (!v.is_empty()).then_some(v)
-}
+use crate::streams::{contract_streams, ensure_stream, layout_of, stream_config};
 
 fn to_source(s: &SourceLayout) -> stream::Source {
     stream::Source {

@@ -3,6 +3,7 @@
 
 use async_nats::jetstream::{self, consumer, stream};
 use itg_core::config::JetStreamConfig;
+use itg_core::sites::{self, SourceLayout};
 use itg_core::{contract, names};
 
 use crate::client::{NatsError, js_err};
@@ -86,7 +87,7 @@ pub(crate) async fn ensure_stream(
                 .clone();
             // A site's layout only grows: another worker of the site may serve other resource managers.
             let subjects = union(&have.subjects, &want.subjects);
-            let sources = crate::sites::union_sources(&have.sources, &want.sources);
+            let sources = union_sources(&have.sources, &want.sources);
             let stale_layout = layout
                 && (subjects.len() != have.subjects.len()
                     || sources.as_ref().map_or(0, Vec::len)
@@ -170,4 +171,40 @@ pub async fn ensure_consumer(
         .get_consumer(&name)
         .await
         .map_err(|e| js_err(format!("opening consumer {name}"), e))
+}
+
+/// A source as the core describes it.
+fn source_layout(s: &stream::Source) -> SourceLayout {
+    SourceLayout {
+        name: s.name.clone(),
+        api: s
+            .external
+            .as_ref()
+            .map(|e| e.api_prefix.clone())
+            .or_else(|| s.domain.as_deref().map(sites::domain_api))
+            .unwrap_or_default(),
+        filter: s.filter_subject.clone().unwrap_or_default(),
+    }
+}
+
+/// The sources of a stream's config as the core describes them, sorted.
+pub(crate) fn layout_of(sources: &Option<Vec<stream::Source>>) -> Vec<SourceLayout> {
+    let mut v: Vec<SourceLayout> = sources.iter().flatten().map(source_layout).collect();
+    v.sort();
+    v
+}
+
+/// `have`'s sources and those of `want` it lacks (compared as the core describes them).
+fn union_sources(
+    have: &Option<Vec<stream::Source>>,
+    want: &Option<Vec<stream::Source>>,
+) -> Option<Vec<stream::Source>> {
+    let known = layout_of(have);
+    let mut v: Vec<stream::Source> = have.clone().unwrap_or_default();
+    for w in want.iter().flatten() {
+        if !known.contains(&source_layout(w)) {
+            v.push(w.clone());
+        }
+    }
+    (!v.is_empty()).then_some(v)
 }
