@@ -255,8 +255,8 @@ impl SetsView {
 mod tests {
     use super::*;
 
-    const A: &str = "itg-0123456789abcdef";
-    const B: &str = "itg-fedcba9876543210";
+    const A: &str = "itg-0123456789abcdef0123";
+    const B: &str = "itg-fedcba9876543210fedc";
 
     fn mk_set(name: &str, parent: &str, ports: &[(&str, u16)], rm: &str) -> ListenerSet {
         let listeners: Vec<_> = ports
