@@ -314,3 +314,210 @@ async fn a_cut_wan_link_loses_nothing_and_answers_each_event_once_after_it_heals
     drop(w);
     rm.teardown(&s.west).await;
 }
+
+/// What of `rm` stands on the cluster and in the bucket: each owned listener's port, the port claims, the
+/// Services and the routes.
+async fn standing(
+    env: &Env,
+    rm: &TestRm,
+) -> (
+    BTreeMap<String, u16>,
+    BTreeMap<u16, String>,
+    Vec<String>,
+    Vec<String>,
+) {
+    let mut o = observe(env, rm).await;
+    o.services.sort();
+    o.routes.sort();
+    (o.listeners, o.claims, o.services, o.routes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_site_is_rebuilt_by_a_replay_from_the_hub_with_the_same_ports() {
+    let _wan = sites::WAN.lock().await;
+    let s = Sites::load();
+    let rm = TestRm::new(&s.west, "lost", (41200, 41215)).await;
+    let mut w = site_worker(&s.west, &[&rm]);
+    w.ready(60).await;
+    let m = Master::new(&s.hub, &rm.name).await;
+    let ports = [("http", 8080), ("ssh", 22)];
+
+    // Two allocations that started and ended, then three live ones, two ports each.
+    for i in 0..2 {
+        let a = format!("gone{i}");
+        m.started(&a, &rm.task_ns, &ports).await;
+        replies_until(&s.hub, &rm.name, 60, &format!("{a}'s ready"), |all| {
+            has(all, &a, "ready")
+        })
+        .await;
+        m.ended(&a).await;
+        replies_until(&s.hub, &rm.name, 60, &format!("{a}'s removed"), |all| {
+            has(all, &a, "removed")
+        })
+        .await;
+    }
+    let live: Vec<String> = (0..3).map(|i| format!("live{i}")).collect();
+    for a in &live {
+        m.started(a, &rm.task_ns, &ports).await;
+    }
+    let before_replies = replies_until(&s.hub, &rm.name, 60, "the live readies", |all| {
+        live.iter().all(|a| has(all, a, "ready"))
+    })
+    .await;
+    let before = standing(&s.west, &rm).await;
+    assert_eq!(before.0.len(), 6, "{before:?}");
+    assert_eq!(before.1.len(), 6, "{before:?}");
+
+    // The site is lost for good: its worker goes, its leaf server loses its store and starts empty.
+    drop(w);
+    let lost_at = Instant::now();
+    wan(&["lose", "west"]);
+    let js = async_nats::jetstream::new(s.west.nats().await);
+    assert!(
+        js.get_stream(itg::contract::EVENTS_STREAM).await.is_err(),
+        "the leaf kept its streams"
+    );
+    assert!(keys_naming(&s.west, &rm.name).await.is_empty());
+
+    // Recovery: the replay from the hub's ITG_EVENTS with the site worker's config, then the worker.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    std::fs::write(
+        config.path(),
+        site_yaml(config_yaml(&s.west, &[&rm], "", &admin)),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_itgctl"))
+        .args(["replay", "--config"])
+        .arg(config.path())
+        .args(["--rm", &rm.name, "--from-seq", "1", "--output", "json"])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Exit code 4 when an event could not be served: the starteds of the ended allocations are answered
+    // `failed` (a started after its ended), which counts as already right, so 0 is expected.
+    assert!(
+        out.status.success(),
+        "itgctl replay: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = lost_at.elapsed();
+    let after = standing(&s.west, &rm).await;
+    assert_eq!(
+        after, before,
+        "the listeners, claims, Services and routes after the replay differ from before the loss"
+    );
+    // The worker's new consumer serves the site's new ITG_EVENTS from its first event, as the stream
+    // sources them from the hub again: all already right. Recovered once it has caught up.
+    let mut w = site_worker(&s.west, &[&rm]);
+    w.ready(60).await;
+    let consumer = itg::names::consumer_name("itg-worker", &rm.name);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut events = js.get_stream(itg::contract::EVENTS_STREAM).await.unwrap();
+        let sourced = events.info().await.unwrap().state.messages;
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            events.get_consumer(&consumer).await.unwrap();
+        let info = c.info().await.unwrap();
+        if sourced >= 7 && info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not catch up: {sourced} events sourced, consumer {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = lost_at.elapsed();
+    assert_eq!(
+        standing(&s.west, &rm).await,
+        before,
+        "the worker's catch-up changed what stands"
+    );
+    println!(
+        "site lost: replay {summary}; lose -> replayed {:.2} s, lose -> worker caught up with the same {} ports claimed {:.2} s",
+        replayed.as_secs_f64(),
+        after.1.len(),
+        recovered.as_secs_f64()
+    );
+
+    // The replies source works again: an ended at the hub removes everything of a live allocation, a new
+    // started is answered ready at the hub.
+    m.ended(&live[0]).await;
+    m.started("fresh", &rm.task_ns, &ports).await;
+    let all = replies_until(
+        &s.hub,
+        &rm.name,
+        90,
+        "live0's removed and fresh's ready",
+        |all| has(all, &live[0], "removed") && has(all, "fresh", "ready"),
+    )
+    .await;
+    println!(
+        "after the loss: {}'s removed and a new started's ready at the hub {:.2} s after the lose",
+        live[0],
+        lost_at.elapsed().as_secs_f64()
+    );
+    let now = standing(&s.west, &rm).await;
+    assert!(
+        now.1.values().all(|k| !k.ends_with(&live[0])),
+        "{}'s ports still claimed: {now:?}",
+        live[0]
+    );
+
+    // Nothing answered twice: each allocation has at most one reply of each kind at the hub, the live
+    // ones one `ready` each (the replay's copy dropped by its Nats-Msg-Id), with the addresses of before.
+    // The ended ones' starteds, replayed after their endeds, are answered `failed` (docs/contract.md).
+    for ((alloc, kind), n) in counts(&all) {
+        assert_eq!(n, 1, "{alloc} got {n} {kind} replies at the hub: {all:#?}");
+    }
+    for a in &live {
+        let was: Vec<&Stored> = before_replies
+            .iter()
+            .filter(|r| r.alloc() == a && r.kind() == "ready")
+            .collect();
+        let is: Vec<&Stored> = all
+            .iter()
+            .filter(|r| r.alloc() == a && r.kind() == "ready")
+            .collect();
+        assert_eq!(was, is, "{a}'s ready changed");
+    }
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|r| r.kind() == "failed")
+        .map(|r| r.alloc())
+        .collect();
+    assert!(
+        failed.iter().all(|a| a.starts_with("gone")),
+        "failed: {all:#?}"
+    );
+    println!(
+        "replies at the hub after the loss: {} ({} before it); each allocation's ready once, with its ports of before; `failed` for the ended allocations' replayed starteds: {:?}",
+        all.len(),
+        before_replies.len(),
+        failed
+    );
+
+    // The rest ends; nothing is left.
+    for a in live[1..].iter().map(String::as_str).chain(["fresh"]) {
+        m.ended(a).await;
+    }
+    let end = replies_until(&s.hub, &rm.name, 90, "every removed", |all| {
+        live.iter().all(|a| has(all, a, "removed")) && has(all, "fresh", "removed")
+    })
+    .await;
+    for ((alloc, kind), n) in counts(&end) {
+        assert_eq!(n, 1, "{alloc} got {n} {kind} replies at the hub: {end:#?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = observe(&s.west, &rm).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(w);
+    rm.teardown(&s.west).await;
+}

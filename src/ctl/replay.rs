@@ -39,8 +39,14 @@ pub(super) async fn run(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // At a site the events are read from the hub's ITG_EVENTS, which holds every event the master
+    // published: the site's own stream may be new (its leaf lost its store) and still filling from it.
+    let events = match &config.jetstream.hub_domain {
+        Some(hub) => async_nats::jetstream::with_domain(servers.nats.clone(), hub),
+        None => servers.js.clone(),
+    };
     let summary = crate::replay::replay(
-        &servers.js,
+        &events,
         &handler,
         &servers.store,
         &replier,

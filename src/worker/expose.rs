@@ -46,10 +46,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 let place =
                     (rec.ports.is_empty() && self.clusters.len() > 1).then(|| self.roomiest());
                 let at = place.unwrap_or_else(|| self.placement(Some(&rec)));
-                let chosen = match self
-                    .choose_ports(&rec, at, unbound.len(), &lost_ports)
-                    .await
-                {
+                let proxies: Vec<&str> = unbound.iter().map(|p| p.name.as_str()).collect();
+                let chosen = match self.choose_ports(&rec, at, &proxies, &lost_ports).await {
                     Ok(chosen) => chosen,
                     // All or none: an allocation that waits gives back what it holds, so two half-served
                     // allocations never wait on each other.
@@ -303,15 +301,17 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         }
     }
 
-    /// Picks `n` ports that look free on the pool's Gateway `at`: allowed by config, not a foreign
-    /// listener's, not claimed in KV, not in `avoid`.
+    /// Picks a port for each of `proxies` (in that order) that looks free on the pool's Gateway `at`:
+    /// allowed by config, not a foreign listener's, not claimed in KV, not in `avoid`. A proxy port whose
+    /// listener already stands keeps that listener's port when it is free.
     pub(super) async fn choose_ports(
         &self,
         rec: &Record,
         at: usize,
-        n: usize,
+        proxies: &[&str],
         avoid: &BTreeSet<u16>,
     ) -> Result<Vec<u16>, DriveError> {
+        let n = proxies.len();
         let view = self.clusters[at].view();
         let g = &self.rm.pool[at].gateway;
         if !view.present {
@@ -345,6 +345,37 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         taken.extend(self.refused.current(at));
         taken.extend(avoid);
         let unserved = self.unserved_ports.current(at);
+        // A listener of this allocation that stands while its record holds no binding for it (the state
+        // was rebuilt by a replay after the bucket was lost, a site's leaf losing its store, say) keeps
+        // its port: the address the master was given stays the one `ready` carries.
+        let mut kept: Vec<Option<u16>> = Vec::with_capacity(n);
+        for proxy in proxies {
+            let name = names::object_name(&self.rm.name, &rec.allocation_id, proxy);
+            let standing = view.owned_port_of.get(&name).copied().filter(|p| {
+                self.rm.range.contains(p)
+                    && !self.rm.excluded.contains(p)
+                    && !view.foreign_ports.contains(p)
+                    && !taken.contains(p)
+                    && !unserved.contains(p)
+                    && !kept.contains(&Some(*p))
+            });
+            let free = match standing {
+                Some(p) => claims::unclaimed(
+                    &self.store,
+                    &self.rm.port_key_prefix(g),
+                    std::iter::once(p),
+                    1,
+                    Duration::ZERO,
+                )
+                .await?
+                .first()
+                .copied(),
+                None => None,
+            };
+            kept.push(free);
+        }
+        taken.extend(kept.iter().flatten());
+        let rest = kept.iter().filter(|k| k.is_none()).count();
         let mut pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports.clone(),
@@ -352,14 +383,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         };
         let seed = rand::random();
         let hold_off = self.timing.reconcile_hold_off.0;
-        let mut chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, n, hold_off).await?;
+        let mut chosen =
+            claims::choose(&self.store, &self.rm, g, &pv, seed, rest, hold_off).await?;
         // A port the data plane refused is a hint, not a claim: trying it again beats waiting for capacity,
         // and a data plane that serves no port at all is then answered as such, not as a full range.
-        if chosen.len() < n && !unserved.is_empty() {
+        if chosen.len() < rest && !unserved.is_empty() {
             pv.taken = taken;
-            chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, n, hold_off).await?;
+            chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, rest, hold_off).await?;
         }
-        if chosen.len() < n {
+        if chosen.len() < rest {
             return Err(DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",
                 self.rm.range.start(),
@@ -369,7 +401,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 allocator::capacity(self.rm.range.clone(), &pv)
             )));
         }
-        Ok(chosen)
+        let mut chosen = chosen.into_iter();
+        Ok(kept
+            .into_iter()
+            .filter_map(|k| k.or_else(|| chosen.next()))
+            .collect())
     }
 
     /// Gives back every binding of an allocation still exposing, and asks for redelivery once capacity

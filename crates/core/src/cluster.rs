@@ -5,7 +5,7 @@
 //! Two traits: [`Cluster`] is the hot path (expose, withdraw, the controller's verdict), [`Inventory`] what
 //! the reconciler lists and removes and what start-up and `/readyz` report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use crate::readiness::Verdict;
@@ -51,6 +51,9 @@ pub struct GatewayView {
     pub listeners: BTreeSet<String>,
     /// Ports of the listeners the worker owns.
     pub owned_ports: BTreeSet<u16>,
+    /// The port of each listener in `owned`, by name: an allocation whose record lost its ports (a
+    /// state rebuilt by a replay) finds the port its listener stands on.
+    pub owned_port_of: BTreeMap<String, u16>,
     /// Names of the listeners this resource manager provably owns ([`crate::names::owns_listener`]): the
     /// only ones its reconciler may remove.
     pub owned: BTreeSet<String>,

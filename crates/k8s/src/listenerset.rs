@@ -297,6 +297,7 @@ impl ListenerSets {
                 v.listeners.insert(l.name.clone());
                 v.owned.insert(l.name.clone());
                 v.owned_ports.insert(p);
+                v.owned_port_of.insert(l.name.clone(), p);
             } else {
                 v.foreign_ports.insert(p);
             }

@@ -195,6 +195,7 @@ impl SetsView {
                 let v = Arc::make_mut(&mut self.view);
                 v.owned.remove(l);
                 v.listeners.remove(l);
+                v.owned_port_of.remove(l);
             }
             if drop_one(&mut self.owned_ports, p) && !self.base.owned_ports.contains(p) {
                 Arc::make_mut(&mut self.view).owned_ports.remove(p);
@@ -212,6 +213,7 @@ impl SetsView {
             if bump(&mut self.owned, l.clone()) {
                 let v = Arc::make_mut(&mut self.view);
                 v.listeners.insert(l.clone());
+                v.owned_port_of.insert(l.clone(), p);
                 v.owned.insert(l);
             }
         }
@@ -247,6 +249,11 @@ impl SetsView {
         }
         v.owned_ports.extend(self.owned_ports.keys());
         v.foreign_ports.extend(self.foreign_ports.keys());
+        for a in self.sets.values() {
+            for (l, p) in &a.owned {
+                v.owned_port_of.insert(l.clone(), *p);
+            }
+        }
         self.view = Arc::new(v);
     }
 }
@@ -290,6 +297,7 @@ mod tests {
             let a = s.adds(set);
             for (l, p) in a.owned {
                 v.listeners.insert(l.clone());
+                v.owned_port_of.insert(l.clone(), p);
                 v.owned.insert(l);
                 v.owned_ports.insert(p);
             }

@@ -157,6 +157,7 @@ impl KubeGateway {
                 if names::owns_listener(&self.rm, &l.name, p, &held_by, &self.range) {
                     v.owned_ports.insert(p);
                     v.owned.insert(l.name.clone());
+                    v.owned_port_of.insert(l.name.clone(), p);
                 } else {
                     v.foreign_ports.insert(p);
                 }
