@@ -260,7 +260,6 @@ mod tests {
     #[test]
     fn contour_writes_no_gateway_class_status_so_a_class_without_status_may_still_be_served() {
         use crate::cluster::ClassStatus;
-        assert!(!CONTOUR.writes_class_status);
         let unwritten = |controller: &str| ClassStatus::Unwritten {
             class: "c".into(),
             controller: controller.into(),
