@@ -47,7 +47,7 @@ impl Env {
         let mut vars: BTreeMap<String, String> = file
             .lines()
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.to_owned(), unquote(v)))
             .collect();
         for k in ["NATS_URL", "KUBECONFIG"] {
             if let Ok(v) = std::env::var(format!("ITG_TEST_{k}")) {
@@ -91,7 +91,15 @@ pub fn env_var(k: &str) -> Option<String> {
     file.lines()
         .filter_map(|l| l.split_once('='))
         .find(|(key, _)| *key == k)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| unquote(v))
+}
+
+/// A value of `.itg/env` as written: testenv single-quotes one with spaces, so that a shell can source it.
+fn unquote(v: &str) -> String {
+    match v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) => inner.replace("'\\''", "'"),
+        None => v.to_owned(),
+    }
 }
 
 /// The GatewayClass Envoy Gateway serves; fails with testenv's reason when it is not running.
