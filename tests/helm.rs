@@ -20,14 +20,11 @@ fn env_var(name: &str) -> String {
     if let Ok(v) = std::env::var(format!("ITG_TEST_{name}")) {
         return v;
     }
-    let file = std::fs::read_to_string(root().join(".itg/env")).unwrap_or_default();
-    file.lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_else(|| {
-            panic!("{name} unknown: run `scripts/testenv up` first (it builds helm and writes .itg/env)")
-        })
+    common::env_var(name).unwrap_or_else(|| {
+        panic!(
+            "{name} unknown: run `scripts/testenv up` first (it builds helm and writes .itg/env)"
+        )
+    })
 }
 
 /// Runs helm from the repository root; fails with its output when it fails.

@@ -19,15 +19,9 @@ fn itg_env(name: &str) -> String {
     if let Ok(v) = std::env::var(format!("ITG_TEST_{name}")) {
         return v;
     }
-    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.itg/env"))
-        .unwrap_or_default();
-    file.lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_else(|| {
-            panic!("{name} unknown: run `scripts/testenv up` first (it writes .itg/env)")
-        })
+    common::env_var(name).unwrap_or_else(|| {
+        panic!("{name} unknown: run `scripts/testenv up` first (it writes .itg/env)")
+    })
 }
 
 fn routes(client: &Client, ns: &str, version: &str) -> Api<DynamicObject> {
