@@ -116,7 +116,7 @@ pub struct Handler<S, C> {
     data_plane: Arc<dyn DataPlane>,
     /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
     /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
-    unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
+    unreachable: Arc<std::sync::Mutex<reach::Unreachable>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
