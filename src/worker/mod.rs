@@ -254,7 +254,24 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             Event::Ended(ev) => self.ended(ev).await,
         };
-        result.unwrap_or_else(|why| Handled::Retry { why })
+        match result {
+            Ok(h) => h,
+            // Checked on the error path only, so a served event pays no extra read.
+            Err(why) => match self.newer_record(event.allocation_id()).await {
+                Some(newer) => Handled::Defer { why: newer },
+                None => Handled::Retry { why },
+            },
+        }
+    }
+
+    /// Why the allocation's record is left alone, when a newer worker wrote it.
+    async fn newer_record(&self, allocation_id: &str) -> Option<String> {
+        let key = self.rm.allocation_key(allocation_id);
+        let entry = self.store.get(&key).await.ok()??;
+        match crate::state::decode(&entry.value) {
+            Err(e @ crate::state::DecodeError::Newer { .. }) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     /// Whether the record at `key` is no longer at `rev`.
@@ -266,16 +283,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let Some(entry) = self.store.get(key).await? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Record>(&entry.value) {
+        match crate::state::decode(&entry.value) {
             Ok(r) => Ok(Some((r, entry.revision))),
-            Err(e) => Err(StoreError {
-                bucket: String::new(),
-                op: "decode",
-                key: key.to_owned(),
-                message: format!(
-                    "the record is not valid JSON ({e}); inspect it with `nats kv get`"
-                ),
-            }),
+            Err(e) => {
+                if let crate::state::DecodeError::Newer { found } = e {
+                    crate::metrics::get()
+                        .records_newer_version
+                        .get_or_create(&crate::metrics::rm(&self.rm.name))
+                        .inc();
+                    tracing::error!(
+                        key,
+                        record_version = found,
+                        known = crate::state::RECORD_VERSION,
+                        "an allocation record of a newer version: left untouched and not answered; workers of two record versions serve one bucket"
+                    );
+                }
+                Err(StoreError {
+                    bucket: String::new(),
+                    op: "decode",
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub kube_errors: Family<CallLabels, Counter>,
     pub reconciler_actions: Family<ActionLabels, Counter>,
     pub data_plane_refused: Family<GatewayLabels, Counter>,
+    /// Records met that a newer worker wrote (a higher record version): left untouched, never answered.
+    pub records_newer_version: Family<RmLabels, Counter>,
 }
 
 /// Labels of a reconciler action.
@@ -151,6 +153,7 @@ impl Metrics {
             kube_errors: Family::default(),
             reconciler_actions: Family::default(),
             data_plane_refused: Family::default(),
+            records_newer_version: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +246,11 @@ impl Metrics {
             "Ports given back because the Gateway's data plane refused connections although its controller reported them programmed",
             m.data_plane_refused.clone(),
         );
+        registry.register(
+            "records_newer_version",
+            "Times an allocation record of a newer record version was met and left untouched (a newer worker wrote it)",
+            m.records_newer_version.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -306,6 +314,7 @@ impl Metrics {
         self.oldest_exposing.get_or_create(&labels).set(0);
         self.rm_ready.get_or_create(&labels).set(0);
         self.dead_letters.get_or_create(&labels).set(0);
+        drop(self.records_newer_version.get_or_create(&labels));
         // A counter born at its first failure hides that failure from increase() and rate().
         for reason in crate::contract::FailureReason::ALL {
             self.failures
