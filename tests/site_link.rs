@@ -10,8 +10,8 @@ mod nats_server;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use common::Env;
 use common::link::Link;
-use common::{Env, free_port};
 use nats_server::NatsServer;
 
 /// A hub, a leaf of domain `west` linked to it through a [`Link`], and the two as test servers.
@@ -40,13 +40,19 @@ async fn leaf(domain: &str, hub_leaf_port: u16) -> (NatsServer, Link) {
 
 impl Site {
     async fn start(kubeconfig: std::path::PathBuf) -> Site {
-        let leaf_port = free_port();
+        // Port -1: the hub binds a free leaf-node port itself, so two tests never race for one.
         let hub = NatsServer::start(|dir| {
             format!(
-                "server_name: hub\njetstream {{ store_dir: {}, domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n",
+                "server_name: hub\njetstream {{ store_dir: {}, domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:-1\" }}\n",
                 nats_server::quoted(&dir.join("js").display().to_string())
             )
         });
+        let leaf_port: u16 = hub
+            .log()
+            .lines()
+            .find_map(|l| l.split("Listening for leafnode connections on ").nth(1))
+            .and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no leaf-node port in the hub's log:\n{}", hub.log()));
         let (leaf, link) = leaf("west", leaf_port).await;
         let site = Site {
             hub_env: Env {
