@@ -15,6 +15,10 @@ pub(super) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load(path)?;
     let servers = crate::app::connect(&config).await?;
+    // A replay at a site reads the hub's stream: it needs the link, so the hub's side is laid out now.
+    if let Some(hub) = &servers.hub {
+        hub.lay_out().await?;
+    }
     let c = servers
         .rms
         .iter()
