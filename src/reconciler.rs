@@ -102,7 +102,14 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             .await
             .map_err(|e| e.to_string())?;
         // Only listeners this resource manager provably owns: others on a shared Gateway are not ours.
-        i.listeners = self.gateway.view().owned.clone();
+        let view = self.gateway.view();
+        i.listeners = view.owned.clone();
+        i.listener_ports = view
+            .owned_port_of
+            .iter()
+            .filter(|(name, _)| view.owned.contains(*name))
+            .map(|(name, port)| (name.clone(), *port))
+            .collect();
         let listed = self.objects(&mut i).await?;
         for (key, e) in self
             .store

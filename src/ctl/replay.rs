@@ -14,6 +14,10 @@ pub(super) async fn run(
     since: Option<jiff::Timestamp>,
 ) -> anyhow::Result<ExitCode> {
     let servers = crate::app::connect(config).await?;
+    // A replay at a site reads the hub's stream: it needs the link, so the hub's side is laid out now.
+    if let Some(hub) = &servers.hub {
+        hub.lay_out().await?;
+    }
     let c = servers
         .rms
         .iter()

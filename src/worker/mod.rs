@@ -117,6 +117,9 @@ pub struct Handler<S, C> {
     /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
     /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
     unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
+    /// Per Gateway (by place in the pool): how many ports its data plane refused since it last served
+    /// one, and when the last was refused. The pool's placement passes over a Gateway that looks down.
+    refusals: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, std::time::Instant)>>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
@@ -155,34 +158,12 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Every binding the record knows of: the ports it holds, those it gave back to choose again, and those
-/// its cleanup released.
-fn known_bindings(rec: &Record) -> Vec<Binding> {
-    let mut all = rec.ports.clone();
-    for b in &rec.given_back {
-        add_touched(&mut all, b);
-    }
-    for r in &rec.released {
-        let container_port = rec
-            .spec
-            .as_ref()
-            .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
-            .map_or(0, |p| p.port);
-        add_touched(
-            &mut all,
-            &Binding {
-                name: r.name.clone(),
-                container_port,
-                gateway_port: r.gateway_port,
-            },
-        );
-    }
-    all
-}
+/// A binding and the Gateway of the pool (by place) it is on: what a withdrawal needs to reach it.
+type Placed = (usize, Binding);
 
-fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
-    if !touched.contains(b) {
-        touched.push(b.clone());
+fn add_touched(touched: &mut Vec<Placed>, at: usize, b: &Binding) {
+    if !touched.iter().any(|(a, t)| *a == at && t == b) {
+        touched.push((at, b.clone()));
     }
 }
 
@@ -205,6 +186,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             unserved_ports: Refused::default(),
             data_plane: Arc::new(crate::dataplane::Tcp),
             unreachable: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -220,6 +202,42 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         rec.and_then(|r| self.rm.placed(r.gateway.as_ref()))
             .filter(|at| *at < self.clusters.len())
             .unwrap_or(0)
+    }
+
+    /// Every binding the record knows of, each with its Gateway: the ports it holds, those it gave back to
+    /// choose again (on the Gateway they were given back on), and those its cleanup released.
+    fn known_bindings(&self, rec: &Record) -> Vec<Placed> {
+        let at = self.placement(Some(rec));
+        let mut all = Vec::new();
+        for b in &rec.ports {
+            add_touched(&mut all, at, b);
+        }
+        for g in &rec.given_back {
+            let on = g
+                .gateway
+                .as_ref()
+                .and_then(|g| self.rm.placed(Some(g)))
+                .filter(|on| *on < self.clusters.len())
+                .unwrap_or(at);
+            add_touched(&mut all, on, &g.binding);
+        }
+        for r in &rec.released {
+            let container_port = rec
+                .spec
+                .as_ref()
+                .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
+                .map_or(0, |p| p.port);
+            add_touched(
+                &mut all,
+                at,
+                &Binding {
+                    name: r.name.clone(),
+                    container_port,
+                    gateway_port: r.gateway_port,
+                },
+            );
+        }
+        all
     }
 
     /// The resource manager this handler serves.

@@ -115,6 +115,18 @@ pub struct Binding {
     pub gateway_port: u16,
 }
 
+/// A binding an exposing allocation gave back, and the Gateway of the pool it was on: after a give-back
+/// the allocation may be placed on another Gateway, and its cleanup withdraws each where it was.
+/// Stored flat, so a worker that knows only [`Binding`] still reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenBack {
+    #[serde(flatten)]
+    pub binding: Binding,
+    /// Absent in records from before pools kept it: the Gateway the record names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
+}
+
 /// Why an allocation failed; replayed to every later started of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -156,7 +168,7 @@ pub struct Record {
     /// racing pass of the same allocation may still apply an object there after the give-back, so cleanup
     /// withdraws these too; they are never reported as released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub given_back: Vec<Binding>,
+    pub given_back: Vec<GivenBack>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +179,15 @@ pub struct Record {
     /// Unix seconds of the last change, for the reconciler's hold-off and tombstone expiry.
     #[serde(default)]
     pub updated_at: i64,
+    /// Unix seconds when the allocation was first given ports, where the data plane probe's deadline
+    /// counts from: a started that waited long for a port still has the probe's whole time to find one
+    /// served. 0 until then, and in records from before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bound_at: i64,
+}
+
+fn is_zero(t: &i64) -> bool {
+    *t == 0
 }
 
 /// What a `started` does, given the record as read.
@@ -205,6 +226,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             failure: None,
             created_at: now,
             updated_at: now,
+            bound_at: 0,
         })),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready => StartedStep::Expose,
@@ -254,6 +276,7 @@ pub fn on_ended(
             failure: None,
             created_at: now,
             updated_at: now,
+            bound_at: 0,
         }),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready | Phase::Failed => {
@@ -499,6 +522,38 @@ mod tests {
             decode(b"{\"version\":\"x\"}"),
             Err(DecodeError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_given_back_binding_names_its_gateway_and_reads_as_a_plain_binding_too() {
+        let mut r = created("a.1");
+        r.given_back.push(GivenBack {
+            binding: Binding {
+                name: "jupyter".into(),
+                container_port: 8888,
+                gateway_port: 40001,
+            },
+            gateway: Some(GatewayRef {
+                namespace: "gw".into(),
+                name: "b".into(),
+            }),
+        });
+        r.bound_at = 5;
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["given_back"][0]["gateway_port"], 40001);
+        assert_eq!(json["given_back"][0]["gateway"]["name"], "b");
+        // A worker that reads given_back as plain bindings, and one that reads a record without either field.
+        let plain: Vec<Binding> = serde_json::from_value(json["given_back"].clone()).unwrap();
+        assert_eq!(plain[0], r.given_back[0].binding);
+        let mut old = json.clone();
+        old["given_back"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("gateway");
+        old.as_object_mut().unwrap().remove("bound_at");
+        let back: Record = serde_json::from_value(old).unwrap();
+        assert_eq!(back.given_back[0].gateway, None);
+        assert_eq!(back.bound_at, 0);
     }
 
     #[test]
