@@ -7,8 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::floor::Mode;
+use crate::growth::Growth;
 use crate::report::{Row, at_most, bound, info, ms};
-use crate::{Bench, Growth, IN_FLIGHT, apiserver, common, cpu, drive, rss};
+use crate::{Bench, IN_FLIGHT, apiserver, common, cpu, drive, rss};
 
 /// A sampling profile of the worker process while it serves the probes at many live, when `BENCH_PERF`
 /// names the file to write (`perf report -i <file>` reads it).
