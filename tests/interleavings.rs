@@ -303,6 +303,7 @@ fn kind_of(h: &Handled) -> &'static str {
         Handled::Answer { reply, .. } => reply.kind().as_str(),
         Handled::Done => "done",
         Handled::Retry { .. } => "retry",
+        Handled::Defer { .. } => "defer",
     }
 }
 

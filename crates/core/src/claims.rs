@@ -260,6 +260,48 @@ pub async fn claims<S: Store>(
     Ok(out)
 }
 
+/// Ports for proxies that may each prefer one (the port its listener already stands on): a preferred
+/// port that [`allocator::keepable`] allows and no live claim holds is kept, so an allocation whose record
+/// lost its ports keeps its address; every other proxy gets a port from the search ([`choose`]), never one
+/// kept for another. `None` when too few ports look free.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn choose_keeping<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    on: &GatewayRef,
+    view: &PortView,
+    preferred: &[Option<u16>],
+    start: u32,
+    cooling: Duration,
+) -> Result<Option<Vec<u16>>, StoreError> {
+    let prefix = rm.port_key_prefix(on);
+    let mut kept = allocator::keepable(rm.range.clone(), view, preferred);
+    for k in &mut kept {
+        if let Some(p) = *k
+            && unclaimed(store, &prefix, std::iter::once(p), 1, Duration::ZERO)
+                .await?
+                .is_empty()
+        {
+            *k = None;
+        }
+    }
+    let mut rest_view = view.clone();
+    rest_view.taken.extend(kept.iter().flatten());
+    let rest = kept.iter().filter(|k| k.is_none()).count();
+    let chosen = choose(store, rm, on, &rest_view, start, rest, cooling).await?;
+    if chosen.len() < rest {
+        return Ok(None);
+    }
+    let mut chosen = chosen.into_iter();
+    Ok(Some(
+        kept.into_iter()
+            .filter_map(|k| k.or_else(|| chosen.next()))
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
