@@ -15,7 +15,7 @@ use itg::nats::KvStore;
 use itg::store::{Outcome, Store};
 
 use crate::Bench;
-use crate::report::{at_least, info, ms};
+use crate::report::{Target, compared, info, ms};
 
 fn claim() -> bytes::Bytes {
     bytes::Bytes::from_static(br#"{"allocation":"alloc.bench.x","proxy":"jupyter","claimed_at":0}"#)
@@ -162,12 +162,12 @@ impl Bench {
         let n = self.size.allocations;
         let creates = raw_create(&raw, n, 8, None).await;
         let (allocs, lost, spent) = allocator(&store, &raw, n, 8, false).await;
-        self.rows.push(at_least(
+        self.rows.push(compared(
             "port allocations/s, 8-way (range ends half full)",
             format!("{allocs:.0}/s ({lost} lost races)"),
             format!("raw kv.create {creates:.0}/s"),
             allocs / creates,
-            0.8,
+            Target::AtLeast(0.8),
         ));
         // The profile: the same again in the other order, with the index's watch started untimed, and raw
         // creates under the same watch the index keeps (so the watch's own price shows).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::common::Master;
 use crate::drive::{self, pcts};
 use crate::floor::{Floor, Mode};
-use crate::report::{Row, at_most, info, ms};
+use crate::report::{Row, Target, compared, info, ms};
 use crate::{Bench, IN_FLIGHT, PER_GATEWAY, calls, cpu, floor, ls_range};
 
 /// What a growth section measured: p50s (worker, floor) at few and at many live, the floor's steps and the
@@ -186,12 +186,12 @@ impl Bench {
     pub(crate) fn growth_rows(&mut self, g: Growth, place: &str, mode: &str, extra: Vec<Row>) {
         let (few, many) = (g.few, g.many);
         let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        self.rows.push(at_most(
+        self.rows.push(compared(
             format!("exposure p50 at {many} live {place} / at {few} live{mode}"),
             ms(g.p.1.0),
             format!("{} at {few} live", ms(g.p.0.0)),
             grow(g.p.1.0, g.p.0.0),
-            1.2,
+            Target::AtMost(1.2),
         ));
         let mut r = info(
             format!("floor p50 on that Gateway, at {many} live / at {few} live{mode}"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::drive::{self, pcts};
 use crate::floor::Mode;
-use crate::report::{at_most, info, ms};
+use crate::report::{Target, compared, info, ms};
 use crate::{Bench, RANGE, calls, plural};
 
 impl Bench {
@@ -81,21 +81,21 @@ impl Bench {
                 calls.since(),
             ));
             if workers == 1 {
-                self.rows.push(at_most(
+                self.rows.push(compared(
                     format!("exposure p50, {tag}"),
                     ms(w.p50),
                     format!("floor p50 {}", ms(f.p50)),
                     ratio(w.p50, f.p50),
-                    1.3,
+                    Target::AtMost(1.3),
                 ));
                 self.rows
                     .push(info(format!("exposure p95, {tag}"), ms(w.p95)));
-                self.rows.push(at_most(
+                self.rows.push(compared(
                     format!("exposure p99, {tag}"),
                     ms(w.p99),
                     format!("floor p99 {}", ms(f.p99)),
                     ratio(w.p99, f.p99),
-                    2.0,
+                    Target::AtMost(2.0),
                 ));
             } else {
                 let mut r = info(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::drive;
 use crate::floor::Mode;
-use crate::report::{at_least, info};
+use crate::report::{Target, compared, info};
 use crate::{Bench, FLOOR_LIFE_PORTS, LIFE_IN_FLIGHT, RANGE, apiserver, calls, cpu, floor, plural};
 
 impl Bench {
@@ -40,7 +40,7 @@ impl Bench {
             let took = self.floor_lifecycles(Mode::Gateway, i, clients, n).await;
             let f = n as f64 / took.as_secs_f64();
             floor_rates.push(f);
-            self.rows.push(at_least(
+            self.rows.push(compared(
                 format!(
                     "lifecycles/s, {}, 1 Gateway, Gateway mode / its floor ({LIFE_IN_FLIGHT} in flight)",
                     plural(clients, "worker")
@@ -52,7 +52,7 @@ impl Bench {
                     plural(clients, "client set")
                 ),
                 worker_rate / f,
-                0.8,
+                Target::AtLeast(0.8),
             ));
         }
         let (fs, ws) = (floor_rates[1] / floor_rates[0], w4 / w1);
@@ -105,7 +105,7 @@ impl Bench {
             if refused > 0 {
                 reference.push_str(&format!("; {refused} refused"));
             }
-            self.rows.push(at_least(
+            self.rows.push(compared(
                 format!(
                     "lifecycles/s, {}, 1 Gateway, ListenerSet mode / its floor ({LIFE_IN_FLIGHT} in flight)",
                     plural(workers, "worker")
@@ -113,7 +113,7 @@ impl Bench {
                 format!("{w:.1}/s ({n} in {:.1} s)", took.as_secs_f64()),
                 reference,
                 w / f,
-                0.8,
+                Target::AtLeast(0.8),
             ));
             self.rows.push(info(
                 format!(
@@ -127,7 +127,7 @@ impl Bench {
             api.since(&kube).await,
         ));
         let (ws, fs) = (rates[1].0 / rates[0].0, rates[1].1 / rates[0].1);
-        self.rows.push(at_least(
+        self.rows.push(compared(
             "lifecycles/s at 4 workers / at 1 worker, 1 Gateway, ListenerSet mode / the same of its floor",
             format!("{ws:.2} ({:.1}/s / {:.1}/s)", rates[1].0, rates[0].0),
             format!(
@@ -135,7 +135,7 @@ impl Bench {
                 rates[1].1, rates[0].1
             ),
             ws / fs,
-            0.8,
+            Target::AtLeast(0.8),
         ));
         self.note_writes("lifecycles", writes, exposures).await;
     }
@@ -209,12 +209,12 @@ impl Bench {
         ));
         let rate = |k| rates.iter().find(|(c, _)| *c == k).map_or(0.0, |(_, r)| *r);
         let top = rate((8, 4));
-        self.rows.push(at_least(
+        self.rows.push(compared(
             "lifecycles/s, 4 workers over 8 Gateways / 1 worker over 8",
             format!("{top:.1}/s"),
             format!("{:.1}/s", rate((8, 1))),
             top / rate((8, 1)),
-            2.5,
+            Target::AtLeast(2.5),
         ));
         self.rows.push(info(
             "lifecycles/s, 4 workers over 8 Gateways / 1 worker on 1",

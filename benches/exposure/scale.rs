@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::floor::Mode;
 use crate::growth::Growth;
-use crate::report::{Row, at_most, bound, info, ms};
+use crate::report::{Row, Target, bound, compared, info, ms};
 use crate::{Bench, IN_FLIGHT, apiserver, common, cpu, drive, rss};
 
 /// A sampling profile of the worker process while it serves the probes at many live, when `BENCH_PERF`
@@ -136,15 +136,15 @@ impl Bench {
         let sfx = ", ListenerSet mode, itg-worker process";
         let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         let (wg, fg) = (grow(p_many.0, p_few.0), grow(p_many.1, p_few.1));
-        let mut r = at_most(
+        let mut r = compared(
             format!("worker's growth / floor's growth, {many} live against {few}{sfx}"),
             format!("{wg:.2}"),
             format!("floor {fg:.2}"),
             wg / fg,
-            1.1,
+            Target::AtMost(1.1),
         );
         r.target = "<= 1.1 (the floor's growth x 1.1)".into();
-        let ratio_many = at_most(
+        let ratio_many = compared(
             format!("worker p50 / floor p50 at {many} live{sfx}"),
             ms(p_many.0),
             format!(
@@ -153,7 +153,7 @@ impl Bench {
                 grow(p_few.0, p_few.1)
             ),
             grow(p_many.0, p_many.1),
-            1.2,
+            Target::AtMost(1.2),
         );
         let mut fill = info(
             format!("  filling {many} / draining them ({IN_FLIGHT} in flight)"),
