@@ -55,6 +55,18 @@ impl Bench {
         (pcts(&s).p50, pcts(&f).p50)
     }
 
+    /// [`Bench::probe`], and the CPU each of its exposures cost by process, from `cpu` (started just
+    /// before).
+    pub(crate) async fn probe_cpu(
+        &self,
+        target: &(Master, String),
+        fl: &Floor,
+        cpu: cpu::Sample,
+    ) -> ((Duration, Duration), String) {
+        let p = self.probe(target, fl).await;
+        (p, cpu.per_op(self.size.probes + 5))
+    }
+
     /// Exposure p50 with few live allocations, then with many, on ONE Gateway in ListenerSet mode (no
     /// listener cap there), each beside the floor on that Gateway.
     async fn growth_listenerset(&mut self) {
@@ -71,18 +83,14 @@ impl Bench {
         let mut live = drive::fill(&targets, &self.waiter, few, IN_FLIGHT).await;
         let calls_few = calls::snapshot();
         // CPU per probe (a worker lifecycle and a floor one), by process: the profile of the growth.
-        let cpu_few = cpu::start();
-        let p_few = self.probe(&targets[0], &fl).await;
-        let cpu_few = cpu_few.per_op(self.size.probes + 5);
+        let (p_few, cpu_few) = self.probe_cpu(&targets[0], &fl, cpu::start()).await;
         let steps_few = fl.breakdown();
         let calls_few = calls_few.since();
         let more = drive::fill(&targets, &self.waiter, many - few, IN_FLIGHT).await;
         live[0].extend(more.into_iter().flatten());
         let filled = t.elapsed();
         let calls_many = calls::snapshot();
-        let cpu_many = cpu::start();
-        let p_many = self.probe(&targets[0], &fl).await;
-        let cpu_many = cpu_many.per_op(self.size.probes + 5);
+        let (p_many, cpu_many) = self.probe_cpu(&targets[0], &fl, cpu::start()).await;
         let steps_many = fl.breakdown();
         let calls_many = calls_many.since();
         drive::drain(&targets, &self.waiter, &live, IN_FLIGHT).await;

@@ -81,9 +81,9 @@ impl Bench {
         // After the worker has served: it creates the state bucket.
         let fl = self.floor(mode, idx[0]).await;
         let worker_pid = [("itg-worker".to_owned(), proc.id().to_string())];
-        let cpu_few = cpu::start_with(&worker_pid);
-        let p_few = self.probe(&targets[0], &fl).await;
-        let cpu_few = cpu_few.per_op(self.size.probes + 5);
+        let (p_few, cpu_few) = self
+            .probe_cpu(&targets[0], &fl, cpu::start_with(&worker_pid))
+            .await;
         let steps_few = fl.breakdown();
         let more = drive::fill(&targets, &self.waiter, many - few, IN_FLIGHT).await;
         live[0].extend(more.into_iter().flatten());
@@ -94,9 +94,9 @@ impl Bench {
         );
         let (rss, hwm) = rss::settled_mib(&proc).await;
         let perf = Perf::start(proc.id());
-        let cpu_many = cpu::start_with(&worker_pid);
-        let p_many = self.probe(&targets[0], &fl).await;
-        let cpu_many = cpu_many.per_op(self.size.probes + 5);
+        let (p_many, cpu_many) = self
+            .probe_cpu(&targets[0], &fl, cpu::start_with(&worker_pid))
+            .await;
         perf.stop();
         let steps_many = fl.breakdown();
         drop(proc);
