@@ -116,7 +116,7 @@ pub struct Handler<S, C> {
     data_plane: Arc<dyn DataPlane>,
     /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
     /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
-    unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
+    unreachable: Arc<std::sync::Mutex<reach::Unreachable>>,
     /// Per Gateway (by place in the pool): how many ports its data plane refused since it last served
     /// one, and when the last was refused. The pool's placement passes over a Gateway that looks down.
     refusals: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, std::time::Instant)>>>,

@@ -1,5 +1,6 @@
 //! Reaching: after the controller's verdict, whether its data plane serves each port of an allocation.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::Handler;
@@ -40,12 +41,17 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let results = futures::future::join_all(probes).await;
         let mut refused = Vec::new();
         for (port, served) in results {
+            // One port's silence, or the worker's own shortage, is not the address's: only no route, or
+            // several silent ports with no answer between them, stop the probing of the whole Gateway.
+            if self.note_heard(at, port, &served) {
+                tracing::warn!(address = %host, why = ?served, "the data plane probe cannot reach the Gateway's address; ready rests on the controller's status for a minute. Set data_plane_probe.address to an address the worker reaches, or data_plane_probe.enabled: false");
+                self.mark_unreachable(at);
+            }
             match served {
                 Served::Yes => {}
                 Served::No => refused.push(port),
-                Served::CannotTell(why) => {
-                    tracing::warn!(address = %host, %why, "the data plane probe cannot reach the Gateway's address; ready rests on the controller's status for a minute. Set data_plane_probe.address to an address the worker reaches, or data_plane_probe.enabled: false");
-                    self.mark_unreachable(at);
+                Served::CannotTell { why, .. } => {
+                    tracing::info!(address = %host, port, %why, "the data plane probe could not tell whether this port is served; its ready rests on the controller's status");
                 }
             }
         }
@@ -102,14 +108,30 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     pub(super) fn unreachable_now(&self, at: usize) -> bool {
         self.unreachable.lock().is_ok_and(|mut m| {
             let now = Instant::now();
-            m.retain(|_, until| *until > now);
-            m.contains_key(&at)
+            m.until.retain(|_, until| *until > now);
+            m.until.contains_key(&at)
         })
+    }
+
+    /// Takes in what the probe heard from one port of Gateway `at`; `true` when its address now counts as
+    /// unreachable.
+    fn note_heard(&self, at: usize, port: u16, served: &Served) -> bool {
+        self.unreachable
+            .lock()
+            .is_ok_and(|mut m| m.heard.entry(at).or_default().note(port, served))
     }
 
     fn mark_unreachable(&self, at: usize) {
         if let Ok(mut m) = self.unreachable.lock() {
-            m.insert(at, Instant::now() + UNREACHABLE_FOR);
+            m.until.insert(at, Instant::now() + UNREACHABLE_FOR);
+            m.heard.remove(&at);
         }
     }
+}
+
+/// Which Gateways of the pool the probe cannot reach, until when, and what it heard from each lately.
+#[derive(Debug, Default)]
+pub(super) struct Unreachable {
+    until: BTreeMap<usize, Instant>,
+    heard: BTreeMap<usize, probe::Silence>,
 }

@@ -220,6 +220,8 @@ pub(super) async fn probe(targets: Vec<(String, String, u16)>) -> Vec<Value> {
             }
             Reach::Refused => "refused (nothing listens: the listener is not bound)".to_owned(),
             Reach::Unreachable(why) => format!("cannot tell: {why}"),
+            Reach::Silent(why) => format!("cannot tell, no answer: {why}"),
+            Reach::Local(why) => format!("cannot tell, this host failed the attempt: {why}"),
         };
         out.push(json!({
             "name": name,
