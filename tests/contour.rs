@@ -223,16 +223,7 @@ async fn with_contour_s_envoy_stopped_ready_waits_then_fails_naming_the_data_pla
     let alloc = format!("{}.1", Uuid::new_v4());
     let t0 = Instant::now();
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "contour, envoy stopped: answered {} after {} ms: {}",
         answer.kind,

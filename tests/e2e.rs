@@ -565,16 +565,7 @@ async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
     let replies = Replies::watch(&env, &rm.name).await;
     let alloc = format!("{}.1", Uuid::new_v4());
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "e2e ({mode:?}): a started on a range an operator's ListenerSet holds was answered {}: {}",
         answer.kind, answer.body["message"]
@@ -678,16 +669,7 @@ async fn a_range_whose_only_port_envoy_cannot_bind_is_answered_failed_naming_the
     let replies = Replies::watch(&env, &rm.name).await;
     let alloc = format!("{}.1", Uuid::new_v4());
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "e2e: a started whose only port envoy cannot bind was answered {}: {}",
         answer.kind, answer.body["message"]

@@ -527,6 +527,20 @@ impl Replies {
         }
     }
 
+    /// The first answer to `alloc`'s started (a reply other than `removed`), waited for up to `secs`.
+    pub async fn answer(&self, secs: u64, alloc: &str) -> Seen {
+        let answers = self
+            .wait(secs, "an answer", |seen| {
+                seen.iter()
+                    .any(|s| s.alloc() == Some(alloc) && s.kind != "removed")
+            })
+            .await;
+        answers
+            .into_iter()
+            .find(|s| s.alloc() == Some(alloc))
+            .expect("an answer")
+    }
+
     /// `ready` for `alloc` (waited for up to 120 s), and when this test first saw it.
     pub async fn ready(&self, alloc: &str) -> (Seen, std::time::Instant) {
         let r = self.first(120, alloc, "ready").await;
