@@ -1,8 +1,9 @@
 //! Reaching: after the controller's verdict, whether its data plane serves each port of an allocation.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Handler;
+use crate::clock;
 use crate::cluster::Cluster;
 use crate::probe::{self, Served};
 use crate::state::Record;
@@ -22,7 +23,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let cfg = &self.rm.config.data_plane_probe;
         let host = self.rm.pool[at].probe_host.as_str();
         let probes = rec.ports.iter().map(|b| async move {
-            let start = Instant::now();
+            let start = clock::instant();
             let mut attempt = 0;
             loop {
                 let reach = self
@@ -77,7 +78,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 
     fn unreachable_now(&self, at: usize) -> bool {
         self.unreachable.lock().is_ok_and(|mut m| {
-            let now = Instant::now();
+            let now = clock::instant();
             m.retain(|_, until| *until > now);
             m.contains_key(&at)
         })
@@ -85,7 +86,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 
     fn mark_unreachable(&self, at: usize) {
         if let Ok(mut m) = self.unreachable.lock() {
-            m.insert(at, Instant::now() + UNREACHABLE_FOR);
+            m.insert(at, clock::instant() + UNREACHABLE_FOR);
         }
     }
 }

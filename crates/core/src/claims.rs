@@ -3,7 +3,7 @@
 //! order, the store's [`PortIndex`](crate::store::PortIndex) hint) only makes a free port likely to be found first.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +73,7 @@ pub async fn unclaimed<S: Store>(
     cooling: Duration,
 ) -> Result<Vec<u16>, StoreError> {
     if let Some(index) = store.port_index(prefix).await {
-        let now = SystemTime::now();
+        let now = crate::clock::system_now();
         let mut hinted = Vec::with_capacity(n);
         let mut cool = Vec::new();
         for port in candidates.clone().filter(|p| !index.is_claimed(*p)) {
@@ -95,7 +95,7 @@ pub async fn unclaimed<S: Store>(
         // capacity on a hint, so the bucket itself is asked.
     }
     // The bucket keeps each release's time on its delete marker: the same cooling as the index's.
-    let now = SystemTime::now();
+    let now = crate::clock::system_now();
     let (mut chosen, mut cool) = (Vec::with_capacity(n), Vec::new());
     for port in candidates {
         if chosen.len() == n {
