@@ -175,6 +175,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                 None,
                 delivery::next(kind, Served::Retry { why }, delivered, deliveries, timing),
             ),
+            Some(Handled::Defer { why }) => (
+                None,
+                delivery::next(kind, Served::Defer { why }, delivered, deliveries, timing),
+            ),
         };
         match (&handled, &stored) {
             (Some(Handled::Answer { reply, .. }), Some(Ok(()))) => {
@@ -210,6 +214,12 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
                     tracing::info!(why = %why, retry_in = ?delay, "not served yet; will retry");
                 }
             }
+            (Some(Handled::Defer { why }), _) => {
+                if let Next::Nak(delay) = next {
+                    m.event(&rm, kind.as_str(), "retry");
+                    tracing::warn!(why = %why, retry_in = ?delay, "left for a newer worker; will retry");
+                }
+            }
             (None, _) => {
                 if let Next::Nak(_) = next {
                     tracing::warn!(timeout = ?timing.kubernetes_deadline.0, "not served within worker.kubernetes_deadline; giving the event back");
@@ -221,7 +231,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
         match next {
             Next::Ack => ack(&msg, AckKind::Ack).await,
             Next::Nak(delay) => ack(&msg, AckKind::Nak(Some(delay))).await,
-            Next::Requeue { why } => requeue(&rm, replier, &msg, &why).await,
+            Next::Requeue { why } => {
+                m.event(&rm, kind.as_str(), "requeued");
+                requeue(replier, &msg, &why).await;
+            }
             Next::GiveUp { cause, why } => {
                 give_up(handler, replier, &msg, kind, &why, cause).await;
             }
@@ -229,33 +242,6 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     }
     .instrument(span)
     .await;
-}
-
-/// The last allowed delivery of an `ended` failed. It never gives up, since giving up would leave the
-/// allocation exposed: it is queued again as a new message, whose deliveries start afresh.
-async fn requeue<R: Replier>(rm: &str, replier: &R, msg: &jetstream::Message, why: &str) {
-    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    metrics::get().event(rm, contract::EventKind::Ended.as_str(), "requeued");
-    let mut tries = 0u32;
-    loop {
-        match replier.requeue(&msg.subject, &msg.payload, sequence).await {
-            Ok(()) => {
-                tracing::warn!(why = %why, sequence, "ended not served after the maximum deliveries; queued again");
-                ack(msg, AckKind::Term).await;
-                return;
-            }
-            Err(e) if tries < 5 => {
-                tries += 1;
-                tracing::warn!(error = %e, "could not queue the ended again; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, sequence, "could not queue the ended again; the reconciler or a resend must finish it");
-                ack(msg, AckKind::Nak(None)).await;
-                return;
-            }
-        }
-    }
 }
 
 /// The last allowed delivery of any other event failed. It is kept in the dead-letter stream, a started is
@@ -298,6 +284,31 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
         }
     }
     ack(msg, AckKind::Term).await;
+}
+
+/// Publishes the event again as a new message, whose deliveries start afresh, and terminates this one.
+async fn requeue<R: Replier>(replier: &R, msg: &jetstream::Message, why: &str) {
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut tries = 0u32;
+    loop {
+        match replier.requeue(&msg.subject, &msg.payload, sequence).await {
+            Ok(()) => {
+                tracing::warn!(why = %why, sequence, "not served after the maximum deliveries; queued again");
+                ack(msg, AckKind::Term).await;
+                return;
+            }
+            Err(e) if tries < 5 => {
+                tries += 1;
+                tracing::warn!(error = %e, "could not queue the event again; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sequence, "could not queue the event again; the reconciler or a resend must finish it");
+                ack(msg, AckKind::Nak(None)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Counts a published `failed` reply under its reason.

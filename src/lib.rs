@@ -35,4 +35,5 @@ pub mod ctl;
 pub mod dataplane;
 pub mod reconciler;
 pub mod replay;
+pub mod site;
 pub mod worker;

@@ -27,6 +27,8 @@ pub enum Served<'a> {
     Done,
     /// The handler asked for a retry.
     Retry { why: &'a str },
+    /// The handler left the event for a newer worker: retried, and never given up on.
+    Defer { why: &'a str },
     /// The handler ran past `worker.kubernetes_deadline`.
     Overran,
 }
@@ -38,7 +40,8 @@ pub enum Next {
     Ack,
     /// Give it back, to come again after the delay.
     Nak(Duration),
-    /// The last delivery of an `ended`: queue it again as a new message, since giving up would leak.
+    /// The last delivery of an `ended` (giving up would leak) or of an event left for a newer worker:
+    /// queue it again as a new message.
     Requeue { why: String },
     /// The last delivery of any other event: keep it as a dead letter; a started is then answered by the
     /// handler's give-up path with this cause.
@@ -74,6 +77,12 @@ pub fn next(
             format!("the reply could not be stored: {e}"),
         ),
         Served::Retry { why } => (GaveUp::Unserved, why.to_owned()),
+        Served::Defer { why } if deliveries.last(delivered) => {
+            return Next::Requeue {
+                why: why.to_owned(),
+            };
+        }
+        Served::Defer { why } => (GaveUp::Unserved, why.to_owned()),
         Served::Overran => (
             GaveUp::Unserved,
             format!(
@@ -162,6 +171,10 @@ mod tests {
         ));
         assert!(matches!(
             last(EventKind::Ended, Served::Retry { why: "apiserver" }),
+            Next::Requeue { .. }
+        ));
+        assert!(matches!(
+            last(EventKind::Started, Served::Defer { why: "newer" }),
             Next::Requeue { .. }
         ));
     }
