@@ -25,6 +25,8 @@ pub struct Health {
     /// Set once every resource manager's consumer exists: before that the worker serves nothing.
     serving: AtomicBool,
     shutting_down: AtomicBool,
+    /// What the worker still waits for while it serves (a site's hub, over its leaf-node link).
+    waiting: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -38,9 +40,19 @@ impl Health {
         self.serving.store(true, Ordering::SeqCst);
     }
 
+    /// Sets what the worker waits for, or `None` once it waits for nothing.
+    pub fn waiting_for(&self, what: Option<String>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = what;
+        }
+    }
+
     fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err("shutting down".into());
+        }
+        if let Some(what) = self.waiting.lock().ok().and_then(|w| w.clone()) {
+            return Err(format!("waiting for {what}"));
         }
         if !self.serving.load(Ordering::SeqCst) {
             return Err("the consumers are not all created yet".into());
@@ -177,6 +189,10 @@ mod tests {
         h.checked.store(true, Ordering::SeqCst);
         assert!(h.readiness().unwrap_err().contains("consumers"));
         h.serving();
+        assert_eq!(h.readiness(), Ok(()));
+        h.waiting_for(Some("the hub".into()));
+        assert_eq!(h.readiness(), Err("waiting for the hub".into()));
+        h.waiting_for(None);
         assert_eq!(h.readiness(), Ok(()));
         h.shutting_down();
         assert_eq!(h.readiness(), Err("shutting down".into()));

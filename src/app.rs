@@ -58,6 +58,8 @@ pub struct Servers {
     pub js: jetstream::Context,
     pub store: KvStore,
     pub rms: Vec<Connected>,
+    /// At a site whose streams were laid out already: the hub's side, laid out while serving.
+    pub hub: Option<crate::site::HubSide>,
 }
 
 /// Connects to NATS (creating the streams and the KV bucket when absent) and to every apiserver, and waits
@@ -80,6 +82,7 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
             what: format!("account info at {url}"),
             message: crate::config::redact_in(&e.to_string(), &config.nats.url),
         })?;
+    let mut hub_side = None;
     match &config.jetstream.hub_domain {
         None => nats::ensure_streams(&js, &config.jetstream).await?,
         Some(hub) => {
@@ -95,8 +98,9 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
                 .iter()
                 .map(|rm| rm.name.clone())
                 .collect();
-            let hub_js = jetstream::with_domain(client.clone(), hub);
-            nats::ensure_site(&js, &hub_js, hub, &site, &config.jetstream, &rms).await?;
+            hub_side =
+                crate::site::prepare(&client, &js, hub, &site, &config.jetstream, rms.clone())
+                    .await?;
             tracing::info!(site = %site, hub = %hub, resource_managers = ?rms, "serving at a site: events sourced from the hub, replies sourced by it");
         }
     }
@@ -145,6 +149,7 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         js,
         store,
         rms,
+        hub: hub_side,
     })
 }
 
@@ -359,7 +364,11 @@ pub async fn run(
     servers: Servers,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
-    let replier = JetStreamReplier::new(servers.js.clone());
+    let replier = if config.jetstream.hub_domain.is_some() {
+        JetStreamReplier::at_site(servers.js.clone())
+    } else {
+        JetStreamReplier::new(servers.js.clone())
+    };
     let health = Arc::new(Health::default());
     let (admin, serve_admin) = admin::bind(&config.admin.address, health.clone())
         .await
@@ -454,10 +463,24 @@ pub async fn run(
     }
     // Ready only now: a worker counted ready while its later consumers are still being made serves only
     // some resource managers.
+    let mut hub = servers
+        .hub
+        .map(|h| tokio::spawn(h.lay_out_until_done(health.clone())));
     health.serving();
-    while let Some(res) = tasks.join_next().await {
-        if let Err(e) = res {
-            tracing::error!(error = %e, "a consumer task panicked");
+    loop {
+        tokio::select! {
+            res = tasks.join_next() => match res {
+                None => break,
+                Some(Err(e)) => tracing::error!(error = %e, "a consumer task panicked"),
+                Some(Ok(())) => {}
+            },
+            Some(done) = async { Some(hub.as_mut()?.await) }, if hub.is_some() => {
+                hub = None;
+                // Only a refusal no retry mends ends the laying out: the worker stops as it would at start.
+                if let Ok(Err(e)) = done {
+                    return Err(e.into());
+                }
+            }
         }
     }
     side.abort();

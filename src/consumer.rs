@@ -214,6 +214,17 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             Handled::Retry { why } if pacing.last_delivery(delivered) => {
                 give_up(handler, replier, &msg, kind, &why, GaveUp::Unserved).await;
             }
+            // Never given up on: at the last delivery it is queued again, as an unserved ended is.
+            Handled::Defer { why } if pacing.last_delivery(delivered) => {
+                m.event(&rm, kind.as_str(), "requeued");
+                requeue(replier, &msg, &why).await;
+            }
+            Handled::Defer { why } => {
+                m.event(&rm, kind.as_str(), "retry");
+                let delay = redelivery_delay(timing, delivered);
+                tracing::warn!(why = %why, retry_in = ?delay, "left for a newer worker; will retry");
+                ack(&msg, AckKind::Nak(Some(delay))).await;
+            }
             Handled::Retry { why } => {
                 m.event(&rm, kind.as_str(), "retry");
                 let delay = redelivery_delay(timing, delivered);
@@ -244,26 +255,8 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     let m = metrics::get();
     if kind == contract::EventKind::Ended {
         m.event(rm, kind.as_str(), "requeued");
-        let mut tries = 0u32;
-        loop {
-            match replier.requeue(&msg.subject, &msg.payload, sequence).await {
-                Ok(()) => {
-                    tracing::warn!(why = %why, sequence, "ended not served after the maximum deliveries; queued again");
-                    ack(msg, AckKind::Term).await;
-                    return;
-                }
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, "could not queue the ended again; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, sequence, "could not queue the ended again; the reconciler or a resend must finish it");
-                    ack(msg, AckKind::Nak(None)).await;
-                    return;
-                }
-            }
-        }
+        requeue(replier, msg, why).await;
+        return;
     }
     m.event(rm, kind.as_str(), "dead_letter");
     let letter = DeadLetter {
@@ -290,6 +283,31 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
         }
     }
     ack(msg, AckKind::Term).await;
+}
+
+/// Publishes the event again as a new message, whose deliveries start afresh, and terminates this one.
+async fn requeue<R: Replier>(replier: &R, msg: &jetstream::Message, why: &str) {
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut tries = 0u32;
+    loop {
+        match replier.requeue(&msg.subject, &msg.payload, sequence).await {
+            Ok(()) => {
+                tracing::warn!(why = %why, sequence, "not served after the maximum deliveries; queued again");
+                ack(msg, AckKind::Term).await;
+                return;
+            }
+            Err(e) if tries < 5 => {
+                tries += 1;
+                tracing::warn!(error = %e, "could not queue the event again; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sequence, "could not queue the event again; the reconciler or a resend must finish it");
+                ack(msg, AckKind::Nak(None)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Counts a published `failed` reply under its reason.

@@ -34,4 +34,5 @@ pub mod ctl;
 pub mod dataplane;
 pub mod reconciler;
 pub mod replay;
+pub mod site;
 pub mod worker;

@@ -316,7 +316,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             }
         }
         Handled::Done => Outcome::AlreadyRight,
-        Handled::Retry { why } => {
+        Handled::Retry { why } | Handled::Defer { why } => {
             tracing::warn!(sequence, why = %why, "replayed event not served");
             Outcome::Failed
         }

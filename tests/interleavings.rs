@@ -236,6 +236,8 @@ impl Cluster for MemCluster {
 #[derive(Clone, Default)]
 struct MemDataPlane {
     refused: Arc<Mutex<BTreeSet<u16>>>,
+    /// Ports that give no answer within the connect timeout.
+    silent: Arc<Mutex<BTreeSet<u16>>>,
 }
 
 impl DataPlane for MemDataPlane {
@@ -248,6 +250,9 @@ impl DataPlane for MemDataPlane {
         // Answers at once: the tests here interleave at the store and the cluster, and a yield more per pass
         // would only widen the window of the stray apply that `racing_duplicates_...` counts as a clash.
         Box::pin(async move {
+            if self.silent.lock().unwrap().contains(&port) {
+                return Reach::Silent(format!("no answer from {port}"));
+            }
             if self.refused.lock().unwrap().contains(&port) {
                 Reach::Refused
             } else {
@@ -303,6 +308,7 @@ fn kind_of(h: &Handled) -> &'static str {
         Handled::Answer { reply, .. } => reply.kind().as_str(),
         Handled::Done => "done",
         Handled::Retry { .. } => "retry",
+        Handled::Defer { .. } => "defer",
     }
 }
 
@@ -794,4 +800,36 @@ async fn a_data_plane_that_serves_no_port_fails_the_started_naming_it_and_leaves
         cluster.objects.lock().unwrap()
     );
     assert!(store.keys("port.").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn one_silent_port_does_not_stop_the_probing_of_its_gateway() {
+    let (store, cluster, plane) = (
+        MemStore::default(),
+        MemCluster::default(),
+        MemDataPlane::default(),
+    );
+    // Every port is silent for the first allocation (a firewall dropping them, say): its ready rests on
+    // the controller's status.
+    plane.silent.lock().unwrap().extend(40000..=40009);
+    let h = handler_probing(&store, &cluster, &plane, "grace: 100ms, deadline: 1s");
+    let a = "6f1c2d3e.11";
+    let first = serve(&h, EventKind::Started, &started(a)).await;
+    assert_eq!(kind_of(&first), "ready", "{first:?}");
+    // Then envoy answers again, but refuses every port: the next allocation must be probed, not answered
+    // on status alone because one port was silent a moment ago.
+    plane.silent.lock().unwrap().clear();
+    plane.refused.lock().unwrap().extend(40000..=40009);
+    let b = "6f1c2d3e.12";
+    let answer = loop {
+        match h.handle(EventKind::Started, &started(b)).await {
+            Handled::Retry { why } => {
+                assert!(why.contains("data plane"), "{why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            done => break done,
+        }
+    };
+    println!("after one silent port, an allocation on a refusing data plane: {answer:?}");
+    assert_eq!(kind_of(&answer), "failed", "{answer:?}");
 }

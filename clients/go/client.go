@@ -83,16 +83,7 @@ type Published struct {
 //
 // Publish the same Started again (same EventID) to retry safely after an error.
 func (c *Client) Started(ctx context.Context, rm string, ev Started) (Published, error) {
-	if ev.SchemaVersion == 0 {
-		ev.SchemaVersion = SchemaVersion
-	}
-	if ev.EventID == "" {
-		ev.EventID = NewEventID()
-	}
-	if err := ValidateResourceManager(rm); err != nil {
-		return Published{}, err
-	}
-	if err := ev.Validate(); err != nil {
+	if err := prepare(rm, &ev.SchemaVersion, &ev.EventID, ev.Validate); err != nil {
 		return Published{}, err
 	}
 	return c.publishEvent(ctx, rm, KindStarted, ev.EventID, ev.AllocationID, ev)
@@ -101,19 +92,25 @@ func (c *Client) Started(ctx context.Context, rm string, ev Started) (Published,
 // Ended publishes an ended event for resource manager rm, as Started does. Await afterwards returns the
 // removed reply.
 func (c *Client) Ended(ctx context.Context, rm string, ev Ended) (Published, error) {
-	if ev.SchemaVersion == 0 {
-		ev.SchemaVersion = SchemaVersion
-	}
-	if ev.EventID == "" {
-		ev.EventID = NewEventID()
-	}
-	if err := ValidateResourceManager(rm); err != nil {
-		return Published{}, err
-	}
-	if err := ev.Validate(); err != nil {
+	if err := prepare(rm, &ev.SchemaVersion, &ev.EventID, ev.Validate); err != nil {
 		return Published{}, err
 	}
 	return c.publishEvent(ctx, rm, KindEnded, ev.EventID, ev.AllocationID, ev)
+}
+
+// prepare fills an event's zero schema version and empty event id, then checks rm and the event (validate
+// sees the filled-in values): what Started and Ended do before they publish.
+func prepare(rm string, schemaVersion *int, eventID *string, validate func() error) error {
+	if *schemaVersion == 0 {
+		*schemaVersion = SchemaVersion
+	}
+	if *eventID == "" {
+		*eventID = NewEventID()
+	}
+	if err := ValidateResourceManager(rm); err != nil {
+		return err
+	}
+	return validate()
 }
 
 func (c *Client) publishEvent(ctx context.Context, rm string, kind EventKind, eventID, alloc string, body any) (Published, error) {

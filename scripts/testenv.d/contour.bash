@@ -3,29 +3,16 @@
 
 CTT=$REPO/tools/contour
 
-# Built from tools/contour like Envoy Gateway: keyed by a hash of that module, moved into place when complete.
+# Built from tools/contour, as Envoy Gateway is.
 ensure_contour() {
-  local key tmp t0 ticker cver
-  key=$(cd "$CTT" && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort |
-        xargs sha256sum | sha256sum | cut -c1-12)
-  CONTOUR_BIN=$CACHE/contour-$key/bin/contour
+  local dir cver
+  dir=$(go_dir contour "$CTT")
+  CONTOUR_BIN=$dir/bin/contour
   [[ -x $CONTOUR_BIN ]] && return
-  command -v go >/dev/null || die "go is not installed: it builds Contour from tools/contour"
-  mkdir -p "$CACHE"
-  tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
-  export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
-  cver=$(cd "$CTT" && go list -m -f '{{.Version}}' github.com/projectcontour/contour)
-  t0=$SECONDS
-  log "building contour $cver into $CACHE/contour-$key (first run only; minutes on 2 cores)"
-  ( while sleep 30 >/dev/null 2>&1; do log "  still building contour: $((SECONDS - t0)) s"; done ) &
-  ticker=$!
-  if ! (cd "$CTT" && go build -ldflags "-X github.com/projectcontour/contour/internal/build.Version=$cver" \
-          -o "$tmp/bin/contour" github.com/projectcontour/contour/cmd/contour); then
-    kill "$ticker" 2>/dev/null; rm -rf "$tmp"; die "building contour failed"
-  fi
-  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
-  log "built contour in $((SECONDS - t0)) s"
-  mv -T "$tmp" "$CACHE/contour-$key" 2>/dev/null || rm -rf "$tmp"
+  cver=$(go_version "$CTT" github.com/projectcontour/contour Contour)
+  go_build "$dir" "$CTT" "minutes on 2 cores" "contour $cver" \
+    -ldflags "-X github.com/projectcontour/contour/internal/build.Version=$cver" \
+    -o bin/contour github.com/projectcontour/contour/cmd/contour
 }
 
 # The Contour Gateway's ports (placeholder first); envoy binds them + 8000, below the ephemeral range.

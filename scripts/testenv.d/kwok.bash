@@ -12,29 +12,15 @@ KWOK_NODE_LABEL=tests.internal-task-gateway.io/kwok
 # The annotation that holds a Pod's readiness back: a Go duration ("60s") or an RFC 3339 time.
 KWOK_READY_DELAY=pod-ready.stage.kwok.x-k8s.io/delay
 
-# Built from tools/kwok like Contour: keyed by a hash of that module, moved into place when complete.
+# Built from tools/kwok, as Contour is. The module's version is a constant in its source: no -ldflags to
+# stamp it.
 ensure_kwok() {
-  local key tmp t0 ticker kver
-  key=$(cd "$KWT" && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort |
-        xargs sha256sum | sha256sum | cut -c1-12)
-  KWOK_BIN=$CACHE/kwok-$key/bin/kwok
+  local dir kver
+  dir=$(go_dir kwok "$KWT")
+  KWOK_BIN=$dir/bin/kwok
   [[ -x $KWOK_BIN ]] && return
-  command -v go >/dev/null || die "go is not installed: it builds kwok from tools/kwok"
-  mkdir -p "$CACHE"
-  tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
-  export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
-  kver=$(cd "$KWT" && go list -m -f '{{.Version}}' sigs.k8s.io/kwok)
-  t0=$SECONDS
-  log "building kwok $kver into $CACHE/kwok-$key (first run only; about a minute on 2 cores)"
-  ( while sleep 30 >/dev/null 2>&1; do log "  still building kwok: $((SECONDS - t0)) s"; done ) &
-  ticker=$!
-  # The module's version is a constant in its source: no -ldflags to stamp it.
-  if ! (cd "$KWT" && go build -o "$tmp/bin/kwok" sigs.k8s.io/kwok/cmd/kwok); then
-    kill "$ticker" 2>/dev/null; rm -rf "$tmp"; die "building kwok failed"
-  fi
-  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
-  log "built kwok in $((SECONDS - t0)) s"
-  mv -T "$tmp" "$CACHE/kwok-$key" 2>/dev/null || rm -rf "$tmp"
+  kver=$(go_version "$KWT" sigs.k8s.io/kwok kwok)
+  go_build "$dir" "$KWT" "about a minute on 2 cores" "kwok $kver" -o bin/kwok sigs.k8s.io/kwok/cmd/kwok
 }
 
 # The Nodes' pod CIDRs, one /24 each in a /23 of 100.64.0.0/10 chosen per clone from a hash of its path:

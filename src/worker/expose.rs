@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{DriveError, Handler, Pass, Purpose, REFUSAL_SETTLE, WAIT_SLICE, add_touched, now};
+use super::{
+    DriveError, Handler, Pass, Placed, Purpose, REFUSAL_SETTLE, WAIT_SLICE, add_touched, now,
+};
 use crate::allocator::{self, PortView};
 use crate::claims;
 use crate::cluster::{Cluster, ClusterError, Exposure};
@@ -12,7 +14,7 @@ use crate::contract::FailureReason;
 use crate::crashpoint;
 use crate::names;
 use crate::readiness::Verdict;
-use crate::state::{Binding, Failure, Phase, Record};
+use crate::state::{Binding, Failure, GivenBack, Phase, Record};
 use crate::store::{Outcome, Store, encode};
 
 impl<S: Store, C: Cluster> Handler<S, C> {
@@ -24,7 +26,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         key: &str,
         mut rec: Record,
         mut rev: u64,
-        touched: &mut Vec<Binding>,
+        touched: &mut Vec<Placed>,
         purpose: Purpose,
     ) -> Result<Pass, DriveError> {
         let Some(spec) = rec.spec.clone() else {
@@ -42,9 +44,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         loop {
             let unbound: Vec<_> = rec.unbound().into_iter().cloned().collect();
             if !unbound.is_empty() {
-                // An allocation holding no port yet is placed on the pool's roomiest Gateway.
-                let place =
-                    (rec.ports.is_empty() && self.clusters.len() > 1).then(|| self.roomiest());
+                // An allocation holding no port yet goes where its listeners stand (a record rebuilt
+                // after the bucket was lost keeps its address), else on the pool's roomiest Gateway.
+                let place = (rec.ports.is_empty() && self.clusters.len() > 1)
+                    .then(|| self.standing(&rec).unwrap_or_else(|| self.roomiest()));
                 let at = place.unwrap_or_else(|| self.placement(Some(&rec)));
                 let proxies: Vec<&str> = unbound.iter().map(|p| p.name.as_str()).collect();
                 let chosen = match self.choose_ports(&rec, at, &proxies, &lost_ports).await {
@@ -54,8 +57,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     Err(DriveError::Capacity(m))
                         if !rec.ports.is_empty() && rec.phase == Phase::Exposing =>
                     {
-                        let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
-                        return self.give_back(key, &rec, rev, ns.as_deref(), m).await;
+                        return self
+                            .give_back(key, &rec, rev)
+                            .await?
+                            .then_wait(DriveError::Capacity(m));
                     }
                     Err(e) => return Err(e),
                 };
@@ -71,6 +76,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     });
                 }
                 next.updated_at = now();
+                if next.bound_at == 0 {
+                    next.bound_at = next.updated_at;
+                }
                 // Intent first: a port key is only ever created after the record lists it, so cleanup finds it.
                 match self.store.update(key, encode(&next), rev).await? {
                     Outcome::Written(r) => (rec, rev) = (next, r),
@@ -79,9 +87,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 crashpoint::reach("expose.ports_recorded");
             }
             let mut lost = Vec::new();
-            let on = &self.rm.pool[self.placement(Some(&rec))].gateway;
+            let here = self.placement(Some(&rec));
+            let on = &self.rm.pool[here].gateway;
             for b in &rec.ports {
-                add_touched(touched, b);
+                add_touched(touched, here, b);
                 if !claims::claim(
                     &self.store,
                     &self.rm,
@@ -135,16 +144,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 // still exposing gives back everything it holds, as when no port is free, so two of them
                 // never wait on each other's slots; a port found taken is not chosen again for a while.
                 Err(err @ ClusterError::Capacity(_)) if rec.phase == Phase::Exposing => {
-                    if err.is_port_taken() {
+                    let given = self.give_back(key, &rec, rev).await?;
+                    if given.given() && err.is_port_taken() {
                         self.refused.note(
                             at,
                             e.binding.gateway_port,
                             self.timing.capacity_deadline.0,
                         );
                     }
-                    return self
-                        .give_back(key, &rec, rev, Some(&spec.namespace), err.to_string())
-                        .await;
+                    return given.then_wait(DriveError::Capacity(err.to_string()));
                 }
                 Err(_) if self.moved(key, rev).await? => return Ok(Pass::Moved),
                 Err(e) => return Err(e.into()),
@@ -176,7 +184,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         reason,
                         message,
                     } if rec.phase == Phase::Exposing => {
-                        for b in &rec.ports {
+                        let given = self.give_back(key, &rec, rev).await?;
+                        for b in rec.ports.iter().filter(|_| given.given()) {
                             if names::object_name(&self.rm.name, &rec.allocation_id, &b.name)
                                 == listener
                             {
@@ -187,12 +196,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                                 );
                             }
                         }
-                        let why = format!(
+                        return given.then_wait(DriveError::Capacity(format!(
                             "the Gateway's controller reports listener {listener} conflicted ({reason}): {message}; choosing another port"
-                        );
-                        return self
-                            .give_back(key, &rec, rev, Some(&spec.namespace), why)
-                            .await;
+                        )));
                     }
                     Verdict::Refused { reason, message }
                     | Verdict::Conflicted {
@@ -224,16 +230,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         if purpose == Purpose::Answer
             && rec.phase == Phase::Exposing
             && self.rm.config.probes_data_plane()
-            && let Some(why) = self.unserved(at, &rec).await
+            && let Some((refused, why)) = self.unserved(at, &rec).await
         {
-            return match self
-                .give_back(key, &rec, rev, Some(&spec.namespace), why)
-                .await
-            {
-                // The retry chooses again; past the deadline the started's failure quotes `why` as it is.
-                Err(DriveError::Capacity(m)) => Err(DriveError::Unserved(m)),
-                other => other,
-            };
+            // A refusal seen by a pass whose record moved meanwhile (an ended withdrew the listener, another
+            // pass made it ready) says nothing of the port: only a won give-back notes it.
+            let given = self.give_back(key, &rec, rev).await?;
+            if given.given() {
+                self.note_unserved(at, &refused);
+            }
+            // The retry chooses again; past the deadline the started's failure quotes `why` as it is.
+            return given.then_wait(DriveError::Unserved(why));
         }
         // The record must not have moved while the objects were applied: if an ended slipped in, its
         // cleanup may have run before these applies, and the next pass must undo them.
@@ -311,7 +317,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         proxies: &[&str],
         avoid: &BTreeSet<u16>,
     ) -> Result<Vec<u16>, DriveError> {
-        let n = proxies.len();
         let view = self.clusters[at].view();
         let g = &self.rm.pool[at].gateway;
         if !view.present {
@@ -344,38 +349,24 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let mut taken: BTreeSet<u16> = rec.ports.iter().map(|b| b.gateway_port).collect();
         taken.extend(self.refused.current(at));
         taken.extend(avoid);
+        // Each proxy prefers the port its listener stands on: a record rebuilt by a replay after the bucket
+        // was lost keeps the address the master was given. Another allocation's standing listener keeps
+        // its port from this one, its record may not be back yet.
+        let ours = self.listener_names(rec);
+        let preferred: Vec<Option<u16>> = proxies
+            .iter()
+            .map(|p| {
+                let name = names::object_name(&self.rm.name, &rec.allocation_id, p);
+                view.owned_port_of.get(&name).copied()
+            })
+            .collect();
+        taken.extend(
+            view.owned_port_of
+                .iter()
+                .filter(|(name, _)| !ours.contains(*name))
+                .map(|(_, p)| *p),
+        );
         let unserved = self.unserved_ports.current(at);
-        // A listener of this allocation that stands while its record holds no binding for it (the state
-        // was rebuilt by a replay after the bucket was lost, a site's leaf losing its store, say) keeps
-        // its port: the address the master was given stays the one `ready` carries.
-        let mut kept: Vec<Option<u16>> = Vec::with_capacity(n);
-        for proxy in proxies {
-            let name = names::object_name(&self.rm.name, &rec.allocation_id, proxy);
-            let standing = view.owned_port_of.get(&name).copied().filter(|p| {
-                self.rm.range.contains(p)
-                    && !self.rm.excluded.contains(p)
-                    && !view.foreign_ports.contains(p)
-                    && !taken.contains(p)
-                    && !unserved.contains(p)
-                    && !kept.contains(&Some(*p))
-            });
-            let free = match standing {
-                Some(p) => claims::unclaimed(
-                    &self.store,
-                    &self.rm.port_key_prefix(g),
-                    std::iter::once(p),
-                    1,
-                    Duration::ZERO,
-                )
-                .await?
-                .first()
-                .copied(),
-                None => None,
-            };
-            kept.push(free);
-        }
-        taken.extend(kept.iter().flatten());
-        let rest = kept.iter().filter(|k| k.is_none()).count();
         let mut pv = PortView {
             excluded: self.rm.excluded.clone(),
             foreign: view.foreign_ports.clone(),
@@ -384,85 +375,141 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let seed = rand::random();
         let hold_off = self.timing.reconcile_hold_off.0;
         let mut chosen =
-            claims::choose(&self.store, &self.rm, g, &pv, seed, rest, hold_off).await?;
+            claims::choose_keeping(&self.store, &self.rm, g, &pv, &preferred, seed, hold_off)
+                .await?;
         // A port the data plane refused is a hint, not a claim: trying it again beats waiting for capacity,
         // and a data plane that serves no port at all is then answered as such, not as a full range.
-        if chosen.len() < rest && !unserved.is_empty() {
+        if chosen.is_none() && !unserved.is_empty() {
             pv.taken = taken;
-            chosen = claims::choose(&self.store, &self.rm, g, &pv, seed, rest, hold_off).await?;
+            chosen =
+                claims::choose_keeping(&self.store, &self.rm, g, &pv, &preferred, seed, hold_off)
+                    .await?;
         }
-        if chosen.len() < rest {
-            return Err(DriveError::Capacity(format!(
+        chosen.ok_or_else(|| {
+            DriveError::Capacity(format!(
                 "no free port in {}-{} on Gateway {}/{} ({} usable)",
                 self.rm.range.start(),
                 self.rm.range.end(),
                 g.namespace,
                 g.name,
                 allocator::capacity(self.rm.range.clone(), &pv)
-            )));
-        }
-        let mut chosen = chosen.into_iter();
-        Ok(kept
-            .into_iter()
-            .filter_map(|k| k.or_else(|| chosen.next()))
-            .collect())
+            ))
+        })
     }
 
-    /// Gives back every binding of an allocation still exposing, and asks for redelivery once capacity
-    /// frees: one holding some ports while it waits for others could wait on another doing the same.
+    /// The names of every listener the allocation's spec asks for.
+    fn listener_names(&self, rec: &Record) -> BTreeSet<String> {
+        rec.spec
+            .iter()
+            .flat_map(|s| &s.proxy_ports)
+            .map(|p| names::object_name(&self.rm.name, &rec.allocation_id, &p.name))
+            .collect()
+    }
+
+    /// The Gateway of the pool where a listener of a record that never gave ports back stands: its record
+    /// was rebuilt (the bucket was lost) and the master holds that Gateway's address.
+    fn standing(&self, rec: &Record) -> Option<usize> {
+        if !rec.given_back.is_empty() {
+            return None;
+        }
+        let ours = self.listener_names(rec);
+        self.clusters
+            .iter()
+            .position(|c| c.view().owned_port_of.keys().any(|n| ours.contains(n)))
+    }
+
+    /// Gives back every binding of an allocation still exposing, to choose again: one holding some ports
+    /// while it waits for others could wait on another doing the same. Intent first: the compare-and-set
+    /// that moves the bindings to `given_back` is won before anything is withdrawn or released, and then
+    /// only what that won record gave back is. A pass that decided from a record that has moved since
+    /// (another pass made it ready, an ended) changes nothing.
     pub(super) async fn give_back(
         &self,
         key: &str,
         rec: &Record,
         rev: u64,
-        ns: Option<&str>,
-        why: String,
-    ) -> Result<Pass, DriveError> {
-        self.withdraw_all(
-            self.placement(Some(rec)),
-            &rec.allocation_id,
-            &rec.ports,
-            ns,
-            false,
-        )
-        .await?;
+    ) -> Result<GaveBack, DriveError> {
+        let at = self.placement(Some(rec));
+        let on = &self.rm.pool[at].gateway;
         let mut next = rec.clone();
         // Remembered, not forgotten: another pass of this allocation may still land an apply on them, and
-        // the allocation's cleanup must then find it.
+        // the allocation's cleanup must then find it, on the Gateway it was on.
         for b in next.ports.drain(..) {
-            add_touched(&mut next.given_back, &b);
+            let g = GivenBack {
+                binding: b,
+                gateway: Some(on.clone()),
+            };
+            if !next.given_back.contains(&g) {
+                next.given_back.push(g);
+            }
         }
         next.updated_at = now();
-        if self.store.update(key, encode(&next), rev).await? == Outcome::Conflict {
-            return Ok(Pass::Moved);
-        }
-        Err(DriveError::Capacity(why))
+        let Outcome::Written(won) = self.store.update(key, encode(&next), rev).await? else {
+            return Ok(GaveBack::Lost);
+        };
+        let given: Vec<Placed> = rec.ports.iter().map(|b| (at, b.clone())).collect();
+        let ns = rec.spec.as_ref().map(|s| s.namespace.as_str());
+        self.withdraw_all(&rec.allocation_id, &given, ns, false)
+            .await?;
+        Ok(GaveBack::Given {
+            moved: self.moved(key, won).await?,
+        })
     }
 
     /// The Gateway of the pool with the most room: free listener slots and free ports, as its watch shows
-    /// them (the first on a tie). A hint: the port claims decide, and a full Gateway gives the allocation
-    /// back to be placed again.
+    /// them, less the ports its data plane refused or that were found taken (the first on a tie). A
+    /// Gateway whose data plane looks down, or whose address the probe cannot reach, comes after every
+    /// other with room. A hint: the port claims decide, and a full Gateway gives the allocation back to be
+    /// placed again.
     pub(super) fn roomiest(&self) -> usize {
-        let room = |c: &C| {
+        let room = |at: usize, c: &C| {
             let view = c.view();
             if !view.present {
                 return 0;
             }
             let slots = self.rm.listener_limit.saturating_sub(view.listeners.len());
+            let mut taken = view.owned_ports.clone();
+            taken.extend(self.unserved_ports.current(at));
+            taken.extend(self.refused.current(at));
             let pv = PortView {
                 excluded: self.rm.excluded.clone(),
                 foreign: view.foreign_ports.clone(),
-                taken: view.owned_ports.clone(),
+                taken,
             };
             slots.min(allocator::candidates(self.rm.range.clone(), &pv, 0).count())
         };
-        let mut best = (0, 0);
+        let mut best = (0, (false, false, 0));
         for (at, c) in self.clusters.iter().enumerate() {
-            let r = room(c);
-            if r > best.1 {
-                best = (at, r);
+            let r = room(at, c);
+            let key = (r > 0 && !self.down_now(at), !self.unreachable_now(at), r);
+            if key > best.1 {
+                best = (at, key);
             }
         }
         best.0
+    }
+}
+
+/// What a give-back did.
+pub(super) enum GaveBack {
+    /// The record moved before the compare-and-set: nothing was given back, withdrawn or released.
+    Lost,
+    /// Given back, withdrawn and released; `moved` when the record moved again meanwhile (another pass
+    /// chose again, and the withdrawal may have taken its objects), so the next round puts back what the
+    /// record now wants.
+    Given { moved: bool },
+}
+
+impl GaveBack {
+    fn given(&self) -> bool {
+        matches!(self, GaveBack::Given { .. })
+    }
+
+    /// `wait` when the ports were given back and nothing moved since, else go round.
+    fn then_wait(self, wait: DriveError) -> Result<Pass, DriveError> {
+        match self {
+            GaveBack::Given { moved: false } => Err(wait),
+            _ => Ok(Pass::Moved),
+        }
     }
 }

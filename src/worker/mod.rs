@@ -116,7 +116,10 @@ pub struct Handler<S, C> {
     data_plane: Arc<dyn DataPlane>,
     /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
     /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
-    unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
+    unreachable: Arc<std::sync::Mutex<reach::Unreachable>>,
+    /// Per Gateway (by place in the pool): how many ports its data plane refused since it last served
+    /// one, and when the last was refused. The pool's placement passes over a Gateway that looks down.
+    refusals: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, std::time::Instant)>>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
@@ -155,34 +158,12 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Every binding the record knows of: the ports it holds, those it gave back to choose again, and those
-/// its cleanup released.
-fn known_bindings(rec: &Record) -> Vec<Binding> {
-    let mut all = rec.ports.clone();
-    for b in &rec.given_back {
-        add_touched(&mut all, b);
-    }
-    for r in &rec.released {
-        let container_port = rec
-            .spec
-            .as_ref()
-            .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
-            .map_or(0, |p| p.port);
-        add_touched(
-            &mut all,
-            &Binding {
-                name: r.name.clone(),
-                container_port,
-                gateway_port: r.gateway_port,
-            },
-        );
-    }
-    all
-}
+/// A binding and the Gateway of the pool (by place) it is on: what a withdrawal needs to reach it.
+type Placed = (usize, Binding);
 
-fn add_touched(touched: &mut Vec<Binding>, b: &Binding) {
-    if !touched.contains(b) {
-        touched.push(b.clone());
+fn add_touched(touched: &mut Vec<Placed>, at: usize, b: &Binding) {
+    if !touched.iter().any(|(a, t)| *a == at && t == b) {
+        touched.push((at, b.clone()));
     }
 }
 
@@ -205,6 +186,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             unserved_ports: Refused::default(),
             data_plane: Arc::new(crate::dataplane::Tcp),
             unreachable: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -220,6 +202,42 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         rec.and_then(|r| self.rm.placed(r.gateway.as_ref()))
             .filter(|at| *at < self.clusters.len())
             .unwrap_or(0)
+    }
+
+    /// Every binding the record knows of, each with its Gateway: the ports it holds, those it gave back to
+    /// choose again (on the Gateway they were given back on), and those its cleanup released.
+    fn known_bindings(&self, rec: &Record) -> Vec<Placed> {
+        let at = self.placement(Some(rec));
+        let mut all = Vec::new();
+        for b in &rec.ports {
+            add_touched(&mut all, at, b);
+        }
+        for g in &rec.given_back {
+            let on = g
+                .gateway
+                .as_ref()
+                .and_then(|g| self.rm.placed(Some(g)))
+                .filter(|on| *on < self.clusters.len())
+                .unwrap_or(at);
+            add_touched(&mut all, on, &g.binding);
+        }
+        for r in &rec.released {
+            let container_port = rec
+                .spec
+                .as_ref()
+                .and_then(|s| s.proxy_ports.iter().find(|p| p.name == r.name))
+                .map_or(0, |p| p.port);
+            add_touched(
+                &mut all,
+                at,
+                &Binding {
+                    name: r.name.clone(),
+                    container_port,
+                    gateway_port: r.gateway_port,
+                },
+            );
+        }
+        all
     }
 
     /// The resource manager this handler serves.
@@ -254,7 +272,24 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             Event::Ended(ev) => self.ended(ev).await,
         };
-        result.unwrap_or_else(|why| Handled::Retry { why })
+        match result {
+            Ok(h) => h,
+            // Checked on the error path only, so a served event pays no extra read.
+            Err(why) => match self.newer_record(event.allocation_id()).await {
+                Some(newer) => Handled::Defer { why: newer },
+                None => Handled::Retry { why },
+            },
+        }
+    }
+
+    /// Why the allocation's record is left alone, when a newer worker wrote it.
+    async fn newer_record(&self, allocation_id: &str) -> Option<String> {
+        let key = self.rm.allocation_key(allocation_id);
+        let entry = self.store.get(&key).await.ok()??;
+        match crate::state::decode(&entry.value) {
+            Err(e @ crate::state::DecodeError::Newer { .. }) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     /// Whether the record at `key` is no longer at `rev`.
@@ -266,16 +301,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let Some(entry) = self.store.get(key).await? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Record>(&entry.value) {
+        match crate::state::decode(&entry.value) {
             Ok(r) => Ok(Some((r, entry.revision))),
-            Err(e) => Err(StoreError {
-                bucket: String::new(),
-                op: "decode",
-                key: key.to_owned(),
-                message: format!(
-                    "the record is not valid JSON ({e}); inspect it with `nats kv get`"
-                ),
-            }),
+            Err(e) => {
+                if let crate::state::DecodeError::Newer { found } = e {
+                    crate::metrics::get()
+                        .records_newer_version
+                        .get_or_create(&crate::metrics::rm(&self.rm.name))
+                        .inc();
+                    tracing::error!(
+                        key,
+                        record_version = found,
+                        known = crate::state::RECORD_VERSION,
+                        "an allocation record of a newer version: left untouched and not answered; workers of two record versions serve one bucket"
+                    );
+                }
+                Err(StoreError {
+                    bucket: String::new(),
+                    op: "decode",
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }

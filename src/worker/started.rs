@@ -4,19 +4,19 @@
 use std::time::Duration;
 
 use super::{
-    DriveError, Handler, MAX_ROUNDS, Pass, Purpose, add_touched, drive_msg, now, refused_ns,
+    DriveError, Handler, MAX_ROUNDS, Pass, Placed, Purpose, add_touched, drive_msg, now, refused_ns,
 };
 use crate::answers::{self, Handled};
 use crate::cluster::Cluster;
 use crate::contract::{self, Event, EventKind, FailureReason, Started};
 use crate::crashpoint;
-use crate::state::{self, Binding, Failure, Phase, Record, StartedStep};
+use crate::state::{self, Failure, Phase, Record, StartedStep};
 use crate::store::{Outcome, Store, encode};
 
 impl<S: Store, C: Cluster> Handler<S, C> {
     pub(super) async fn started(&self, ev: &Started) -> Result<Handled, String> {
         let key = self.rm.allocation_key(&ev.allocation_id);
-        let mut touched: Vec<Binding> = Vec::new();
+        let mut touched: Vec<Placed> = Vec::new();
         for _ in 0..MAX_ROUNDS {
             let current = self.read(&key).await.map_err(|e| e.to_string())?;
             let step = state::on_started(current.as_ref().map(|c| &c.0), &self.rm.name, ev, now());
@@ -42,8 +42,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .as_ref()
                         .map(|(r, _)| self.to_withdraw(r))
                         .unwrap_or_default();
-                    for b in &touched {
-                        add_touched(&mut all, b);
+                    for (at, b) in &touched {
+                        add_touched(&mut all, *at, b);
                     }
                     // Where the objects were applied: the record's namespace, not what this event says.
                     let ns = cur
@@ -51,8 +51,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         .and_then(|(r, _)| r.spec.as_ref())
                         .map_or(ev.namespace.as_str(), |s| s.namespace.as_str());
                     let refused = cur.as_ref().is_some_and(|(r, _)| refused_ns(r));
-                    let at = self.placement(cur.as_ref().map(|(r, _)| r));
-                    self.withdraw_all(at, &ev.allocation_id, &all, Some(ns), refused)
+                    self.withdraw_all(&ev.allocation_id, &all, Some(ns), refused)
                         .await
                         .map_err(drive_msg)?;
                     let f = match step {
@@ -128,19 +127,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                         status: None,
                     }
                 }
-                Err(DriveError::Unserved(m))
-                    if self.past(&rec, self.rm.config.data_plane_probe.deadline.0) =>
-                {
-                    Failure {
-                        reason: FailureReason::Timeout,
-                        message: format!(
-                            "no port was served by the Gateway's data plane within {}: {m}. Check that the Gateway's envoy runs and can bind ports of the range (keep the range out of its host's ephemeral ports, or reserve it in net.ipv4.ip_local_reserved_ports); where the worker cannot reach gateway_ip, set data_plane_probe.address",
-                            humantime::format_duration(self.rm.config.data_plane_probe.deadline.0)
-                        ),
-                        retryable: true,
-                        status: None,
-                    }
-                }
+                Err(DriveError::Unserved(m)) if self.probe_past(&rec) => Failure {
+                    reason: FailureReason::Timeout,
+                    message: format!(
+                        "no port was served by the Gateway's data plane within {}: {m}. Check that the Gateway's envoy runs and can bind ports of the range (keep the range out of its host's ephemeral ports, or reserve it in net.ipv4.ip_local_reserved_ports); where the worker cannot reach gateway_ip, set data_plane_probe.address",
+                        humantime::format_duration(self.rm.config.data_plane_probe.deadline.0)
+                    ),
+                    retryable: true,
+                    status: None,
+                },
                 Err(DriveError::Capacity(m) | DriveError::Kube(m) | DriveError::Unserved(m)) => {
                     return Err(m);
                 }
@@ -183,6 +178,18 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         rec.phase == Phase::Exposing
             && now().saturating_sub(rec.created_at)
                 >= i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether the data plane probe's deadline passed. It counts from when the allocation was first given
+    /// ports, not from its record's creation: a started that waited long for a port still has the probe's
+    /// whole time to find one served. A record never given ports (or from before that was kept) has it
+    /// all ahead.
+    fn probe_past(&self, rec: &Record) -> bool {
+        rec.phase == Phase::Exposing
+            && rec.bound_at != 0
+            && now().saturating_sub(rec.bound_at)
+                >= i64::try_from(self.rm.config.data_plane_probe.deadline.0.as_secs())
+                    .unwrap_or(i64::MAX)
     }
 
     /// The answer for a started given up on after the maximum deliveries; `None` when the payload is not a

@@ -1,27 +1,27 @@
 //! Withdrawing: remove the objects route, listener, Service, then free the ports this allocation still
 //! holds; a failed allocation is recorded before its cleanup.
 
-use super::{DriveError, Handler, Pass, add_touched, known_bindings, now, refused_ns};
+use super::{DriveError, Handler, Pass, Placed, now, refused_ns};
 use crate::claims;
 use crate::cluster::{Cluster, ClusterError};
 use crate::crashpoint;
-use crate::state::{Binding, Failure, Phase, Record};
+use crate::state::{Failure, Phase, Record};
 use crate::store::{Outcome, Store, encode};
 
 impl<S: Store, C: Cluster> Handler<S, C> {
-    /// Withdraws the objects of `bindings` and frees their ports where this allocation still holds them.
-    /// With `refused_ns`, the task namespace refused the allocation's applies, so nothing of it is there
-    /// and a forbidden delete there is not a leak; anywhere else a 403 is an error, retried.
+    /// Withdraws the objects of `bindings`, each on its Gateway, and frees their ports where this
+    /// allocation still holds them. With `refused_ns`, the task namespace refused the allocation's applies,
+    /// so nothing of it is there and a forbidden delete there is not a leak; anywhere else a 403 is an
+    /// error, retried.
     pub(super) async fn withdraw_all(
         &self,
-        at: usize,
         allocation_id: &str,
-        bindings: &[Binding],
+        bindings: &[Placed],
         ns: Option<&str>,
         refused_ns: bool,
     ) -> Result<(), DriveError> {
-        for b in bindings {
-            match self.clusters[at]
+        for (at, b) in bindings {
+            match self.clusters[*at]
                 .withdraw(&self.rm.name, allocation_id, ns, b)
                 .await
             {
@@ -40,8 +40,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
         }
         let key = self.rm.allocation_key(allocation_id);
-        let on = &self.rm.pool[at].gateway;
-        for b in bindings {
+        for (at, b) in bindings {
+            let on = &self.rm.pool[*at].gateway;
             claims::release(&self.store, &self.rm, on, &key, &b.name, b.gateway_port).await?;
         }
         Ok(())
@@ -51,13 +51,14 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     /// from a pass that gave up can still land (within the reconciler's hold-off). Past that, stray objects
     /// are the reconciler's, and a duplicate or replayed event about a long-finished allocation costs no
     /// apiserver call.
-    pub(super) fn to_withdraw(&self, rec: &Record) -> Vec<Binding> {
+    pub(super) fn to_withdraw(&self, rec: &Record) -> Vec<Placed> {
         let hold_off =
             i64::try_from(self.timing.reconcile_hold_off.0.as_secs()).unwrap_or(i64::MAX);
         if now().saturating_sub(rec.updated_at) < hold_off {
-            known_bindings(rec)
+            self.known_bindings(rec)
         } else {
-            rec.ports.clone()
+            let at = self.placement(Some(rec));
+            rec.ports.iter().map(|b| (at, b.clone())).collect()
         }
     }
 
@@ -67,21 +68,15 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         key: &str,
         rec: &Record,
         rev: u64,
-        touched: &mut Vec<Binding>,
+        touched: &mut Vec<Placed>,
     ) -> Result<Pass, DriveError> {
         let ns = rec.spec.as_ref().map(|s| s.namespace.clone());
         let mut all = self.to_withdraw(rec);
-        for b in touched.iter() {
-            add_touched(&mut all, b);
+        for (at, b) in touched.iter() {
+            super::add_touched(&mut all, *at, b);
         }
-        self.withdraw_all(
-            self.placement(Some(rec)),
-            &rec.allocation_id,
-            &all,
-            ns.as_deref(),
-            refused_ns(rec),
-        )
-        .await?;
+        self.withdraw_all(&rec.allocation_id, &all, ns.as_deref(), refused_ns(rec))
+            .await?;
         touched.clear();
         if rec.is_clean() && rec.phase != Phase::Ending {
             return Ok(Pass::Settled(Box::new(rec.clone())));
@@ -102,7 +97,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         rec: &Record,
         rev: u64,
         failure: Failure,
-        touched: &mut Vec<Binding>,
+        touched: &mut Vec<Placed>,
     ) -> Result<Pass, DriveError> {
         let next = rec.failed(failure, now());
         let rev = match self.store.update(key, encode(&next), rev).await? {

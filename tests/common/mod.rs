@@ -6,6 +6,7 @@ pub mod backend;
 pub mod contour;
 pub mod deploy;
 pub mod history;
+pub mod link;
 pub mod pods;
 pub mod process;
 pub mod prometheus;

@@ -41,6 +41,27 @@ pub fn candidates(
         .filter(move |p| !view.forbidden(*p) && !view.taken.contains(p))
 }
 
+/// For each proxy in order, the port it prefers (the one its listener already stands on, say) when that
+/// port may be kept: in `range`, not forbidden, not known taken, and not kept by an earlier proxy. `None`
+/// where there is no preference or it may not be kept: that proxy's port comes from the search.
+pub fn keepable(
+    range: RangeInclusive<u16>,
+    view: &PortView,
+    preferred: &[Option<u16>],
+) -> Vec<Option<u16>> {
+    let mut kept: Vec<Option<u16>> = Vec::with_capacity(preferred.len());
+    for p in preferred {
+        let k = p.filter(|p| {
+            range.contains(p)
+                && !view.forbidden(*p)
+                && !view.taken.contains(p)
+                && !kept.contains(&Some(*p))
+        });
+        kept.push(k);
+    }
+    kept
+}
+
 /// How many ports of `range` could ever be handed out.
 pub fn capacity(range: RangeInclusive<u16>, view: &PortView) -> usize {
     range.filter(|p| !view.forbidden(*p)).count()
@@ -76,7 +97,58 @@ mod tests {
         assert_eq!(got, vec![65535]);
     }
 
+    #[test]
+    fn a_preferred_port_is_kept_only_where_it_may_be_handed_out() {
+        let v = PortView {
+            excluded: [40001].into(),
+            foreign: [40002].into(),
+            taken: [40003].into(),
+        };
+        let preferred = [
+            Some(40000),
+            Some(40001),
+            Some(40002),
+            Some(40003),
+            Some(40009),
+            None,
+            Some(40000),
+            Some(40004),
+        ];
+        assert_eq!(
+            keepable(40000..=40004, &v, &preferred),
+            vec![Some(40000), None, None, None, None, None, None, Some(40004)],
+            "excluded, foreign, taken, out of range, none, already kept by another proxy"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn kept_ports_are_the_preferred_ones_each_allowed_and_distinct(
+            lo in 1025u16..65000, width in 0u16..50,
+            excluded in proptest::collection::btree_set(1025u16..65100, 0..20),
+            foreign in proptest::collection::btree_set(1025u16..65100, 0..20),
+            taken in proptest::collection::btree_set(1025u16..65100, 0..20),
+            preferred in proptest::collection::vec(proptest::option::of(1025u16..65100), 0..8),
+        ) {
+            let hi = lo.saturating_add(width);
+            let v = PortView { excluded, foreign, taken };
+            let kept = keepable(lo..=hi, &v, &preferred);
+            prop_assert_eq!(kept.len(), preferred.len());
+            let mut seen = BTreeSet::new();
+            for (k, p) in kept.iter().zip(&preferred) {
+                if let Some(k) = k {
+                    prop_assert_eq!(Some(*k), *p);
+                    prop_assert!((lo..=hi).contains(k) && !v.forbidden(*k) && !v.taken.contains(k));
+                    prop_assert!(seen.insert(*k), "kept twice: {}", k);
+                } else if let Some(p) = p {
+                    // A preference is dropped only for a reason.
+                    prop_assert!(
+                        !(lo..=hi).contains(p) || v.forbidden(*p) || v.taken.contains(p) || seen.contains(p)
+                    );
+                }
+            }
+        }
+
         #[test]
         fn candidates_are_each_allowed_port_exactly_once(
             lo in 1025u16..65000, width in 0u16..200, start in any::<u32>(),

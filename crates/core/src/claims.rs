@@ -17,6 +17,9 @@ use crate::store::{KeyState, Outcome, Store, StoreError, encode};
 /// Compare-and-set rounds a claim or a release may spend before it reports the key as contended.
 const MAX_ROUNDS: usize = 16;
 
+/// Bucket reads a search past the index may spend on lately released ports, beyond the ones it wants.
+const COOLING_PROBES: usize = 8;
+
 /// Who holds a port: the value of a port key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortClaim {
@@ -63,6 +66,9 @@ pub async fn choose<S: Store>(
 /// the reconciler removes it), and on a port nobody else holds that stray listener harms no one. Not the
 /// longest-released first: every search would then pick the same port, and all but one lose the create.
 ///
+/// When the index has too few, the bucket is asked: one listing of the Gateway's claims and at most
+/// `n` and a few more gets, whatever the size of the range.
+///
 /// # Errors
 /// [`StoreError`] when the bucket cannot be read.
 pub async fn unclaimed<S: Store>(
@@ -94,13 +100,28 @@ pub async fn unclaimed<S: Store>(
         // Too few look free: the index may not have seen a release yet, and nobody is told to wait for
         // capacity on a hint, so the bucket itself is asked.
     }
-    // The bucket keeps each release's time on its delete marker: the same cooling as the index's.
+    // One listing of the live keys, not a get per candidate: at capacity that was a round trip per port of
+    // the range. The listing is a hint as the index is; the create still decides.
+    let live: BTreeSet<u16> = store
+        .keys(prefix)
+        .await?
+        .iter()
+        .filter_map(|k| names::parse_port_key(k, prefix))
+        .collect();
+    // The bucket keeps each release's time on its delete marker: the same cooling as the index's. Asking
+    // it costs a get per port, so only the first few free ones are asked; past them, free counts as cool.
     let now = SystemTime::now();
     let (mut chosen, mut cool) = (Vec::with_capacity(n), Vec::new());
-    for port in candidates {
+    let mut asks = n + COOLING_PROBES;
+    for port in candidates.filter(|p| !live.contains(p)) {
         if chosen.len() == n {
             break;
         }
+        if asks == 0 {
+            chosen.push(port);
+            continue;
+        }
+        asks -= 1;
         match store.state_of(&names::port_key_at(prefix, port)).await? {
             KeyState::Live => {}
             KeyState::Free(Some(at)) if now.duration_since(at).unwrap_or_default() < cooling => {
@@ -237,4 +258,192 @@ pub async fn claims<S: Store>(
         }
     }
     Ok(out)
+}
+
+/// Ports for proxies that may each prefer one (the port its listener already stands on): a preferred
+/// port that [`allocator::keepable`] allows and no live claim holds is kept, so an allocation whose record
+/// lost its ports keeps its address; every other proxy gets a port from the search ([`choose`]), never one
+/// kept for another. `None` when too few ports look free.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn choose_keeping<S: Store>(
+    store: &S,
+    rm: &RmContext,
+    on: &GatewayRef,
+    view: &PortView,
+    preferred: &[Option<u16>],
+    start: u32,
+    cooling: Duration,
+) -> Result<Option<Vec<u16>>, StoreError> {
+    let prefix = rm.port_key_prefix(on);
+    let mut kept = allocator::keepable(rm.range.clone(), view, preferred);
+    for k in &mut kept {
+        if let Some(p) = *k
+            && unclaimed(store, &prefix, std::iter::once(p), 1, Duration::ZERO)
+                .await?
+                .is_empty()
+        {
+            *k = None;
+        }
+    }
+    let mut rest_view = view.clone();
+    rest_view.taken.extend(kept.iter().flatten());
+    let rest = kept.iter().filter(|k| k.is_none()).count();
+    let chosen = choose(store, rm, on, &rest_view, start, rest, cooling).await?;
+    if chosen.len() < rest {
+        return Ok(None);
+    }
+    let mut chosen = chosen.into_iter();
+    Ok(Some(
+        kept.into_iter()
+            .filter_map(|k| k.or_else(|| chosen.next()))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// A bucket in memory that counts its round trips by kind.
+    #[derive(Clone, Default)]
+    struct Counting {
+        live: Arc<Mutex<BTreeMap<String, Entry>>>,
+        released: Arc<Mutex<BTreeMap<String, SystemTime>>>,
+        gets: Arc<AtomicUsize>,
+        listings: Arc<AtomicUsize>,
+    }
+
+    use crate::store::Entry;
+
+    impl Store for Counting {
+        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Ok(self.live.lock().unwrap().get(key).cloned())
+        }
+        async fn state_of(&self, key: &str) -> Result<KeyState, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            if self.live.lock().unwrap().contains_key(key) {
+                return Ok(KeyState::Live);
+            }
+            Ok(KeyState::Free(
+                self.released.lock().unwrap().get(key).copied(),
+            ))
+        }
+        async fn create(&self, key: &str, value: bytes::Bytes) -> Result<Outcome, StoreError> {
+            let mut live = self.live.lock().unwrap();
+            if live.contains_key(key) {
+                return Ok(Outcome::Conflict);
+            }
+            live.insert(key.to_owned(), Entry { value, revision: 1 });
+            Ok(Outcome::Written(1))
+        }
+        async fn update(&self, _: &str, _: bytes::Bytes, _: u64) -> Result<Outcome, StoreError> {
+            Ok(Outcome::Conflict)
+        }
+        async fn delete(&self, key: &str, _: u64) -> Result<Outcome, StoreError> {
+            self.live.lock().unwrap().remove(key);
+            self.released
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), SystemTime::now());
+            Ok(Outcome::Written(2))
+        }
+        async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            Ok(self
+                .live
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+    }
+
+    /// Runs a future whose every await is ready at once, as the store's above are.
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    const PREFIX: &str = "port.rm.gateway-system.gw.";
+    const RANGE: std::ops::RangeInclusive<u16> = 40000..=40999;
+
+    fn claimed_all_but(free: &[u16]) -> Counting {
+        let s = Counting::default();
+        for port in RANGE.filter(|p| !free.contains(p)) {
+            run(s.create(&names::port_key_at(PREFIX, port), bytes::Bytes::new())).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_search_of_a_full_range_makes_no_get_per_port() {
+        let s = claimed_all_but(&[]);
+        let got = run(unclaimed(&s, PREFIX, RANGE, 1, Duration::ZERO)).unwrap();
+        assert!(got.is_empty());
+        let (gets, listings) = (
+            s.gets.load(Ordering::SeqCst),
+            s.listings.load(Ordering::SeqCst),
+        );
+        println!(
+            "full range of {} ports: {gets} gets, {listings} listings",
+            RANGE.len()
+        );
+        assert!(
+            gets + listings <= 1,
+            "{gets} gets and {listings} listings for a range of {} ports",
+            RANGE.len()
+        );
+    }
+
+    #[test]
+    fn the_last_free_port_of_a_nearly_full_range_is_found_in_bounded_gets() {
+        let s = claimed_all_but(&[40999]);
+        let got = run(unclaimed(&s, PREFIX, RANGE, 1, Duration::ZERO)).unwrap();
+        assert_eq!(got, vec![40999]);
+        let gets = s.gets.load(Ordering::SeqCst);
+        println!("one free port of {}: {gets} gets", RANGE.len());
+        assert!(gets <= 1 + COOLING_PROBES, "{gets} gets");
+    }
+
+    #[test]
+    fn lately_released_ports_cost_bounded_gets_and_still_come_last() {
+        // Every port but 40999 released just now: a search may not ask the bucket about each one.
+        let s = claimed_all_but(&[]);
+        for port in RANGE.filter(|p| *p != 40999) {
+            run(s.delete(&names::port_key_at(PREFIX, port), 1)).unwrap();
+        }
+        s.gets.store(0, Ordering::SeqCst);
+        let got = run(unclaimed(&s, PREFIX, RANGE, 2, Duration::from_secs(60))).unwrap();
+        assert_eq!(got.len(), 2);
+        let gets = s.gets.load(Ordering::SeqCst);
+        println!("{} ports released lately: {gets} gets", RANGE.len() - 1);
+        assert!(gets <= 2 + COOLING_PROBES, "{gets} gets");
+        let s = claimed_all_but(&[40000, 40001]);
+        run(s.delete(&names::port_key_at(PREFIX, 40002), 1)).unwrap();
+        let got = run(unclaimed(
+            &s,
+            PREFIX,
+            [40002, 40000, 40001].into_iter(),
+            2,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![40000, 40001],
+            "the lately released one comes last"
+        );
+    }
 }

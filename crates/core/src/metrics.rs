@@ -54,6 +54,15 @@ pub struct GatewayLabels {
     pub gateway: String,
 }
 
+/// Labels of a site's worker (`jetstream.hub_domain`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabels {
+    /// The site's JetStream domain.
+    pub site: String,
+    /// The hub's JetStream domain, reached over the site's leaf-node link.
+    pub hub: String,
+}
+
 /// Labels of an apiserver call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -114,6 +123,11 @@ pub struct Metrics {
     pub kube_errors: Family<CallLabels, Counter>,
     pub reconciler_actions: Family<ActionLabels, Counter>,
     pub data_plane_refused: Family<GatewayLabels, Counter>,
+    /// 1 while a site's worker serves its own streams and waits for its leaf-node link to lay out the
+    /// hub's side.
+    pub site_waiting_for_hub: Family<SiteLabels, Gauge>,
+    /// Records met that a newer worker wrote (a higher record version): left untouched, never answered.
+    pub records_newer_version: Family<RmLabels, Counter>,
 }
 
 /// Labels of a reconciler action.
@@ -151,6 +165,8 @@ impl Metrics {
             kube_errors: Family::default(),
             reconciler_actions: Family::default(),
             data_plane_refused: Family::default(),
+            site_waiting_for_hub: Family::default(),
+            records_newer_version: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,7 +259,27 @@ impl Metrics {
             "Ports given back because the Gateway's data plane refused connections although its controller reported them programmed",
             m.data_plane_refused.clone(),
         );
+        registry.register(
+            "site_waiting_for_hub",
+            "1 while this site's worker serves its own streams and waits for its leaf-node link to the hub to lay out the hub's side (its replies reach the hub only then)",
+            m.site_waiting_for_hub.clone(),
+        );
+        registry.register(
+            "records_newer_version",
+            "Times an allocation record of a newer record version was met and left untouched (a newer worker wrote it)",
+            m.records_newer_version.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The gauge of a site's wait for the hub.
+    pub fn site_waiting_for_hub(&self, site: &str, hub: &str) -> Gauge {
+        self.site_waiting_for_hub
+            .get_or_create(&SiteLabels {
+                site: site.to_owned(),
+                hub: hub.to_owned(),
+            })
+            .clone()
     }
 
     /// Records one apiserver call.
@@ -306,6 +342,7 @@ impl Metrics {
         self.oldest_exposing.get_or_create(&labels).set(0);
         self.rm_ready.get_or_create(&labels).set(0);
         self.dead_letters.get_or_create(&labels).set(0);
+        drop(self.records_newer_version.get_or_create(&labels));
         // A counter born at its first failure hides that failure from increase() and rate().
         for reason in crate::contract::FailureReason::ALL {
             self.failures

@@ -74,6 +74,9 @@ pub struct Inputs {
     pub claims: BTreeMap<u16, (PortClaim, u64)>,
     /// Names of the Gateway's listeners of the worker's shape.
     pub listeners: BTreeSet<String>,
+    /// The port each of `listeners` stands on, where the Gateway says: a listener a stale pass moved off
+    /// its allocation's port is repaired, not taken for healthy because its name is right.
+    pub listener_ports: BTreeMap<String, u16>,
     /// Services and TCPRoutes found by label.
     pub objects: Vec<OwnedObject>,
     /// Listener name -> unix seconds it was first seen orphaned (kept across passes).
@@ -183,7 +186,12 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
             && r.ports.iter().any(|b| {
                 let n = names::object_name(rm, id, &b.name);
                 let has = |kind| i.objects.iter().any(|o| o.name == n && o.kind == kind);
+                let elsewhere = i
+                    .listener_ports
+                    .get(&n)
+                    .is_some_and(|p| *p != b.gateway_port);
                 !i.listeners.contains(&n)
+                    || elsewhere
                     || !has(crate::cluster::ObjectKind::Service)
                     || !has(crate::cluster::ObjectKind::TcpRoute)
             });
@@ -220,6 +228,7 @@ mod tests {
 
     fn mk_record(id: &str, phase: Phase, port: u16, updated_at: i64) -> Record {
         Record {
+            version: crate::state::RECORD_VERSION,
             allocation_id: id.into(),
             resource_manager: RM.into(),
             phase,
@@ -237,6 +246,7 @@ mod tests {
             failure: None,
             created_at: updated_at,
             updated_at,
+            bound_at: 0,
         }
     }
 
@@ -379,6 +389,22 @@ mod tests {
             vec![Action::Repair {
                 allocation_id: "a.1".into()
             }]
+        );
+    }
+
+    #[test]
+    fn a_ready_allocation_whose_listener_stands_on_another_port_is_repaired() {
+        let mut i = mk_healthy();
+        let n = names::object_name(RM, "a.1", "jupyter");
+        i.listener_ports.insert(n.clone(), 40000);
+        assert_eq!(plan(RM, &i, 1000, 60).0, vec![], "on its own port");
+        i.listener_ports.insert(n, 40007);
+        assert_eq!(
+            plan(RM, &i, 1000, 60).0,
+            vec![Action::Repair {
+                allocation_id: "a.1".into()
+            }],
+            "the record says 40000, the listener stands on 40007"
         );
     }
 

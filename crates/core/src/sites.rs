@@ -2,9 +2,11 @@
 //! own, and the master on a hub with domain `jetstream.hub_domain`. What lives where, decided here and
 //! applied by the NATS adapter:
 //!
-//! - the site's `ITG_EVENTS` captures no subject: it sources `itg.events.<rm>.>` of each of its resource
-//!   managers from the hub's `ITG_EVENTS`, so the master's events cross the WAN once and are then read,
-//!   acknowledged and redelivered at the site;
+//! - the site's `ITG_EVENTS` sources `itg.events.<rm>.>` of each of its resource managers from the hub's
+//!   `ITG_EVENTS`, so the master's events cross the WAN once and are then read, acknowledged and
+//!   redelivered at the site. Of the event subjects it captures none; it captures `itg.requeue.<rm>.>`,
+//!   stored as `itg.events.<rm>.>`, so that an `ended` queued again after its maximum deliveries stays at
+//!   the site, whether or not the WAN link is up;
 //! - the site's `ITG_REPLIES` captures `itg.replies.<rm>.>` of its resource managers, and the hub's
 //!   `ITG_REPLIES` sources each of them from the site (one source per resource manager), so the master reads
 //!   replies where it always did;
@@ -15,12 +17,36 @@
 
 use crate::contract;
 
-/// One stream as a site wants it: its subjects and what it sources from another domain.
+/// One stream as a site wants it: its subjects, how it renames what it captures, and what it sources
+/// from another domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamLayout {
     pub name: &'static str,
     pub subjects: Vec<String>,
+    /// The subject transform of what the stream captures: (source pattern, destination pattern).
+    pub transform: Option<(String, String)>,
     pub sources: Vec<SourceLayout>,
+}
+
+/// `itg.requeue.<rm>.>`: where a site's worker queues an `ended` again, captured by the site's own
+/// `ITG_EVENTS` only (the hub captures `itg.events.>`, which this is not).
+pub fn requeue_filter(rm: &str) -> String {
+    format!("itg.requeue.{rm}.>")
+}
+
+/// The subject a site's worker queues an event again on: `itg.events.<rm>.<kind>` becomes
+/// `itg.requeue.<rm>.<kind>`, which the site's `ITG_EVENTS` stores back under the event's own subject.
+pub fn requeue_subject(event_subject: &str) -> String {
+    match event_subject.strip_prefix("itg.events.") {
+        Some(rest) => format!("itg.requeue.{rest}"),
+        None => event_subject.to_owned(),
+    }
+}
+
+/// The transform of the site's `ITG_EVENTS`: a requeued event is stored under its event subject, so the
+/// consumer, the replay and the dead letters see it as any other event.
+fn requeue_transform() -> (String, String) {
+    ("itg.requeue.>".into(), contract::EVENTS_SUBJECTS.into())
 }
 
 /// A source of a stream: the stream `name` in the domain reached at `api` (`$JS.<domain>.API`), filtered.
@@ -59,7 +85,8 @@ pub fn site_streams(hub_domain: &str, rms: &[String]) -> Vec<StreamLayout> {
     vec![
         StreamLayout {
             name: contract::EVENTS_STREAM,
-            subjects: Vec::new(),
+            subjects: rms.iter().map(|rm| requeue_filter(rm)).collect(),
+            transform: Some(requeue_transform()),
             sources: rms
                 .iter()
                 .map(|rm| SourceLayout {
@@ -72,11 +99,13 @@ pub fn site_streams(hub_domain: &str, rms: &[String]) -> Vec<StreamLayout> {
         StreamLayout {
             name: contract::REPLIES_STREAM,
             subjects: rms.iter().map(|rm| replies_filter(rm)).collect(),
+            transform: None,
             sources: Vec::new(),
         },
         StreamLayout {
             name: contract::DEAD_LETTER_STREAM,
             subjects: rms.iter().map(|rm| dead_letter_filter(rm)).collect(),
+            transform: None,
             sources: Vec::new(),
         },
     ]
@@ -131,11 +160,30 @@ mod tests {
     }
 
     #[test]
-    fn a_site_sources_only_its_own_resource_managers_events_and_captures_no_event_subject() {
+    fn a_site_sources_only_its_own_resource_managers_events_and_captures_only_their_requeues() {
         let l = site_streams("hub", &rms(&["k8s-west", "k8s-west2"]));
         let events = &l[0];
         assert_eq!(events.name, "ITG_EVENTS");
-        assert!(events.subjects.is_empty());
+        assert_eq!(
+            events.subjects,
+            ["itg.requeue.k8s-west.>", "itg.requeue.k8s-west2.>"]
+        );
+        assert!(
+            events
+                .subjects
+                .iter()
+                .all(|s| !s.starts_with("itg.events.")),
+            "an event subject captured at the site would also be captured by the hub"
+        );
+        let (src, dest) = events.transform.clone().unwrap();
+        assert_eq!(
+            (src.as_str(), dest.as_str()),
+            ("itg.requeue.>", "itg.events.>")
+        );
+        assert_eq!(
+            requeue_subject("itg.events.k8s-west.ended"),
+            "itg.requeue.k8s-west.ended"
+        );
         let filters: Vec<&str> = events.sources.iter().map(|s| s.filter.as_str()).collect();
         assert_eq!(filters, ["itg.events.k8s-west.>", "itg.events.k8s-west2.>"]);
         assert!(events.sources.iter().all(|s| s.api == "$JS.hub.API"));

@@ -22,6 +22,57 @@ use uuid::Uuid;
 
 use crate::contract::{FailureReason, GatewayRef, ProxyPort, Released, Started};
 
+/// The record format this build writes, and the newest it reads. Records written before the field
+/// existed carry none and are version 1. Raise it only for a change that a worker of the previous version
+/// would misread (a field whose absence means something else, a new phase); a new field with a serde
+/// default keeps the version, since older workers ignore it. docs/operations.md says which versions may
+/// run side by side.
+pub const RECORD_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
+}
+
+/// Every write stamps the writer's format: a record this build could read, it rewrites in its own.
+fn write_current_version<S: serde::Serializer>(_: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(RECORD_VERSION)
+}
+
+/// Why a stored record was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A newer worker wrote it: this one may misread it, so it leaves it untouched.
+    #[error(
+        "record version {found} was written by a newer worker; this one reads up to version {RECORD_VERSION} and leaves it untouched: finish rolling out the newer version (or roll back every worker that writes version {found})"
+    )]
+    Newer { found: u32 },
+    /// Not a record at all.
+    #[error(
+        "the record is not valid JSON of an allocation record ({0}); inspect it with `itgctl describe` and fix or delete it by hand"
+    )]
+    Invalid(String),
+}
+
+/// Reads a stored record, refusing one of a newer version before anything else: such a record may not
+/// parse as this build's [`Record`], and one that does would be misread (serde ignores what it does not
+/// know).
+///
+/// # Errors
+/// [`DecodeError::Newer`] or [`DecodeError::Invalid`].
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default = "version_one")]
+        version: u32,
+    }
+    let v: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if v.version > RECORD_VERSION {
+        return Err(DecodeError::Newer { found: v.version });
+    }
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
 /// Where an allocation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +115,18 @@ pub struct Binding {
     pub gateway_port: u16,
 }
 
+/// A binding an exposing allocation gave back, and the Gateway of the pool it was on: after a give-back
+/// the allocation may be placed on another Gateway, and its cleanup withdraws each where it was.
+/// Stored flat, so a worker that knows only [`Binding`] still reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenBack {
+    #[serde(flatten)]
+    pub binding: Binding,
+    /// Absent in records from before pools kept it: the Gateway the record names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
+}
+
 /// Why an allocation failed; replayed to every later started of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -79,6 +142,10 @@ pub struct Failure {
 /// The KV record of one allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The format the record was read in; it is always written as [`RECORD_VERSION`]. Absent (version 1)
+    /// in records written before versions.
+    #[serde(default = "version_one", serialize_with = "write_current_version")]
+    pub version: u32,
     pub allocation_id: String,
     pub resource_manager: String,
     pub phase: Phase,
@@ -101,7 +168,7 @@ pub struct Record {
     /// racing pass of the same allocation may still apply an object there after the give-back, so cleanup
     /// withdraws these too; they are never reported as released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub given_back: Vec<Binding>,
+    pub given_back: Vec<GivenBack>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +179,15 @@ pub struct Record {
     /// Unix seconds of the last change, for the reconciler's hold-off and tombstone expiry.
     #[serde(default)]
     pub updated_at: i64,
+    /// Unix seconds when the allocation was first given ports, where the data plane probe's deadline
+    /// counts from: a started that waited long for a port still has the probe's whole time to find one
+    /// served. 0 until then, and in records from before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bound_at: i64,
+}
+
+fn is_zero(t: &i64) -> bool {
+    *t == 0
 }
 
 /// What a `started` does, given the record as read.
@@ -131,6 +207,7 @@ pub enum StartedStep {
 pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> StartedStep {
     match record {
         None => StartedStep::Create(Box::new(Record {
+            version: RECORD_VERSION,
             allocation_id: ev.allocation_id.clone(),
             resource_manager: rm.to_owned(),
             phase: Phase::Exposing,
@@ -149,6 +226,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             failure: None,
             created_at: now,
             updated_at: now,
+            bound_at: 0,
         })),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready => StartedStep::Expose,
@@ -184,6 +262,7 @@ pub fn on_ended(
 ) -> EndedStep {
     match record {
         None => EndedStep::Tombstone(Record {
+            version: RECORD_VERSION,
             allocation_id: allocation_id.to_owned(),
             resource_manager: rm.to_owned(),
             phase: Phase::Removed,
@@ -197,6 +276,7 @@ pub fn on_ended(
             failure: None,
             created_at: now,
             updated_at: now,
+            bound_at: 0,
         }),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready | Phase::Failed => {
@@ -407,6 +487,73 @@ mod tests {
         let r = created("a.1");
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_record_without_a_version_is_version_one_and_is_written_in_the_current_one() {
+        let mut v: serde_json::Value = serde_json::to_value(created("a.1")).unwrap();
+        assert_eq!(v["version"], RECORD_VERSION);
+        v.as_object_mut().unwrap().remove("version");
+        let old = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(old.version, 1);
+        assert_eq!(
+            serde_json::to_value(&old).unwrap()["version"],
+            RECORD_VERSION
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_is_refused_even_when_it_would_parse() {
+        let mut v: serde_json::Value = serde_json::to_value(created("a.1")).unwrap();
+        v["version"] = (RECORD_VERSION + 1).into();
+        assert_eq!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(DecodeError::Newer {
+                found: RECORD_VERSION + 1
+            })
+        );
+        // A phase this build does not know, in a newer record, is still named as a newer record.
+        v["phase"] = "parked".into();
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(DecodeError::Newer { .. })
+        ));
+        assert!(matches!(
+            decode(b"{\"version\":\"x\"}"),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_given_back_binding_names_its_gateway_and_reads_as_a_plain_binding_too() {
+        let mut r = created("a.1");
+        r.given_back.push(GivenBack {
+            binding: Binding {
+                name: "jupyter".into(),
+                container_port: 8888,
+                gateway_port: 40001,
+            },
+            gateway: Some(GatewayRef {
+                namespace: "gw".into(),
+                name: "b".into(),
+            }),
+        });
+        r.bound_at = 5;
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["given_back"][0]["gateway_port"], 40001);
+        assert_eq!(json["given_back"][0]["gateway"]["name"], "b");
+        // A worker that reads given_back as plain bindings, and one that reads a record without either field.
+        let plain: Vec<Binding> = serde_json::from_value(json["given_back"].clone()).unwrap();
+        assert_eq!(plain[0], r.given_back[0].binding);
+        let mut old = json.clone();
+        old["given_back"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("gateway");
+        old.as_object_mut().unwrap().remove("bound_at");
+        let back: Record = serde_json::from_value(old).unwrap();
+        assert_eq!(back.given_back[0].gateway, None);
+        assert_eq!(back.bound_at, 0);
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub trait Store: Clone + Send + Sync + 'static {
             })
         }
     }
-    /// Every live key starting with `prefix`. Not for hot paths: it walks the bucket.
+    /// Every live key starting with `prefix`, in one listing where the store can (the port search at
+    /// capacity lists one Gateway's claims this way instead of a get per port).
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Every live key starting with `prefix`, with its value and revision. A store that can read them in
     /// one pass should: a get per key is a round trip per record, and a reconciler pass reads them all.

@@ -69,7 +69,7 @@ pub struct KubeGateway {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// The longest one apiserver request may take: a half-open connection answers nothing, never.
     call_timeout: std::time::Duration,
-    /// Others' ListenerSets attached to the Gateway, whose ports are foreign; `None` when the Gateway
-    /// takes none (or the apiserver serves no ListenerSet).
-    attached: Option<attached::AttachedSets>,
+    /// Others' ListenerSets attached to the Gateway, whose ports are foreign; followed from when the
+    /// Gateway is first seen, and empty while it takes none (or the apiserver serves no ListenerSet).
+    attached: attached::Attached,
 }

@@ -259,13 +259,14 @@ impl SetsView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const A: &str = "itg-0123456789abcdef0123";
     const B: &str = "itg-fedcba9876543210fedc";
 
-    fn mk_set(name: &str, parent: &str, ports: &[(&str, u16)], rm: &str) -> ListenerSet {
+    /// A set of resource manager `rm` in namespace `gw` attached to Gateway `parent`, with `ports`.
+    pub(crate) fn mk_set(name: &str, parent: &str, ports: &[(&str, u16)], rm: &str) -> ListenerSet {
         let listeners: Vec<_> = ports
             .iter()
             .map(|(n, p)| serde_json::json!({"name": n, "port": p, "protocol": "TCP"}))

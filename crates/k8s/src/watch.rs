@@ -40,8 +40,18 @@ impl KubeGateway {
             .default_backoff()
             .reflect(writer);
         let name = format!("{}/{}", g.gateway_namespace, g.gateway_name);
+        let attached = crate::attached::Attached::new(
+            client.clone(),
+            &g.gateway_namespace,
+            &g.gateway_name,
+            &rm.name,
+            tick.clone(),
+        );
+        // Set once the start has made the attached-set watch: from then on the Gateway's changes remake it.
+        let following = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let (tick, generations) = (tick.clone(), listener_generations.clone());
+            let (attached, following) = (attached.clone(), following.clone());
             tokio::spawn(async move {
                 futures::pin_mut!(stream);
                 while let Some(ev) = stream.next().await {
@@ -49,6 +59,13 @@ impl KubeGateway {
                         Ok(ev) => {
                             if let watcher::Event::Apply(gw) | watcher::Event::InitApply(gw) = &ev {
                                 note_listener_generations(gw, &generations);
+                                // A Gateway missing at start, or whose allowedListeners changed.
+                                if following.load(std::sync::atomic::Ordering::SeqCst)
+                                    && let Some(wanted) = attached.retarget(gw)
+                                {
+                                    let attached = attached.clone();
+                                    tokio::spawn(async move { attached.settle(wanted).await });
+                                }
                             }
                             // Every event counts, the end of a relist too: the store changes then.
                             tick.send_modify(|n| *n = n.wrapping_add(1));
@@ -68,12 +85,17 @@ impl KubeGateway {
             ),
         )
         .await?;
-        let attached = match reader.state().first() {
-            Some(gw) => {
-                crate::attached::AttachedSets::start(&client, gw, &rm.name, tick.clone()).await
-            }
-            None => None,
-        };
+        if let Some(gw) = reader.state().first() {
+            attached.follow(gw).await;
+        }
+        following.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A change seen between the read above and the flag is not lost.
+        if let Some(gw) = reader.state().first()
+            && let Some(wanted) = attached.retarget(gw)
+        {
+            let attached = attached.clone();
+            tokio::spawn(async move { attached.settle(wanted).await });
+        }
         let mut route_stores = Vec::new();
         if rm.wait_for_controller {
             let scopes: Vec<Option<String>> = match &rm.allowed_namespaces {
@@ -169,10 +191,7 @@ impl KubeGateway {
 
     /// Ports of others' ListenerSets attached to the Gateway.
     pub(crate) fn attached_ports(&self) -> BTreeSet<u16> {
-        self.attached
-            .as_ref()
-            .map(crate::attached::AttachedSets::ports)
-            .unwrap_or_default()
+        self.attached.ports()
     }
 
     /// The controller's verdict on `exposures`, from the Gateway's and the routes' status as watched.

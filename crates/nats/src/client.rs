@@ -12,6 +12,15 @@ pub enum NatsError {
     /// A stream or consumer could not be created or read.
     #[error("JetStream {what}: {message}; check that the server runs with JetStream enabled")]
     JetStream { what: String, message: String },
+    /// A call to the hub's JetStream failed at a site: the leaf-node link is down, or not up yet.
+    #[error(
+        "the hub (JetStream domain {hub}) cannot be reached over this site's leaf-node link: {what}: {message}; check the leaf node's remote to the hub and the WAN between them"
+    )]
+    Hub {
+        hub: String,
+        what: String,
+        message: String,
+    },
     /// A site's worker was given a resource manager that the hub already sources from another site.
     #[error(
         "resource manager {rm} is served at site {site}: the hub's ITG_REPLIES sources its replies from there, and a resource manager is served at one site only; remove it from resource_managers, or, to move it here, remove that source from the hub's ITG_REPLIES first"

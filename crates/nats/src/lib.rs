@@ -14,5 +14,5 @@ pub use backlog::{Backlog, backlog};
 pub use client::{NatsError, connect, server_addrs, url_credentials};
 pub use kv::{KvStore, OpenError};
 pub use replier::JetStreamReplier;
-pub use sites::ensure_site;
+pub use sites::{ensure_hub_side, ensure_site, ensure_site_streams, replies_lost, site_laid_out};
 pub use streams::{ensure_consumer, ensure_streams};

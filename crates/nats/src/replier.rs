@@ -11,12 +11,21 @@ use itg_core::sink::{DeadLetter, Replier, SinkError};
 #[derive(Clone)]
 pub struct JetStreamReplier {
     js: jetstream::Context,
+    /// Serving a site (`jetstream.hub_domain`): events are queued again at the site, not through the hub.
+    site: bool,
 }
 
 impl JetStreamReplier {
     /// Wraps a JetStream context.
     pub fn new(js: jetstream::Context) -> Self {
-        JetStreamReplier { js }
+        JetStreamReplier { js, site: false }
+    }
+
+    /// Wraps a site's JetStream context: an event queued again is stored by the site's own
+    /// `ITG_EVENTS`, so it does not depend on the WAN link, and its message id (the site's sequence) is
+    /// compared only with the site's own.
+    pub fn at_site(js: jetstream::Context) -> Self {
+        JetStreamReplier { js, site: true }
     }
 }
 
@@ -54,8 +63,12 @@ impl Replier for JetStreamReplier {
             "Nats-Msg-Id",
             names::requeue_msg_id(original_sequence).as_str(),
         );
-        self.stored(subject.to_owned(), headers, payload.to_vec())
-            .await
+        let subject = if self.site {
+            itg_core::sites::requeue_subject(subject)
+        } else {
+            subject.to_owned()
+        };
+        self.stored(subject, headers, payload.to_vec()).await
     }
 
     async fn dead_letter(&self, d: &DeadLetter<'_>) -> Result<(), SinkError> {

@@ -90,6 +90,7 @@ pub(crate) async fn ensure_stream(
             let sources = union_sources(&have.sources, &want.sources);
             let stale_layout = layout
                 && (subjects.len() != have.subjects.len()
+                    || have.subject_transform != want.subject_transform
                     || sources.as_ref().map_or(0, Vec::len)
                         != have.sources.as_ref().map_or(0, Vec::len));
             if have.max_age != want.max_age
@@ -103,6 +104,7 @@ pub(crate) async fn ensure_stream(
                 next.num_replicas = want.num_replicas;
                 if layout {
                     next.subjects = subjects;
+                    next.subject_transform = want.subject_transform;
                     next.sources = sources;
                 }
                 js.update_stream(next)
