@@ -131,13 +131,11 @@ async fn records_of_version_one_are_read_served_ended_and_purged() {
     let cfg = Config::parse(&yaml, "record_versions").unwrap();
     let kv = bucket(&env, &cfg).await;
     let live = now() - 60;
-    // Older than jetstream.events_max_age (7 days): past any replay, so the reconciler purges them.
-    let old = now() - 8 * 24 * 3600;
     let ready = fixture("ready", &rm, live);
     let exposing = fixture("exposing", &rm, live);
     let ending = fixture("ending", &rm, live);
-    let tombstone = fixture("tombstone", &rm, old);
-    let removed = fixture("removed", &rm, old);
+    let tombstone = fixture("tombstone", &rm, live);
+    let removed = fixture("removed", &rm, live);
     for f in [&ready, &exposing, &ending, &tombstone, &removed] {
         put(&kv, f).await;
     }
@@ -195,6 +193,12 @@ async fn records_of_version_one_are_read_served_ended_and_purged() {
             seen.body
         );
     }
+    // The same tombstones, left long ago: older than jetstream.events_max_age (7 days), past any replay,
+    // so the reconciler purges them.
+    let old = now() - 8 * 24 * 3600;
+    let (tombstone, removed) = (fixture("tombstone", &rm, old), fixture("removed", &rm, old));
+    put(&kv, &tombstone).await;
+    put(&kv, &removed).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let left: Vec<&str> = {
