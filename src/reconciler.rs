@@ -43,7 +43,7 @@ pub struct Reconciler<S, C> {
 }
 
 fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
+    crate::clock::unix_secs()
 }
 
 impl<S: Store, C: Inventory> Reconciler<S, C> {

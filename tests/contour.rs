@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::backend::{Netns, ask, first_answer_at, refused_at};
 use common::contour::{ContourRm, contour};
 use common::pods::{serve_task_pod, serve_tasks, task_selector};
-use common::{Env, Master, Replies, Worker, suffix};
+use common::{Env, Master, Replies, Worker, end, suffix};
 use uuid::Uuid;
 
 /// The one envoy every test here shares: the tests that send bytes take it shared, the one that stops it
@@ -132,8 +132,7 @@ async fn through_contour_an_ended_task_s_address_refuses_connections_after_remov
         after.as_millis()
     );
 
-    master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    end(&master, &replies, &alloc).await;
     let removed_at = Instant::now();
     // The spec's bound on a controller reaching consistency is 30 s.
     let took = refused_at(to, removed_at, 30).await;

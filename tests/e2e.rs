@@ -22,7 +22,7 @@ use common::backend::{Netns, ask, clear_ports, exchange, first_answer, refused};
 use common::pods::{serve_task_pod, serve_tasks, task_selector};
 use common::process::WorkerProcess;
 use common::{
-    Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
+    Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, end, envoy_class, observe,
 };
 use uuid::Uuid;
 
@@ -176,8 +176,7 @@ async fn ended_port_refuses(mode: Mode, base: u16) {
         after.as_millis()
     );
 
-    master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    end(&master, &replies, &alloc).await;
     let removed_at = Instant::now();
     // The spec's bound on a controller reaching consistency is 30 s.
     let took = refused(port, removed_at, 30).await;
@@ -639,8 +638,7 @@ async fn port_envoy_cannot_bind(mode: Mode, base: u16) {
             base + 1,
             after.as_millis()
         );
-        master.ended(&alloc).await;
-        replies.first(60, &alloc, "removed").await;
+        end(&master, &replies, &alloc).await;
     }
     worker.stop().await;
     rm.teardown(&env).await;

@@ -26,7 +26,7 @@ use common::contour::{ContourRm, contour};
 use common::pods::{
     delete_pod, is_ready, kwok_nodes, mk_pod, wait_pod_ip, wait_pod_ready, wait_slices,
 };
-use common::{Env, Master, Replies, Seen, TestRm, Worker, config, envoy_class, suffix};
+use common::{Env, Master, Replies, Seen, TestRm, Worker, config, end, envoy_class, suffix};
 use itg::config::Config;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
@@ -119,12 +119,6 @@ async fn expose(
         .await;
     let r = replies.first(120, alloc, "ready").await;
     (r, t0.elapsed())
-}
-
-/// Ends `alloc` and waits for its `removed`.
-async fn end(master: &Master, replies: &Replies, alloc: &str) {
-    master.ended(alloc).await;
-    replies.first(60, alloc, "removed").await;
 }
 
 /// One line through `to`: the answer, or the kind of failure.

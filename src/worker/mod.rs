@@ -15,7 +15,7 @@ mod reach;
 mod repair;
 mod started;
 
-pub use started::GaveUp;
+pub use crate::delivery::GaveUp;
 mod withdraw;
 
 use std::sync::Arc;
@@ -119,25 +119,28 @@ pub struct Handler<S, C> {
     unreachable: Arc<std::sync::Mutex<reach::Unreachable>>,
     /// Per Gateway (by place in the pool): how many ports its data plane refused since it last served
     /// one, and when the last was refused. The pool's placement passes over a Gateway that looks down.
-    refusals: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, std::time::Instant)>>>,
+    refusals:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, crate::clock::Instant)>>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
 /// the port search on that Gateway skips them, shared by every clone of a handler. Keyed by the Gateway's
 /// place in the pool as well as the port: a port taken on one Gateway may be free on another.
 #[derive(Clone, Default)]
-struct Refused(Arc<std::sync::Mutex<std::collections::BTreeMap<(usize, u16), std::time::Instant>>>);
+struct Refused(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(usize, u16), crate::clock::Instant>>>,
+);
 
 impl Refused {
     fn note(&self, at: usize, port: u16, for_: Duration) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert((at, port), std::time::Instant::now() + for_);
+            m.insert((at, port), crate::clock::instant() + for_);
         }
     }
 
     /// The ports refused on the pool's Gateway `at` and not yet past their time.
     fn current(&self, at: usize) -> Vec<u16> {
-        let now = std::time::Instant::now();
+        let now = crate::clock::instant();
         self.0.lock().map_or_else(
             |_| Vec::new(),
             |mut m| {
@@ -152,10 +155,7 @@ impl Refused {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 /// A binding and the Gateway of the pool (by place) it is on: what a withdrawal needs to reach it.

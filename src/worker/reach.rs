@@ -1,9 +1,10 @@
 //! Reaching: after the controller's verdict, whether its data plane serves each port of an allocation.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Handler;
+use crate::clock;
 use crate::cluster::Cluster;
 use crate::probe::{self, Served};
 use crate::state::Record;
@@ -24,7 +25,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let cfg = &self.rm.config.data_plane_probe;
         let host = self.rm.pool[at].probe_host.as_str();
         let probes = rec.ports.iter().map(|b| async move {
-            let start = Instant::now();
+            let start = clock::instant();
             let mut attempt = 0;
             loop {
                 let reach = self
@@ -91,8 +92,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .note(at, port, self.timing.capacity_deadline.0);
         }
         if let Ok(mut m) = self.refusals.lock() {
-            let e = m.entry(at).or_insert((0, Instant::now()));
-            *e = (e.0.saturating_add(refused.len()), Instant::now());
+            let e = m.entry(at).or_insert((0, clock::instant()));
+            *e = (e.0.saturating_add(refused.len()), clock::instant());
         }
     }
 
@@ -107,7 +108,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 
     pub(super) fn unreachable_now(&self, at: usize) -> bool {
         self.unreachable.lock().is_ok_and(|mut m| {
-            let now = Instant::now();
+            let now = clock::instant();
             m.until.retain(|_, until| *until > now);
             m.until.contains_key(&at)
         })
@@ -123,7 +124,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 
     fn mark_unreachable(&self, at: usize) {
         if let Ok(mut m) = self.unreachable.lock() {
-            m.until.insert(at, Instant::now() + UNREACHABLE_FOR);
+            m.until.insert(at, clock::instant() + UNREACHABLE_FOR);
             m.heard.remove(&at);
         }
     }
@@ -132,6 +133,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 /// Which Gateways of the pool the probe cannot reach, until when, and what it heard from each lately.
 #[derive(Debug, Default)]
 pub(super) struct Unreachable {
-    until: BTreeMap<usize, Instant>,
+    until: BTreeMap<usize, clock::Instant>,
     heard: BTreeMap<usize, probe::Silence>,
 }

@@ -655,6 +655,12 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
     o
 }
 
+/// Ends `alloc` and waits up to 60 s for its `removed`.
+pub async fn end(master: &Master, replies: &Replies, alloc: &str) {
+    master.ended(alloc).await;
+    replies.first(60, alloc, "removed").await;
+}
+
 /// A new allocation id, as the master makes them.
 pub fn alloc() -> String {
     format!("{}.1", Uuid::new_v4())
