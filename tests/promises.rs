@@ -1,4 +1,4 @@
-//! The contract's seven promises, each proven against the real servers with in-process workers.
+//! The contract's promises 1 to 7, each proven against the real servers with in-process workers.
 
 mod common;
 
