@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -15,23 +14,13 @@ use crate::cluster::Cluster;
 use crate::config::WorkerConfig;
 use crate::contract;
 use crate::crashpoint;
+use crate::delivery::{self, Deliveries, Next, Served};
 use crate::metrics;
 use crate::sink::{DeadLetter, Replier};
 use crate::store::Store;
 use crate::worker::{GaveUp, Handler};
 
-/// How long to wait before the `delivered`-th redelivery: exponential between the configured bounds, with
-/// jitter so a crowd of waiting events does not come back at once.
-pub fn redelivery_delay(timing: &WorkerConfig, delivered: i64) -> Duration {
-    let n = usize::try_from(delivered.max(1) - 1).unwrap_or(0).min(32);
-    timing
-        .redelivery_backoff()
-        .with_jitter()
-        .build()
-        .nth(n)
-        .unwrap_or(timing.retry_max.0)
-        .min(timing.retry_max.0)
-}
+pub use crate::delivery::redelivery_delay;
 
 /// How the loop paces itself: the worker's settings and the consumer's ack wait.
 #[derive(Debug, Clone)]
@@ -45,7 +34,10 @@ pub struct Pacing {
 impl Pacing {
     /// Whether JetStream will not deliver an event again after this delivery.
     pub fn last_delivery(&self, delivered: i64) -> bool {
-        self.max_deliver > 0 && delivered >= self.max_deliver
+        Deliveries {
+            max_deliver: self.max_deliver,
+        }
+        .last(delivered)
     }
 }
 
@@ -147,18 +139,9 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
         tokio::pin!(give_back);
         let handled = loop {
             tokio::select! {
-                h = &mut handled => break h,
-                () = &mut give_back => {
-                    let why = format!("not served within worker.kubernetes_deadline ({:?})", timing.kubernetes_deadline.0);
-                    if pacing.last_delivery(delivered) {
-                        give_up(handler, replier, &msg, kind, &why, GaveUp::Unserved).await;
-                    } else {
-                        tracing::warn!(why = %why, "giving the event back");
-                        metrics::get().event(&rm, kind.as_str(), "retry");
-                        ack(&msg, AckKind::Nak(Some(redelivery_delay(timing, delivered)))).await;
-                    }
-                    return;
-                }
+                biased;
+                h = &mut handled => break Some(h),
+                () = &mut give_back => break None,
                 _ = beat.tick() => ack(&msg, AckKind::Progress).await,
                 () = async { let _ = abort.wait_for(|a| *a).await; } => {
                     tracing::warn!("shutdown grace period over; giving the event back");
@@ -168,57 +151,92 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             }
         };
         let m = metrics::get();
-        if delivered > 1 {
+        if delivered > 1 && handled.is_some() {
             m.redeliveries.get_or_create(&metrics::rm(&rm)).inc();
         }
-        match handled {
-            Handled::Answer { reply, msg_id } => match replier.publish(&reply, &msg_id).await {
-                Ok(()) => {
-                    match reply.kind() {
-                        contract::ReplyKind::Ready => crashpoint::reach("reply.ready_published"),
-                        contract::ReplyKind::Removed => {
-                            crashpoint::reach("reply.removed_published");
-                        }
-                        contract::ReplyKind::Failed => {}
-                    }
-                    tracing::info!(reply = reply.kind().as_str(), "answered");
-                    m.event(&rm, kind.as_str(), reply.kind().as_str());
-                    note_failure(&rm, &reply);
-                    if let (contract::ReplyKind::Ready, Ok(info)) = (reply.kind(), msg.info()) {
-                        let age = jiff::Timestamp::now().as_nanosecond()
-                            - info.published.unix_timestamp_nanos();
-                        #[allow(clippy::cast_precision_loss)]
-                        let secs = age.max(0) as f64 / 1e9;
-                        m.started_to_ready
-                            .get_or_create(&metrics::rm(&rm))
-                            .observe(secs);
-                    }
-                    ack(&msg, AckKind::Ack).await;
-                }
-                Err(e) if pacing.last_delivery(delivered) => {
-                    m.event(&rm, kind.as_str(), "reply_error");
-                    let why = format!("the reply could not be stored: {e}");
-                    give_up(handler, replier, &msg, kind, &why, GaveUp::AnswerLost).await;
-                }
-                Err(e) => {
-                    m.event(&rm, kind.as_str(), "reply_error");
-                    tracing::warn!(error = %e, "reply not stored; the event will be redelivered");
-                    ack(
-                        &msg,
-                        AckKind::Nak(Some(redelivery_delay(timing, delivered))),
-                    )
-                    .await;
-                }
-            },
-            Handled::Done => ack(&msg, AckKind::Ack).await,
-            Handled::Retry { why } if pacing.last_delivery(delivered) => {
-                give_up(handler, replier, &msg, kind, &why, GaveUp::Unserved).await;
+        let deliveries = Deliveries {
+            max_deliver: pacing.max_deliver,
+        };
+        let (stored, next) = match &handled {
+            None => (None, delivery::next(kind, Served::Overran, delivered, deliveries, timing)),
+            Some(Handled::Answer { reply, msg_id }) => {
+                let stored = replier.publish(reply, msg_id).await.map_err(|e| e.to_string());
+                let served = Served::Answered {
+                    stored: match &stored {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(e.as_str()),
+                    },
+                };
+                let next = delivery::next(kind, served, delivered, deliveries, timing);
+                (Some(stored), next)
             }
-            Handled::Retry { why } => {
-                m.event(&rm, kind.as_str(), "retry");
-                let delay = redelivery_delay(timing, delivered);
-                tracing::info!(why = %why, retry_in = ?delay, "not served yet; will retry");
-                ack(&msg, AckKind::Nak(Some(delay))).await;
+            Some(Handled::Done) => (None, Next::Ack),
+            Some(Handled::Retry { why }) => (
+                None,
+                delivery::next(kind, Served::Retry { why }, delivered, deliveries, timing),
+            ),
+            Some(Handled::Defer { why }) => (
+                None,
+                delivery::next(kind, Served::Defer { why }, delivered, deliveries, timing),
+            ),
+        };
+        match (&handled, &stored) {
+            (Some(Handled::Answer { reply, .. }), Some(Ok(()))) => {
+                match reply.kind() {
+                    contract::ReplyKind::Ready => crashpoint::reach("reply.ready_published"),
+                    contract::ReplyKind::Removed => {
+                        crashpoint::reach("reply.removed_published");
+                    }
+                    contract::ReplyKind::Failed => {}
+                }
+                tracing::info!(reply = reply.kind().as_str(), "answered");
+                m.event(&rm, kind.as_str(), reply.kind().as_str());
+                note_failure(&rm, reply);
+                if let (contract::ReplyKind::Ready, Ok(info)) = (reply.kind(), msg.info()) {
+                    let age = jiff::Timestamp::now().as_nanosecond()
+                        - info.published.unix_timestamp_nanos();
+                    #[allow(clippy::cast_precision_loss)]
+                    let secs = age.max(0) as f64 / 1e9;
+                    m.started_to_ready
+                        .get_or_create(&metrics::rm(&rm))
+                        .observe(secs);
+                }
+            }
+            (Some(Handled::Answer { .. }), Some(Err(e))) => {
+                m.event(&rm, kind.as_str(), "reply_error");
+                if let Next::Nak(_) = next {
+                    tracing::warn!(error = %e, "reply not stored; the event will be redelivered");
+                }
+            }
+            (Some(Handled::Retry { why }), _) => {
+                if let Next::Nak(delay) = next {
+                    m.event(&rm, kind.as_str(), "retry");
+                    tracing::info!(why = %why, retry_in = ?delay, "not served yet; will retry");
+                }
+            }
+            (Some(Handled::Defer { why }), _) => {
+                if let Next::Nak(delay) = next {
+                    m.event(&rm, kind.as_str(), "retry");
+                    tracing::warn!(why = %why, retry_in = ?delay, "left for a newer worker; will retry");
+                }
+            }
+            (None, _) => {
+                if let Next::Nak(_) = next {
+                    tracing::warn!(timeout = ?timing.kubernetes_deadline.0, "not served within worker.kubernetes_deadline; giving the event back");
+                    m.event(&rm, kind.as_str(), "retry");
+                }
+            }
+            _ => {}
+        }
+        match next {
+            Next::Ack => ack(&msg, AckKind::Ack).await,
+            Next::Nak(delay) => ack(&msg, AckKind::Nak(Some(delay))).await,
+            Next::Requeue { why } => {
+                m.event(&rm, kind.as_str(), "requeued");
+                requeue(replier, &msg, &why).await;
+            }
+            Next::GiveUp { cause, why } => {
+                give_up(handler, replier, &msg, kind, &why, cause).await;
             }
         }
     }
@@ -226,11 +244,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     .await;
 }
 
-/// The last allowed delivery failed. An `ended` never gives up, since giving up would leave the allocation
-/// exposed: it is queued again as a new message, whose deliveries start afresh. Any other event is kept in
-/// the dead-letter stream, a started is answered `failed` and what it holds is withdrawn, and the event is
-/// terminated. If the dead letter cannot be stored the event is naked; JetStream will not deliver it
-/// again, but the `ended` or a resend repairs what it left.
+/// The last allowed delivery of any other event failed. It is kept in the dead-letter stream, a started is
+/// answered `failed` and what it holds is withdrawn, and the event is terminated. If the dead letter cannot
+/// be stored the event is naked; JetStream will not deliver it again, but the `ended` or a resend repairs
+/// what it left.
 async fn give_up<S: Store, C: Cluster, R: Replier>(
     handler: &Handler<S, C>,
     replier: &R,
@@ -242,29 +259,6 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
     let rm = &handler.rm().name;
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let m = metrics::get();
-    if kind == contract::EventKind::Ended {
-        m.event(rm, kind.as_str(), "requeued");
-        let mut tries = 0u32;
-        loop {
-            match replier.requeue(&msg.subject, &msg.payload, sequence).await {
-                Ok(()) => {
-                    tracing::warn!(why = %why, sequence, "ended not served after the maximum deliveries; queued again");
-                    ack(msg, AckKind::Term).await;
-                    return;
-                }
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, "could not queue the ended again; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, sequence, "could not queue the ended again; the reconciler or a resend must finish it");
-                    ack(msg, AckKind::Nak(None)).await;
-                    return;
-                }
-            }
-        }
-    }
     m.event(rm, kind.as_str(), "dead_letter");
     let letter = DeadLetter {
         resource_manager: rm,
@@ -290,6 +284,31 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
         }
     }
     ack(msg, AckKind::Term).await;
+}
+
+/// Publishes the event again as a new message, whose deliveries start afresh, and terminates this one.
+async fn requeue<R: Replier>(replier: &R, msg: &jetstream::Message, why: &str) {
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut tries = 0u32;
+    loop {
+        match replier.requeue(&msg.subject, &msg.payload, sequence).await {
+            Ok(()) => {
+                tracing::warn!(why = %why, sequence, "not served after the maximum deliveries; queued again");
+                ack(msg, AckKind::Term).await;
+                return;
+            }
+            Err(e) if tries < 5 => {
+                tries += 1;
+                tracing::warn!(error = %e, "could not queue the event again; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sequence, "could not queue the event again; the reconciler or a resend must finish it");
+                ack(msg, AckKind::Nak(None)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Counts a published `failed` reply under its reason.

@@ -20,8 +20,9 @@
 //! reply → [`consumer`] publishes it through the [`sink`] and acknowledges the event.
 
 pub use itg_core::{
-    allocator, answers, claims, cluster, config, contract, controllers, crashpoint, metrics, names,
-    plan, probe, readiness, resource_manager, sink, state, store, validate,
+    allocator, answers, claims, clock, cluster, config, contract, controllers, crashpoint,
+    delivery, guards, metrics, names, plan, probe, readiness, resource_manager, sink, state, store,
+    validate,
 };
 pub use itg_k8s as k8s;
 pub use itg_nats as nats;

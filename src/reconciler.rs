@@ -43,7 +43,7 @@ pub struct Reconciler<S, C> {
 }
 
 fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
+    crate::clock::unix_secs()
 }
 
 impl<S: Store, C: Inventory> Reconciler<S, C> {
@@ -119,13 +119,19 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
         {
             // A record that cannot be read would make its ports and objects look orphaned: stop the pass
             // rather than release what a live allocation may hold.
-            let (Some((_, id)), Ok(r)) = (
-                names::parse_allocation_key(&key),
-                serde_json::from_slice::<Record>(&e.value),
-            ) else {
+            let decoded = crate::state::decode(&e.value);
+            if let Err(crate::state::DecodeError::Newer { found }) = &decoded {
+                metrics::get()
+                    .records_newer_version
+                    .get_or_create(&metrics::rm(&self.rm))
+                    .inc();
+                tracing::error!(resource_manager = %self.rm, key, record_version = found, known = crate::state::RECORD_VERSION, "an allocation record of a newer version: this reconciler's pass stops without acting; workers of two record versions serve one bucket");
+            }
+            let (Some((_, id)), Ok(r)) = (names::parse_allocation_key(&key), decoded) else {
                 return Err(format!(
-                    "allocation record {key} cannot be decoded; the pass stops without acting. Inspect it \
-                     (itgctl allocations, or the KV bucket) and fix or delete it by hand"
+                    "allocation record {key} cannot be read by this worker; the pass stops without acting. \
+                     Inspect it (itgctl describe, or the KV bucket): a record of a newer version belongs to \
+                     newer workers, anything else fix or delete by hand"
                 ));
             };
             i.revisions.insert(id.clone(), e.revision);

@@ -114,27 +114,131 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
         },
     };
     // A started is served before its ended: if the state was lost, it would expose the allocation again.
-    tombstone_ended(&stream, handler, &rm, deliver_policy, last).await?;
-    let (total, mut messages) =
+    let (ended_total, ended) = ordered_events(
+        &stream,
+        contract::event_subject(&rm, EventKind::Ended),
+        deliver_policy,
+    )
+    .await?;
+    tombstone_ended(
+        handler,
+        read_range(ended, ended_total, last, "the ended events"),
+    )
+    .await?;
+    let (total, messages) =
         ordered_events(&stream, contract::events_filter(&rm), deliver_policy).await?;
-    // Events of one allocation stay in order on one lane; lanes run at once, so a replay waits on many
-    // round trips together instead of one after the other.
+    serve_in_order(
+        handler,
+        store,
+        replier,
+        read_range(messages, total, last, "the events"),
+        total,
+        last,
+        progress,
+    )
+    .await
+}
+
+/// One event of `ITG_EVENTS` as the replay serves it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+impl StoredEvent {
+    fn of(msg: &jetstream::Message) -> StoredEvent {
+        StoredEvent {
+            sequence: msg.info().map(|i| i.stream_sequence).unwrap_or(0),
+            subject: msg.subject.to_string(),
+            payload: msg.payload.clone(),
+        }
+    }
+
+    fn kind(&self) -> Option<EventKind> {
+        contract::parse_event_subject(&self.subject).map(|(_, k)| k)
+    }
+}
+
+/// The events of an ordered read up to the range's `last` sequence, `total` of them at most.
+fn read_range(
+    messages: consumer::pull::Ordered,
+    total: u64,
+    last: u64,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<StoredEvent, ReplayError>> {
+    futures::stream::try_unfold(
+        (messages, 0u64, 0u64),
+        move |(mut messages, read, reached)| async move {
+            if read >= total || reached >= last {
+                return Ok(None);
+            }
+            let msg = next_or_stalled(&mut messages, what, reached, last).await?;
+            let ev = StoredEvent::of(&msg);
+            let sequence = ev.sequence;
+            // Published after the replay began: the live consumer serves it.
+            if sequence > last {
+                return Ok(None);
+            }
+            Ok(Some((ev, (messages, read + 1, sequence))))
+        },
+    )
+}
+
+/// Replays `events`, already read, as [`replay`] replays the stream: the `ended`s leave their tombstones
+/// first, then every event is served in order, one allocation's on one lane. For the simulator, which has
+/// no stream.
+///
+/// # Errors
+/// [`ReplayError`] when the store cannot be read or written.
+pub async fn replay_events<S: Store, C: Cluster, R: Replier>(
+    handler: &Handler<S, C>,
+    store: &S,
+    replier: &R,
+    events: &[StoredEvent],
+) -> Result<Summary, ReplayError> {
+    let last = events.iter().map(|e| e.sequence).max().unwrap_or(0);
+    let ended = events
+        .iter()
+        .filter(|e| e.kind() == Some(EventKind::Ended))
+        .cloned()
+        .map(Ok);
+    tombstone_ended(handler, futures::stream::iter(ended)).await?;
+    let all = futures::stream::iter(events.iter().cloned().map(Ok));
+    serve_in_order(
+        handler,
+        store,
+        replier,
+        all,
+        events.len() as u64,
+        last,
+        |_, _| {},
+    )
+    .await
+}
+
+/// Serves `events` (`total` of them, up to sequence `last`): events of one allocation stay in order on one
+/// lane; lanes run at once, so a replay waits on many round trips together instead of one after the other.
+async fn serve_in_order<S: Store, C: Cluster, R: Replier>(
+    handler: &Handler<S, C>,
+    store: &S,
+    replier: &R,
+    events: impl futures::Stream<Item = Result<StoredEvent, ReplayError>>,
+    total: u64,
+    last: u64,
+    progress: impl FnMut(u64, u64),
+) -> Result<Summary, ReplayError> {
+    let rm = handler.rm().name.clone();
     let summary = RefCell::new(Summary::default());
     let progress = RefCell::new(progress);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES)
-        .map(|_| mpsc::channel::<jetstream::Message>(LANE_DEPTH))
+        .map(|_| mpsc::channel::<StoredEvent>(LANE_DEPTH))
         .unzip();
     let read = async move {
-        let (mut read, mut reached) = (0u64, 0u64);
-        while read < total {
-            let msg = next_or_stalled(&mut messages, "the events", reached, last).await?;
-            read += 1;
-            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            reached = sequence;
-            if senders[lane(&msg)].send(msg).await.is_err() {
-                break;
-            }
-            if sequence >= last {
+        futures::pin_mut!(events);
+        while let Some(ev) = events.try_next().await? {
+            if senders[lane(&ev)].send(ev).await.is_err() {
                 break;
             }
         }
@@ -143,10 +247,10 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     let lanes = futures::future::join_all(receivers.into_iter().map(|mut rx| {
         let (rm, summary, progress) = (&rm, &summary, &progress);
         async move {
-            while let Some(msg) = rx.recv().await {
-                let outcome = serve(handler, store, replier, rm, &msg)
+            while let Some(ev) = rx.recv().await {
+                let outcome = serve(handler, store, replier, rm, &ev)
                     .await
-                    .map_err(|e| e.at(msg.info().map(|i| i.stream_sequence).unwrap_or(0), last))?;
+                    .map_err(|e| e.at(ev.sequence, last))?;
                 let mut s = summary.borrow_mut();
                 s.seen += 1;
                 match outcome {
@@ -165,44 +269,21 @@ pub async fn replay<S: Store, C: Cluster, R: Replier>(
     Ok(summary.into_inner())
 }
 
-/// Writes a tombstone for every allocation whose `ended` lies in the range and that has no record, so that
+/// Writes a tombstone for every allocation whose `ended` is among `ended` and that has no record, so that
 /// no started of it served afterwards exposes anything (after the KV bucket was lost, say).
 async fn tombstone_ended<S: Store, C: Cluster>(
-    stream: &jetstream::stream::Stream,
     handler: &Handler<S, C>,
-    rm: &str,
-    deliver_policy: consumer::DeliverPolicy,
-    last: u64,
+    ended: impl futures::Stream<Item = Result<StoredEvent, ReplayError>>,
 ) -> Result<u64, ReplayError> {
-    let (total, messages) = ordered_events(
-        stream,
-        contract::event_subject(rm, EventKind::Ended),
-        deliver_policy,
-    )
-    .await?;
     // Read in order, written LANES at a time: each is a KV round trip of its own allocation's key, and one
     // after another they took longer than the replay that follows.
-    let ended = futures::stream::try_unfold(
-        (messages, 0u64, 0u64),
-        move |(mut messages, read, reached)| async move {
-            if read >= total {
-                return Ok(None);
-            }
-            let msg = next_or_stalled(&mut messages, "the ended events", reached, last).await?;
-            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            if sequence > last {
-                return Ok(None);
-            }
-            Ok(Some(((msg, sequence), (messages, read + 1, sequence))))
-        },
-    );
     let written = ended
-        .map_ok(|(msg, sequence)| async move {
-            match contract::decode_event(EventKind::Ended, &msg.payload) {
-                Ok(contract::Event::Ended(ev)) => handler
-                    .tombstone(&ev)
+        .map_ok(|ev| async move {
+            match contract::decode_event(EventKind::Ended, &ev.payload) {
+                Ok(contract::Event::Ended(e)) => handler
+                    .tombstone(&e)
                     .await
-                    .map_err(|e| err(e).at(sequence, last)),
+                    .map_err(|e| err(e).at(ev.sequence, ev.sequence)),
                 _ => Ok(false),
             }
         })
@@ -251,11 +332,11 @@ const LANES: usize = 32;
 const LANE_DEPTH: usize = 64;
 
 /// The lane of an event: by its allocation, so one allocation's events are served in stream order.
-fn lane(msg: &jetstream::Message) -> usize {
+fn lane(ev: &StoredEvent) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let kind = contract::parse_event_subject(&msg.subject).map_or(EventKind::Started, |(_, k)| k);
-    contract::decode_event(kind, &msg.payload)
+    let kind = ev.kind().unwrap_or(EventKind::Started);
+    contract::decode_event(kind, &ev.payload)
         .map(|ev| ev.allocation_id().to_owned())
         .unwrap_or_default()
         .hash(&mut h);
@@ -274,10 +355,10 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     store: &S,
     replier: &R,
     rm: &str,
-    msg: &jetstream::Message,
+    msg: &StoredEvent,
 ) -> Result<Outcome, ReplayError> {
-    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let kind = contract::parse_event_subject(&msg.subject).map(|(_, k)| k);
+    let sequence = msg.sequence;
+    let kind = msg.kind();
     let key = contract::decode_event(kind.unwrap_or(EventKind::Started), &msg.payload)
         .ok()
         .map(|ev| names::allocation_key(rm, ev.allocation_id()));
@@ -316,7 +397,7 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             }
         }
         Handled::Done => Outcome::AlreadyRight,
-        Handled::Retry { why } => {
+        Handled::Retry { why } | Handled::Defer { why } => {
             tracing::warn!(sequence, why = %why, "replayed event not served");
             Outcome::Failed
         }

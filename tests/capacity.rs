@@ -5,12 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
-use uuid::Uuid;
-
-fn alloc() -> String {
-    format!("{}.1", Uuid::new_v4())
-}
+use common::{Env, Master, Replies, Scenario, TestRm, Worker, alloc, config, observe};
 
 #[tokio::test]
 async fn a_four_port_range_exhausted_then_released_serves_the_waiting_allocation() {
@@ -52,15 +47,8 @@ async fn a_four_port_range_exhausted_then_released_serves_the_waiting_allocation
 async fn waiting_past_the_capacity_deadline_answers_capacity_exhausted_and_leaves_nothing() {
     let s = Scenario::start("dl", (41100, 41101), "  capacity_deadline: 2s\n").await;
     let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
-    let holder = alloc();
-    master
-        .started(
-            &holder,
-            &rm.task_ns,
-            &[("jupyter", 8888), ("tensorboard", 6006)],
-        )
+    s.ready_one(&[("jupyter", 8888), ("tensorboard", 6006)])
         .await;
-    replies.first(30, &holder, "ready").await;
     let late = alloc();
     master
         .started(&late, &rm.task_ns, &[("jupyter", 8888)])
@@ -178,15 +166,9 @@ async fn two_resource_managers_on_two_gateways_are_served_independently_by_one_w
 async fn an_allocation_gets_all_its_ports_or_none_while_it_waits() {
     let s = Scenario::start("aon", (41400, 41402), "").await;
     let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
-    let holder = alloc();
-    master
-        .started(
-            &holder,
-            &rm.task_ns,
-            &[("jupyter", 8888), ("tensorboard", 6006)],
-        )
+    let (holder, _) = s
+        .ready_one(&[("jupyter", 8888), ("tensorboard", 6006)])
         .await;
-    replies.first(30, &holder, "ready").await;
     // Two ports wanted, one free: the allocation waits holding nothing.
     let both = alloc();
     master
@@ -220,11 +202,8 @@ async fn a_port_refused_by_the_gateway_is_given_back_and_avoided_and_the_allocat
     )
     .await;
     let (env, rm, master, replies) = (&s.env, &s.rm, &s.master, &s.replies);
-    let holder = alloc();
-    master
-        .started(&holder, &rm.task_ns, &[("jupyter", 8888)])
-        .await;
-    let held = replies.first(30, &holder, "ready").await.ports()[0];
+    let (holder, ready) = s.ready_one(&[("jupyter", 8888)]).await;
+    let held = ready.ports()[0];
     let free: Vec<u16> = (42600..=42602).filter(|p| *p != held).collect();
     // A listener no claim accounts for (left by a crash, say) on one of the two free ports: the Gateway
     // refuses a second listener there with a 422.

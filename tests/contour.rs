@@ -14,28 +14,19 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, exchange, first_answer_at, refused_at};
+use common::backend::{Netns, ask, first_answer_at, refused_at};
 use common::contour::{ContourRm, contour};
 use common::pods::{serve_task_pod, serve_tasks, task_selector};
-use common::{Env, Master, Replies, Seen, Worker, suffix};
+use common::{Env, Master, Replies, Worker, end, suffix};
 use uuid::Uuid;
 
 /// The one envoy every test here shares: the tests that send bytes take it shared, the one that stops it
 /// takes it alone.
 static ENVOY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// `ready` for `alloc`, and when this test first saw it.
-async fn ready(replies: &Replies, alloc: &str) -> (Seen, Instant) {
-    let r = replies.first(120, alloc, "ready").await;
-    (r, Instant::now())
-}
-
 /// One line through `to`, at once: the backend that answered, or why nothing did.
 async fn one_exchange(to: SocketAddr, line: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || exchange(to, &line))
-        .await
-        .expect("exchange task")
-        .map_err(|e| e.to_string())
+    ask(to, &line).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +57,7 @@ async fn every_port_of_every_task_reaches_its_own_backend_through_contour_from_t
     let mut addresses = Vec::new();
     let mut first_failed = Vec::new();
     for (alloc, ports) in &tasks {
-        let (r, at) = ready(&replies, alloc).await;
+        let (r, at) = replies.ready(alloc).await;
         let targets: Vec<(SocketAddr, &String)> = ports
             .iter()
             .map(|(name, _)| (r.address(name), &backend[&(alloc.clone(), *name)]))
@@ -133,7 +124,7 @@ async fn through_contour_an_ended_task_s_address_refuses_connections_after_remov
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let (r, at) = ready(&replies, &alloc).await;
+    let (r, at) = replies.ready(&alloc).await;
     let to = r.address("web");
     let (after, failures) = first_answer_at(to, "ending", at, 60, Duration::from_millis(10)).await;
     println!(
@@ -141,8 +132,7 @@ async fn through_contour_an_ended_task_s_address_refuses_connections_after_remov
         after.as_millis()
     );
 
-    master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    end(&master, &replies, &alloc).await;
     let removed_at = Instant::now();
     // The spec's bound on a controller reaching consistency is 30 s.
     let took = refused_at(to, removed_at, 30).await;
@@ -232,16 +222,7 @@ async fn with_contour_s_envoy_stopped_ready_waits_then_fails_naming_the_data_pla
     let alloc = format!("{}.1", Uuid::new_v4());
     let t0 = Instant::now();
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "contour, envoy stopped: answered {} after {} ms: {}",
         answer.kind,
@@ -272,7 +253,7 @@ async fn with_contour_s_envoy_stopped_ready_waits_then_fails_naming_the_data_pla
     // With envoy back, the same worker serves the next started.
     let again = format!("{}.2", Uuid::new_v4());
     master.started(&again, &rm.task_ns, &[("web", 7001)]).await;
-    let (r, _) = ready(&replies, &again).await;
+    let (r, _) = replies.ready(&again).await;
     println!("contour, envoy back: ready at {}", r.address("web"));
     master.ended(&again).await;
     replies.first(60, &again, "removed").await;

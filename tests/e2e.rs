@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, clear_ports, exchange, first_answer, refused};
+use common::backend::{Netns, ask, clear_ports, exchange, first_answer, refused};
 use common::pods::{serve_task_pod, serve_tasks, task_selector};
 use common::process::WorkerProcess;
 use common::{
-    Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, envoy_class, observe,
+    Env, Master, Replies, Seen, TestRm, Worker, config, config_yaml, end, envoy_class, observe,
 };
 use uuid::Uuid;
 
@@ -67,12 +67,6 @@ async fn rm_in(
         rm.extra.push_str("    listener_mode: listenerset\n");
     }
     rm
-}
-
-/// `ready` for `alloc`, and when this test first saw it.
-async fn ready(replies: &Replies, alloc: &str) -> (Seen, Instant) {
-    let r = replies.first(120, alloc, "ready").await;
-    (r, Instant::now())
 }
 
 fn port_of(ready: &Seen, name: &str) -> u16 {
@@ -121,7 +115,7 @@ async fn every_port_reaches_its_backend(mode: Mode, base: u16) {
     }
     let mut gateway_ports = Vec::new();
     for (alloc, ports) in &tasks {
-        let (r, at) = ready(&replies, alloc).await;
+        let (r, at) = replies.ready(alloc).await;
         let targets: Vec<(u16, &String)> = ports
             .iter()
             .map(|(name, _)| (port_of(&r, name), &backend[&(alloc.clone(), *name)]))
@@ -174,7 +168,7 @@ async fn ended_port_refuses(mode: Mode, base: u16) {
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let (r, at) = ready(&replies, &alloc).await;
+    let (r, at) = replies.ready(&alloc).await;
     let port = port_of(&r, "web");
     let (after, failures) = first_answer(port, "ending", at, 60).await;
     println!(
@@ -182,8 +176,7 @@ async fn ended_port_refuses(mode: Mode, base: u16) {
         after.as_millis()
     );
 
-    master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    end(&master, &replies, &alloc).await;
     let removed_at = Instant::now();
     // The spec's bound on a controller reaching consistency is 30 s.
     let took = refused(port, removed_at, 30).await;
@@ -571,16 +564,7 @@ async fn foreign_set_port_stays_foreign(mode: Mode, base: u16) {
     let replies = Replies::watch(&env, &rm.name).await;
     let alloc = format!("{}.1", Uuid::new_v4());
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "e2e ({mode:?}): a started on a range an operator's ListenerSet holds was answered {}: {}",
         answer.kind, answer.body["message"]
@@ -640,7 +624,7 @@ async fn port_envoy_cannot_bind(mode: Mode, base: u16) {
         master
             .started(&alloc, &rm.task_ns, &[("web", 7001 + i)])
             .await;
-        let (r, at) = ready(&replies, &alloc).await;
+        let (r, at) = replies.ready(&alloc).await;
         let port = port_of(&r, "web");
         assert_eq!(
             r.body["proxies"][0]["address"],
@@ -654,8 +638,7 @@ async fn port_envoy_cannot_bind(mode: Mode, base: u16) {
             base + 1,
             after.as_millis()
         );
-        master.ended(&alloc).await;
-        replies.first(60, &alloc, "removed").await;
+        end(&master, &replies, &alloc).await;
     }
     worker.stop().await;
     rm.teardown(&env).await;
@@ -684,16 +667,7 @@ async fn a_range_whose_only_port_envoy_cannot_bind_is_answered_failed_naming_the
     let replies = Replies::watch(&env, &rm.name).await;
     let alloc = format!("{}.1", Uuid::new_v4());
     master.started(&alloc, &rm.task_ns, &[("web", 7001)]).await;
-    let answers = replies
-        .wait(120, "an answer", |seen| {
-            seen.iter()
-                .any(|s| s.alloc() == Some(alloc.as_str()) && s.kind != "removed")
-        })
-        .await;
-    let answer = answers
-        .iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .expect("an answer");
+    let answer = replies.answer(120, &alloc).await;
     println!(
         "e2e: a started whose only port envoy cannot bind was answered {}: {}",
         answer.kind, answer.body["message"]
@@ -790,10 +764,7 @@ async fn answers_within(port: u16, backend: &str, since: Instant, secs: u64) -> 
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         let line = format!("late {port}");
-        let sent = line.clone();
-        let got = tokio::task::spawn_blocking(move || exchange(to, &sent))
-            .await
-            .expect("exchange task");
+        let got = ask(to, &line).await;
         if got.is_ok_and(|r| r == format!("{backend} {line}")) {
             return Some(since.elapsed());
         }
@@ -852,10 +823,7 @@ async fn first_connects(mode: Mode, placeholder: u16, range: (u16, u16)) {
                     let line = format!("first {port}");
                     async move {
                         let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                        let sent = line.clone();
-                        let got = tokio::task::spawn_blocking(move || exchange(to, &sent))
-                            .await
-                            .expect("exchange task");
+                        let got = ask(to, &line).await;
                         (port, backend(slot, name), line, got)
                     }
                 });

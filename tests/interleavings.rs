@@ -236,6 +236,8 @@ impl Cluster for MemCluster {
 #[derive(Clone, Default)]
 struct MemDataPlane {
     refused: Arc<Mutex<BTreeSet<u16>>>,
+    /// Ports that give no answer within the connect timeout.
+    silent: Arc<Mutex<BTreeSet<u16>>>,
 }
 
 impl DataPlane for MemDataPlane {
@@ -248,6 +250,9 @@ impl DataPlane for MemDataPlane {
         // Answers at once: the tests here interleave at the store and the cluster, and a yield more per pass
         // would only widen the window of the stray apply that `racing_duplicates_...` counts as a clash.
         Box::pin(async move {
+            if self.silent.lock().unwrap().contains(&port) {
+                return Reach::Silent(format!("no answer from {port}"));
+            }
             if self.refused.lock().unwrap().contains(&port) {
                 Reach::Refused
             } else {
@@ -303,6 +308,7 @@ fn kind_of(h: &Handled) -> &'static str {
         Handled::Answer { reply, .. } => reply.kind().as_str(),
         Handled::Done => "done",
         Handled::Retry { .. } => "retry",
+        Handled::Defer { .. } => "defer",
     }
 }
 
@@ -794,4 +800,77 @@ async fn a_data_plane_that_serves_no_port_fails_the_started_naming_it_and_leaves
         cluster.objects.lock().unwrap()
     );
     assert!(store.keys("port.").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn one_silent_port_does_not_stop_the_probing_of_its_gateway() {
+    let (store, cluster, plane) = (
+        MemStore::default(),
+        MemCluster::default(),
+        MemDataPlane::default(),
+    );
+    // Every port is silent for the first allocation (a firewall dropping them, say): its ready rests on
+    // the controller's status.
+    plane.silent.lock().unwrap().extend(40000..=40009);
+    let h = handler_probing(&store, &cluster, &plane, "grace: 100ms, deadline: 1s");
+    let a = "6f1c2d3e.11";
+    let first = serve(&h, EventKind::Started, &started(a)).await;
+    assert_eq!(kind_of(&first), "ready", "{first:?}");
+    // Then envoy answers again, but refuses every port: the next allocation must be probed, not answered
+    // on status alone because one port was silent a moment ago.
+    plane.silent.lock().unwrap().clear();
+    plane.refused.lock().unwrap().extend(40000..=40009);
+    let b = "6f1c2d3e.12";
+    let answer = loop {
+        match h.handle(EventKind::Started, &started(b)).await {
+            Handled::Retry { why } => {
+                assert!(why.contains("data plane"), "{why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            done => break done,
+        }
+    };
+    println!("after one silent port, an allocation on a refusing data plane: {answer:?}");
+    assert_eq!(kind_of(&answer), "failed", "{answer:?}");
+}
+
+/// A record a newer worker wrote (a higher record version, a phase unknown here) is neither written nor
+/// answered: every event of it is deferred to a worker that reads it, and nothing is applied.
+#[tokio::test]
+async fn a_record_of_a_newer_version_is_deferred_and_left_as_it_is() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    // A phase this build reads (so the record would parse and be acted on) and one it does not.
+    for (a, phase) in [("6f1c2d3e.20", "ready"), ("6f1c2d3e.21", "draining")] {
+        let key = itg::names::allocation_key("rm", a);
+        let newer = serde_json::json!({
+            "version": itg::state::RECORD_VERSION + 1, "allocation_id": a, "resource_manager": "rm",
+            "phase": phase,
+            "spec": {"namespace": "team-a", "pod_selector": {"app": "nb"}, "proxy_ports": [{"name": "jupyter", "port": 8888}]},
+            "ports": [{"name": "jupyter", "container_port": 8888, "gateway_port": 40001}],
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&newer).unwrap());
+        store.create(&key, bytes.clone()).await.unwrap();
+        let rev = store.get(&key).await.unwrap().unwrap().revision;
+        for (kind, body) in [
+            (EventKind::Started, started(a)),
+            (EventKind::Ended, ended(a)),
+        ] {
+            let handled = h.handle(kind, &body).await;
+            assert!(
+                matches!(&handled, Handled::Defer { why } if why.contains("newer worker")),
+                "{phase} {kind:?}: {handled:?}"
+            );
+        }
+        let e = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (e.value, e.revision),
+            (bytes, rev),
+            "{phase}: the record was written"
+        );
+    }
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "objects were applied"
+    );
 }

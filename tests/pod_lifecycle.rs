@@ -21,12 +21,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::backend::{Netns, clear_ports, exchange, first_answer_at};
+use common::backend::{Netns, ask, clear_ports, first_answer_at};
 use common::contour::{ContourRm, contour};
 use common::pods::{
     delete_pod, is_ready, kwok_nodes, mk_pod, wait_pod_ip, wait_pod_ready, wait_slices,
 };
-use common::{Env, Master, Replies, Seen, TestRm, Worker, config, envoy_class, suffix};
+use common::{Env, Master, Replies, Seen, TestRm, Worker, config, end, envoy_class, suffix};
 use itg::config::Config;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
@@ -121,19 +121,9 @@ async fn expose(
     (r, t0.elapsed())
 }
 
-/// Ends `alloc` and waits for its `removed`.
-async fn end(master: &Master, replies: &Replies, alloc: &str) {
-    master.ended(alloc).await;
-    replies.first(60, alloc, "removed").await;
-}
-
 /// One line through `to`: the answer, or the kind of failure.
 async fn try_once(to: SocketAddr, line: &str) -> Result<String, String> {
-    let line = line.to_owned();
-    tokio::task::spawn_blocking(move || exchange(to, &line))
-        .await
-        .expect("exchange task")
-        .map_err(|e| e.kind().to_string())
+    ask(to, line).await.map_err(|e| e.kind().to_string())
 }
 
 /// `n` lines through `to`, `every` apart: how often each answer or failure came.

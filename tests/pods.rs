@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::backend::{Netns, exchange};
+use common::backend::Netns;
 use common::pods::{
     CONTROLLER_MANAGER, endpoints, kwok_nodes, mk_pod, wait_pod_ip, wait_pod_ready, wait_slices,
 };
@@ -74,9 +74,8 @@ async fn wait_endpoint(
 
 /// Sends `line` to `to` and returns the answer; panics naming `what` when nothing answers.
 async fn ask(to: SocketAddr, line: &'static str, what: &str) -> String {
-    tokio::task::spawn_blocking(move || exchange(to, line))
+    common::backend::ask(to, line)
         .await
-        .expect("exchange task")
         .unwrap_or_else(|e| panic!("connecting to {what} {to}: {e}"))
 }
 

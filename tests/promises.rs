@@ -1,4 +1,4 @@
-//! The contract's seven promises, each proven against the real servers with in-process workers.
+//! The contract's promises 1 to 7, each proven against the real servers with in-process workers.
 
 mod common;
 
@@ -6,17 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::history::{History, ListenerMode, Watched};
-use common::{Env, Master, Replies, Scenario, TestRm, Worker, config, observe};
+use common::{Env, Master, Replies, Scenario, TestRm, Worker, alloc, config, observe};
 use itg::contract::EventKind;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use uuid::Uuid;
-
-fn alloc() -> String {
-    format!("{}.1", Uuid::new_v4())
-}
 
 /// Promise 1 and 2 under load: two workers, 200 allocations with every started published twice. A history
 /// checker watches the port keys and the Gateway throughout: no port has two live holders at any instant,

@@ -22,8 +22,11 @@ use kube::Client;
 use crate::common::Master;
 use crate::common::backend::{self, Netns, first_answer_at, refused_at};
 use crate::common::pods::{self, serve_task_pod, task_selector};
-use crate::drive::{self, Waiter};
+use crate::common::{TestRm, Worker};
+use crate::drive::{self, Waiter, pcts};
 use crate::floor::Floor;
+use crate::report::{info, ms};
+use crate::{Bench, calls, common, floor};
 
 /// The ports of the Contour run, in testenv's Contour block (tests/contour.rs and tests/pod_lifecycle.rs
 /// take 21101-21179): the worker's whole range, and the floor's listener.
@@ -172,4 +175,250 @@ pub fn failures(samples: &[Sample]) -> String {
         .map(|(k, n)| format!("{k} in {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl Bench {
+    /// Time to reachable through Envoy Gateway, with one worker, beside the time to ready in the same
+    /// samples and the floor's own time to reachable on the same Gateway, the two interleaved.
+    pub(crate) async fn reachable(&mut self) {
+        if let Some(why) = unavailable() {
+            if self.size.name == "ci" {
+                panic!("time to reachable: {why} (at --size ci, as in the tests, it must run)");
+            }
+            self.rows
+                .push(info("time to reachable", format!("skipped: {why}")));
+            return;
+        }
+        let class = common::envoy_class();
+        common::backend::clear_ports(&self.env, &class, PORTS).await;
+        let port = WORKER_PORT;
+        let rm = TestRm::on_class(&self.env, "reach", (port, port), &class, PLACEHOLDER).await;
+        self.rms.push(rm);
+        let i = self.rms.len() - 1;
+        // The same, on a Gateway of its own, with the data plane probe off: what the probe costs.
+        let mut off = TestRm::on_class(
+            &self.env,
+            "reachoff",
+            (UNPROBED_PORT, UNPROBED_PORT),
+            &class,
+            UNPROBED_PLACEHOLDER,
+        )
+        .await;
+        off.extra
+            .push_str("    data_plane_probe: {enabled: false}\n");
+        self.rms.push(off);
+        let k = self.rms.len() - 1;
+        let mut ns = backend();
+        let client = self.env.kube().await;
+        let mut ws = self.workers(&[i], 1).await;
+        ws.extend(self.workers(&[k], 1).await);
+        let (rm, off) = (&self.rms[i], &self.rms[k]);
+        let m_off = Master::new(&self.env, &off.name).await;
+        let m = Master::new(&self.env, &rm.name).await;
+        // After the worker has started: it creates the state bucket.
+        let fl = floor::Floor::new(
+            self.env.nats().await,
+            client.clone(),
+            &rm.gateway_ns,
+            &rm.gateway,
+            &rm.task_ns,
+        )
+        .await;
+        let calls = calls::snapshot();
+        let (mut wk, mut fr, mut unprobed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cold = None;
+        const WARM_UP: usize = 2;
+        let n = self.size.reachable;
+        let to = loopback(WORKER_PORT);
+        let floor_to = loopback(FLOOR_PORT);
+        for j in 0..n + WARM_UP {
+            // Alternate which goes first, as the latency section does.
+            let (w, f) = if j % 2 == 0 {
+                let w = worker(&client, &mut ns, &m, &self.waiter, &rm.task_ns, to).await;
+                let f = floor(&client, &mut ns, &fl, &rm.task_ns, floor_to).await;
+                (w, f)
+            } else {
+                let f = floor(&client, &mut ns, &fl, &rm.task_ns, floor_to).await;
+                let w = worker(&client, &mut ns, &m, &self.waiter, &rm.task_ns, to).await;
+                (w, f)
+            };
+            let u = worker(
+                &client,
+                &mut ns,
+                &m_off,
+                &self.waiter,
+                &off.task_ns,
+                loopback(UNPROBED_PORT),
+            )
+            .await;
+            if j == 0 {
+                cold = Some((w.answered, w.reachable));
+            }
+            if j >= WARM_UP {
+                wk.push(w);
+                fr.push(f);
+                unprobed.push(u);
+            }
+        }
+        let calls = calls.since();
+        for w in ws {
+            w.stop().await;
+        }
+        let steps = fl.breakdown();
+        let ready = self.reach_rows("Envoy Gateway", "envoy", &wk, &fr, steps);
+        let p =
+            |s: &[Sample], f: fn(&Sample) -> Duration| pcts(&s.iter().map(f).collect::<Vec<_>>());
+        let both = |x: drive::Pcts| format!("{} / {}", ms(x.p50), ms(x.p99));
+        let off_ready = p(&unprobed, |s| s.answered);
+        let off_reach = p(&unprobed, |s| s.reachable);
+        let off_before = unprobed.iter().filter(|s| s.reachable < s.answered).count();
+        let mut r = info(
+            "  ready p50 / p99 with the data plane probe off (a Gateway of its own, same run)",
+            both(off_ready),
+        );
+        r.reference = format!(
+            "time to reachable p50 {}; first byte before ready in {off_before} of {n}",
+            ms(off_reach.p50)
+        );
+        r.ratio = Some(ready.p50.as_secs_f64() / off_ready.p50.as_secs_f64());
+        self.rows.push(r);
+        if let Some((ready, reach)) = cold {
+            self.rows.push(info(
+                "  first exposure on the new Gateway (warm-up, not counted): ready / first byte",
+                format!("{} / {}", ms(ready), ms(reach)),
+            ));
+        }
+        self.rows
+            .push(info("  worker's apiserver calls (count x mean)", calls));
+        self.reachable_contour(&mut ns).await;
+    }
+
+    /// Time to reachable through Contour's envoy, beside the floor's on the same Gateway: testenv's one
+    /// Contour Gateway, whose address is mapped to envoy as a LoadBalancer Service would map it; every
+    /// probe connects to the address the `ready` names.
+    async fn reachable_contour(&mut self, ns: &mut common::backend::Netns) {
+        if let Some(why) = contour_unavailable() {
+            if self.size.name == "ci" {
+                panic!(
+                    "time to reachable through Contour: {why} (at --size ci, as in the tests, it must run)"
+                );
+            }
+            self.rows.push(info(
+                "time to reachable, Contour",
+                format!("skipped: {why}"),
+            ));
+            return;
+        }
+        let gw = common::contour::contour();
+        let (wp, fp) = (CONTOUR_WORKER_PORT, CONTOUR_FLOOR_PORT);
+        let mut rm = common::contour::ContourRm::new(&self.env, &gw, "reachct", (wp, fp)).await;
+        // The floor's port was cleared with the worker's; the worker's range is its one port.
+        rm.range = (wp, wp);
+        let client = self.env.kube().await;
+        let worker = Worker::start(rm.config(&self.env, &gw)).await;
+        let m = Master::new(&self.env, &rm.name).await;
+        let fl = floor::Floor::new(
+            self.env.nats().await,
+            client.clone(),
+            &gw.namespace,
+            &gw.name,
+            &rm.task_ns,
+        )
+        .await;
+        let to = std::net::SocketAddr::from((gw.address, wp));
+        let floor_to = std::net::SocketAddr::from((gw.address, fp));
+        let (mut wk, mut fr) = (Vec::new(), Vec::new());
+        const WARM_UP: usize = 2;
+        for j in 0..self.size.reachable + WARM_UP {
+            let (w, f) = if j % 2 == 0 {
+                let w = self::worker(&client, ns, &m, &self.waiter, &rm.task_ns, to).await;
+                let f = floor(&client, ns, &fl, &rm.task_ns, floor_to).await;
+                (w, f)
+            } else {
+                let f = floor(&client, ns, &fl, &rm.task_ns, floor_to).await;
+                let w = self::worker(&client, ns, &m, &self.waiter, &rm.task_ns, to).await;
+                (w, f)
+            };
+            if j >= WARM_UP {
+                wk.push(w);
+                fr.push(f);
+            }
+        }
+        worker.stop().await;
+        let steps = fl.breakdown();
+        self.reach_rows("Contour", "Contour's envoy", &wk, &fr, steps);
+        rm.teardown(&self.env).await;
+    }
+
+    /// The rows every controller's run of the reachable section prints: time to reachable beside the
+    /// floor, time to ready in the same samples, the floor's calls and steps, and the failures met.
+    /// Returns the worker's time to ready.
+    fn reach_rows(
+        &mut self,
+        controller: &str,
+        plane: &str,
+        wk: &[Sample],
+        fr: &[Sample],
+        steps: String,
+    ) -> drive::Pcts {
+        let n = wk.len();
+        let p =
+            |s: &[Sample], f: fn(&Sample) -> Duration| pcts(&s.iter().map(f).collect::<Vec<_>>());
+        let reach = p(wk, |s| s.reachable);
+        let ready = p(wk, |s| s.answered);
+        let floor_reach = p(fr, |s| s.reachable);
+        let floor_calls = p(fr, |s| s.answered);
+        let before = wk.iter().filter(|s| s.reachable < s.answered).count();
+        let both = |x: drive::Pcts| format!("{} / {}", ms(x.p50), ms(x.p99));
+        let mut r = info(
+            format!(
+                "time to reachable p50 / p99, 1 worker, {controller} ({n} samples): started published -> first byte through {plane}"
+            ),
+            both(reach),
+        );
+        r.reference = format!(
+            "floor p50 {} / p99 {}",
+            ms(floor_reach.p50),
+            ms(floor_reach.p99)
+        );
+        r.ratio = Some(reach.p50.as_secs_f64() / floor_reach.p50.as_secs_f64());
+        self.rows.push(r);
+        let mut r = info(
+            "  ready p50 / p99, same samples: started published -> ready",
+            both(ready),
+        );
+        let mut gaps: Vec<f64> = wk
+            .iter()
+            .map(|s| (s.answered.as_secs_f64() - s.reachable.as_secs_f64()) * 1e3)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let gap = gaps
+            .get(gaps.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0.0);
+        r.reference = format!(
+            "time to reachable p50 {}; first byte before ready in {before} of {n}, ready - first byte p50 {gap:+.2} ms",
+            ms(reach.p50)
+        );
+        r.ratio = Some(ready.p50.as_secs_f64() / reach.p50.as_secs_f64());
+        self.rows.push(r);
+        let mut r = info(
+            format!(
+                "floor p50 / p99: its calls (KV, Service, listener, TCPRoute, reply), from the first -> first byte through {plane}"
+            ),
+            both(floor_reach),
+        );
+        r.reference = format!(
+            "the floor's calls alone p50 {} / p99 {}",
+            ms(floor_calls.p50),
+            ms(floor_calls.p99)
+        );
+        self.rows.push(r);
+        self.rows.push(info("  floor steps p50", steps));
+        self.rows.push(info(
+            "  failures before the first byte, in how many samples",
+            format!("worker: {}; floor: {}", failures(wk), failures(fr)),
+        ));
+        ready
+    }
 }

@@ -29,50 +29,27 @@ pub fn info(figure: impl Into<String>, value: impl Into<String>) -> Row {
     }
 }
 
-/// A row whose ratio must stay at or below `max`.
-pub fn at_most(
-    figure: impl Into<String>,
-    value: impl Into<String>,
-    reference: impl Into<String>,
-    ratio: f64,
-    max: f64,
-) -> Row {
-    compared(
-        figure,
-        value,
-        reference,
-        ratio,
-        format!("<= {max}"),
-        ratio <= max,
-    )
+/// What a row's ratio must meet.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// At or below the bound: a cost against its floor.
+    AtMost(f64),
+    /// At or above the bound: a rate against its floor.
+    AtLeast(f64),
 }
 
-/// A row whose ratio must reach at least `min`.
-pub fn at_least(
+/// A row comparing `value` with `reference` by `ratio`, which must meet `target`.
+pub fn compared(
     figure: impl Into<String>,
     value: impl Into<String>,
     reference: impl Into<String>,
     ratio: f64,
-    min: f64,
+    target: Target,
 ) -> Row {
-    compared(
-        figure,
-        value,
-        reference,
-        ratio,
-        format!(">= {min}"),
-        ratio >= min,
-    )
-}
-
-fn compared(
-    figure: impl Into<String>,
-    value: impl Into<String>,
-    reference: impl Into<String>,
-    ratio: f64,
-    target: String,
-    met: bool,
-) -> Row {
+    let (target, met) = match target {
+        Target::AtMost(max) => (format!("<= {max}"), ratio <= max),
+        Target::AtLeast(min) => (format!(">= {min}"), ratio >= min),
+    };
     Row {
         figure: figure.into(),
         value: value.into(),

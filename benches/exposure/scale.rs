@@ -7,8 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::floor::Mode;
-use crate::report::{Row, at_most, bound, info, ms};
-use crate::{Bench, Growth, IN_FLIGHT, apiserver, common, cpu, drive, rss};
+use crate::growth::Growth;
+use crate::report::{Row, Target, bound, compared, info, ms};
+use crate::{Bench, IN_FLIGHT, apiserver, common, cpu, drive, rss};
 
 /// A sampling profile of the worker process while it serves the probes at many live, when `BENCH_PERF`
 /// names the file to write (`perf report -i <file>` reads it).
@@ -80,9 +81,9 @@ impl Bench {
         // After the worker has served: it creates the state bucket.
         let fl = self.floor(mode, idx[0]).await;
         let worker_pid = [("itg-worker".to_owned(), proc.id().to_string())];
-        let cpu_few = cpu::start_with(&worker_pid);
-        let p_few = self.probe(&targets[0], &fl).await;
-        let cpu_few = cpu_few.per_op(self.size.probes + 5);
+        let (p_few, cpu_few) = self
+            .probe_cpu(&targets[0], &fl, cpu::start_with(&worker_pid))
+            .await;
         let steps_few = fl.breakdown();
         let more = drive::fill(&targets, &self.waiter, many - few, IN_FLIGHT).await;
         live[0].extend(more.into_iter().flatten());
@@ -93,9 +94,9 @@ impl Bench {
         );
         let (rss, hwm) = rss::settled_mib(&proc).await;
         let perf = Perf::start(proc.id());
-        let cpu_many = cpu::start_with(&worker_pid);
-        let p_many = self.probe(&targets[0], &fl).await;
-        let cpu_many = cpu_many.per_op(self.size.probes + 5);
+        let (p_many, cpu_many) = self
+            .probe_cpu(&targets[0], &fl, cpu::start_with(&worker_pid))
+            .await;
         perf.stop();
         let steps_many = fl.breakdown();
         drop(proc);
@@ -135,15 +136,15 @@ impl Bench {
         let sfx = ", ListenerSet mode, itg-worker process";
         let grow = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         let (wg, fg) = (grow(p_many.0, p_few.0), grow(p_many.1, p_few.1));
-        let mut r = at_most(
+        let mut r = compared(
             format!("worker's growth / floor's growth, {many} live against {few}{sfx}"),
             format!("{wg:.2}"),
             format!("floor {fg:.2}"),
             wg / fg,
-            1.1,
+            Target::AtMost(1.1),
         );
         r.target = "<= 1.1 (the floor's growth x 1.1)".into();
-        let ratio_many = at_most(
+        let ratio_many = compared(
             format!("worker p50 / floor p50 at {many} live{sfx}"),
             ms(p_many.0),
             format!(
@@ -152,7 +153,7 @@ impl Bench {
                 grow(p_few.0, p_few.1)
             ),
             grow(p_many.0, p_many.1),
-            1.2,
+            Target::AtMost(1.2),
         );
         let mut fill = info(
             format!("  filling {many} / draining them ({IN_FLIGHT} in flight)"),

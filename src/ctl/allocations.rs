@@ -6,7 +6,6 @@ use futures::StreamExt;
 
 use super::Output;
 use crate::names;
-use crate::state::Record;
 
 pub(super) async fn run(
     js: &jetstream::Context,
@@ -27,9 +26,9 @@ pub(super) async fn run(
             continue;
         }
         if let Some(v) = kv.get(&k).await? {
-            match serde_json::from_slice::<Record>(&v) {
+            match crate::state::decode(&v) {
                 Ok(r) => records.push(r),
-                Err(e) => eprintln!("{k}: not a record ({e})"),
+                Err(e) => eprintln!("{k}: {e}"),
             }
         }
     }

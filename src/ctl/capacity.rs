@@ -2,9 +2,8 @@
 
 use super::Output;
 
-pub(super) async fn run(output: Output, path: &std::path::Path) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(path)?;
-    let servers = crate::app::connect(&config).await?;
+pub(super) async fn run(output: Output, config: &crate::config::Config) -> anyhow::Result<()> {
+    let servers = crate::app::connect(config).await?;
     let rows = crate::app::capacity(&servers).await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

@@ -79,7 +79,8 @@ pub(super) async fn run(
                 bail!("dead letter {seq} names no event subject ({subject:?})");
             };
             if kind == contract::EventKind::Started {
-                clear_failed_tombstone(js, &bucket, rm, &m.payload).await?;
+                let bucket = bucket.as_deref().unwrap_or("ITG_STATE");
+                clear_failed_tombstone(js, bucket, rm, &m.payload).await?;
             }
             let mut headers = HeaderMap::new();
             // A second resend of the same letter within the duplicate window is dropped.
@@ -123,7 +124,8 @@ async fn clear_failed_tombstone(
     if entry.operation != async_nats::jetstream::kv::Operation::Put {
         return Ok(());
     }
-    let Ok(rec) = serde_json::from_slice::<crate::state::Record>(&entry.value) else {
+    // A record of a newer version is left to the workers that wrote it.
+    let Ok(rec) = crate::state::decode(&entry.value) else {
         return Ok(());
     };
     if rec.phase != crate::state::Phase::Failed {

@@ -4,8 +4,11 @@
 
 mod allocations;
 mod capacity;
+mod check;
+mod connect;
 mod deadletter;
 mod demo;
+mod describe;
 mod publish;
 mod reconcile;
 mod replay;
@@ -16,14 +19,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::contract::EventKind;
-use crate::nats;
 
+pub use connect::NatsArgs;
 pub use publish::{ended_payload, started_payload};
 
 /// Publishes events to, and reads replies from, the Internal Task Gateway's streams.
@@ -35,17 +37,16 @@ pub use publish::{ended_payload, started_payload};
       --selector app=notebook --port jupyter=8888
   itgctl publish ended --rm k8s-west --allocation-id 6f1c.1
   itgctl watch --rm k8s-west --output json
-  itgctl demo --rm local --namespace default"
+  itgctl demo --rm local --namespace default
+  itgctl --config /etc/itg/config.yaml allocations --rm k8s-west
+
+Every command connects as the worker does: --config reuses the worker's config file (its nats and
+jetstream sections), and the --nats-* flags (or NATS_URL, NATS_USER, NATS_PASSWORD, NATS_TOKEN,
+NATS_NKEY, NATS_CREDS, NATS_CA, NATS_CERT, NATS_KEY) give or override each option."
 )]
 pub struct Args {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// How to print replies.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -91,26 +92,36 @@ enum Command {
         /// Only this resource manager's.
         #[arg(long)]
         rm: Option<String>,
-        /// The KV bucket (jetstream.state_bucket).
-        #[arg(long, default_value = "ITG_STATE")]
-        bucket: String,
+        /// The KV bucket [default: the config's jetstream.state_bucket, else ITG_STATE].
+        #[arg(long)]
+        bucket: Option<String>,
+    },
+    /// Why an allocation is (or is not) ready, in one view.
+    ///
+    /// Its KV record and port claims, its Kubernetes objects with their conditions (with --config), what
+    /// the data plane answers on each address now, and the events, replies and dead letters the streams
+    /// hold for it, ending with a verdict. Changes nothing.
+    #[command(
+        visible_alias = "inspect",
+        after_help = "Examples:\n  itgctl describe --config config.yaml 6f1c.1\n  itgctl describe --rm k8s-west 6f1c.1 --output json"
+    )]
+    Describe {
+        /// The allocation id, as the master sent it.
+        allocation_id: String,
+        /// Its resource manager [default: the config's only one].
+        #[arg(long)]
+        rm: Option<String>,
     },
     /// Show, per Gateway, the ports free in the range and the listener slots free under the cap.
+    /// Needs --config: it names the Gateways and how to reach them.
     #[command(after_help = "Example:\n  itgctl capacity --config config.yaml --output json")]
-    Capacity {
-        /// The worker's config file: it names the Gateways and how to reach them.
-        #[arg(long, env = "ITG_CONFIG")]
-        config: std::path::PathBuf,
-    },
+    Capacity,
     /// Serve a resource manager's events again from a sequence or a time; prints what was already right
     /// and what was repaired. Exit code 4 when some events could not be served.
     #[command(
         after_help = "Examples:\n  itgctl replay --config config.yaml --rm k8s-west --from-seq 1\n  itgctl replay --config config.yaml --rm k8s-west --since 2026-11-23T08:00:00Z --output json"
     )]
     Replay {
-        /// The worker's config file.
-        #[arg(long, env = "ITG_CONFIG")]
-        config: std::path::PathBuf,
         /// The resource manager whose events to replay.
         #[arg(long)]
         rm: String,
@@ -126,9 +137,6 @@ enum Command {
         after_help = "Examples:\n  itgctl reconcile --config config.yaml --dry-run\n  itgctl reconcile --config config.yaml"
     )]
     Reconcile {
-        /// The worker's config file.
-        #[arg(long, env = "ITG_CONFIG")]
-        config: std::path::PathBuf,
         /// Only print what would be done.
         #[arg(long)]
         dry_run: bool,
@@ -144,6 +152,9 @@ enum Command {
     )]
     #[command(subcommand)]
     Deadletter(DeadLetterCommand),
+    /// Work with the worker's config file without any server.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a few task lifecycles end to end: started, wait for ready, ended, wait for removed.
     #[command(after_help = "Example:\n  itgctl demo --rm local --namespace default --tasks 3")]
     Demo {
@@ -160,6 +171,23 @@ enum Command {
         /// A shell command to run once every task is exposed, before they are ended (to look around).
         #[arg(long)]
         between: Option<String>,
+        /// Connect to every address of each ready and print, per task, the time from its started to
+        /// the first byte that came back (a backend must answer there).
+        #[arg(long)]
+        first_byte: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a worker config file offline, with the worker's own parser and rules; reaches no server.
+    /// Exit code 1 names the key, the value and the rule it breaks.
+    #[command(
+        after_help = "Examples:\n  itgctl config check deploy/config.yaml\n  itgctl config check config.yaml --output json"
+    )]
+    Check {
+        /// The config file [default: --config, or ITG_CONFIG].
+        file: Option<std::path::PathBuf>,
     },
 }
 
@@ -176,10 +204,10 @@ pub(crate) enum DeadLetterCommand {
         /// The dead letter's sequence in ITG_DEADLETTER (from `itgctl deadletter list`).
         #[arg(long)]
         seq: u64,
-        /// The KV bucket (jetstream.state_bucket): a started's `failed` tombstone there is cleared first,
-        /// so the event is served afresh.
-        #[arg(long, default_value = "ITG_STATE")]
-        bucket: String,
+        /// The KV bucket (jetstream.state_bucket; default: the config's, else ITG_STATE): a started's
+        /// `failed` tombstone there is cleared first, so the event is served afresh.
+        #[arg(long)]
+        bucket: Option<String>,
     },
 }
 
@@ -235,33 +263,34 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> 
 /// # Errors
 /// NATS unreachable, a stream missing, or a malformed argument.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Command::Capacity { config } = &args.command {
-        capacity::run(args.output, config).await?;
-        return Ok(ExitCode::SUCCESS);
+    match &args.command {
+        Command::Config(ConfigCommand::Check { file }) => {
+            let Some(path) = file.as_deref().or(args.nats.config.as_deref()) else {
+                anyhow::bail!("itgctl config check needs a file: itgctl config check FILE");
+            };
+            return check::run(args.output, path);
+        }
+        Command::Capacity => {
+            capacity::run(args.output, &args.nats.required_config("capacity")?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Replay {
+            rm,
+            from_seq,
+            since,
+        } => {
+            let cfg = args.nats.required_config("replay")?;
+            return replay::run(args.output, &cfg, rm, *from_seq, *since).await;
+        }
+        Command::Reconcile { dry_run, hold_off } => {
+            let cfg = args.nats.required_config("reconcile")?;
+            reconcile::run(args.output, &cfg, *dry_run, *hold_off).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
-    if let Command::Replay {
-        config,
-        rm,
-        from_seq,
-        since,
-    } = &args.command
-    {
-        return replay::run(args.output, config, rm, *from_seq, *since).await;
-    }
-    if let Command::Reconcile {
-        config,
-        dry_run,
-        hold_off,
-    } = &args.command
-    {
-        reconcile::run(args.output, config, *dry_run, *hold_off).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let addrs = nats::server_addrs(&args.nats_url).map_err(anyhow::Error::msg)?;
-    let client = async_nats::connect(addrs)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
-    let js = jetstream::new(client);
+    let connected = args.nats.jetstream().await?;
+    let js = connected.js.clone();
     match args.command {
         Command::Publish(Publish::Started {
             common,
@@ -299,11 +328,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
             println!("published ended {id} as sequence {seq}");
         }
+        Command::Describe { allocation_id, rm } => {
+            describe::run(&connected, args.output, rm.as_deref(), &allocation_id).await?
+        }
         Command::Allocations { rm, bucket } => {
+            let bucket = bucket.unwrap_or(connected.bucket);
             allocations::run(&js, args.output, rm.as_deref(), &bucket).await?
         }
-        Command::Capacity { .. } | Command::Reconcile { .. } | Command::Replay { .. } => {}
-        Command::Deadletter(cmd) => deadletter::run(&js, args.output, cmd).await?,
+        Command::Capacity
+        | Command::Reconcile { .. }
+        | Command::Replay { .. }
+        | Command::Config(_) => {}
+        Command::Deadletter(mut cmd) => {
+            if let DeadLetterCommand::Resend { bucket, .. } = &mut cmd
+                && bucket.is_none()
+            {
+                *bucket = Some(connected.bucket);
+            }
+            deadletter::run(&js, args.output, cmd).await?
+        }
         Command::Watch { rm, all, count } => {
             let mut msgs = watch::replies(&js, rm.as_deref(), all).await?;
             let mut seen = 0;
@@ -322,6 +365,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tasks,
             timeout,
             between,
+            first_byte,
         } => {
             let d = demo::Demo {
                 rm: &rm,
@@ -329,6 +373,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tasks,
                 timeout: Duration::from_secs(timeout),
                 between,
+                first_byte,
             };
             return demo::run(&js, args.output, d).await;
         }

@@ -1,6 +1,5 @@
 //! `itgctl reconcile`: one pass over every resource manager; with `--dry-run`, only what it would do.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::Output;
@@ -8,14 +7,13 @@ use super::Output;
 /// Runs one pass and prints its actions.
 pub(super) async fn run(
     output: Output,
-    config: &Path,
+    cfg: &crate::config::Config,
     dry_run: bool,
     hold_off: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let cfg = crate::config::Config::load(config)?;
-    let servers = crate::app::connect(&cfg).await?;
+    let servers = crate::app::connect(cfg).await?;
     let hold_off = hold_off.unwrap_or(cfg.worker.reconcile_hold_off.0);
-    let done = crate::app::reconcile_once_with(&cfg, &servers, dry_run, hold_off)
+    let done = crate::app::reconcile_once_with(cfg, &servers, dry_run, hold_off)
         .await
         .map_err(anyhow::Error::msg)?;
     match output {

@@ -8,13 +8,12 @@ use super::Output;
 
 pub(super) async fn run(
     output: Output,
-    path: &std::path::Path,
+    config: &crate::config::Config,
     rm: &str,
     from_seq: Option<u64>,
     since: Option<jiff::Timestamp>,
 ) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load(path)?;
-    let servers = crate::app::connect(&config).await?;
+    let servers = crate::app::connect(config).await?;
     // A replay at a site reads the hub's stream: it needs the link, so the hub's side is laid out now.
     if let Some(hub) = &servers.hub {
         hub.lay_out().await?;
@@ -23,7 +22,7 @@ pub(super) async fn run(
         .rms
         .iter()
         .find(|c| c.config.name == rm)
-        .with_context(|| format!("resource manager {rm:?} is not in {}", path.display()))?;
+        .with_context(|| format!("resource manager {rm:?} is not in the config"))?;
     let handler = crate::worker::Handler::with_pool(
         crate::resource_manager::RmContext::new(&c.config),
         servers.store.clone(),

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::allocator::{self, PortView};
 use crate::claims;
+use crate::clock;
 use crate::cluster::{Cluster, ClusterError, Exposure};
 use crate::contract::FailureReason;
 use crate::crashpoint;
@@ -276,16 +277,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .saturating_sub(Duration::from_secs(waited))
                 .min(WAIT_SLICE)
         });
-        let start = tokio::time::Instant::now();
+        let start = clock::instant();
         let mut changes = cluster.changes();
-        let mut refused_at: Option<tokio::time::Instant> = None;
+        let mut refused_at: Option<clock::Instant> = None;
         loop {
             changes.borrow_and_update();
             let verdict = cluster.controller_verdict(exposures);
             let until = match &verdict {
                 Verdict::Reachable => return verdict,
                 Verdict::Refused { .. } | Verdict::Conflicted { .. } => {
-                    let at = *refused_at.get_or_insert_with(tokio::time::Instant::now);
+                    let at = *refused_at.get_or_insert_with(clock::instant);
                     at + REFUSAL_SETTLE
                 }
                 Verdict::Pending(_) => {
@@ -293,10 +294,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                     start + budget
                 }
             };
-            if tokio::time::Instant::now() >= until {
+            if clock::instant() >= until {
                 return verdict;
             }
             tokio::select! {
+                biased;
                 changed = changes.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep_until(until).await;
@@ -372,7 +374,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             foreign: view.foreign_ports.clone(),
             taken: taken.iter().chain(&unserved).copied().collect(),
         };
-        let seed = rand::random();
+        let seed = clock::random_u32();
         let hold_off = self.timing.reconcile_hold_off.0;
         let mut chosen =
             claims::choose_keeping(&self.store, &self.rm, g, &pv, &preferred, seed, hold_off)

@@ -15,7 +15,7 @@ mod reach;
 mod repair;
 mod started;
 
-pub use started::GaveUp;
+pub use crate::delivery::GaveUp;
 mod withdraw;
 
 use std::sync::Arc;
@@ -116,28 +116,31 @@ pub struct Handler<S, C> {
     data_plane: Arc<dyn DataPlane>,
     /// Gateways (by place in the pool) whose address the probe could not reach, each until a time: their
     /// exposures rest on the controller's status alone meanwhile, without paying a connect timeout each.
-    unreachable: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Instant>>>,
+    unreachable: Arc<std::sync::Mutex<reach::Unreachable>>,
     /// Per Gateway (by place in the pool): how many ports its data plane refused since it last served
     /// one, and when the last was refused. The pool's placement passes over a Gateway that looks down.
-    refusals: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, std::time::Instant)>>>,
+    refusals:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<usize, (usize, crate::clock::Instant)>>>,
 }
 
 /// Ports a Gateway refused as taken (a listener no claim accounts for stands there), each until a time:
 /// the port search on that Gateway skips them, shared by every clone of a handler. Keyed by the Gateway's
 /// place in the pool as well as the port: a port taken on one Gateway may be free on another.
 #[derive(Clone, Default)]
-struct Refused(Arc<std::sync::Mutex<std::collections::BTreeMap<(usize, u16), std::time::Instant>>>);
+struct Refused(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(usize, u16), crate::clock::Instant>>>,
+);
 
 impl Refused {
     fn note(&self, at: usize, port: u16, for_: Duration) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert((at, port), std::time::Instant::now() + for_);
+            m.insert((at, port), crate::clock::instant() + for_);
         }
     }
 
     /// The ports refused on the pool's Gateway `at` and not yet past their time.
     fn current(&self, at: usize) -> Vec<u16> {
-        let now = std::time::Instant::now();
+        let now = crate::clock::instant();
         self.0.lock().map_or_else(
             |_| Vec::new(),
             |mut m| {
@@ -152,10 +155,7 @@ impl Refused {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 /// A binding and the Gateway of the pool (by place) it is on: what a withdrawal needs to reach it.
@@ -272,7 +272,24 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             Event::Ended(ev) => self.ended(ev).await,
         };
-        result.unwrap_or_else(|why| Handled::Retry { why })
+        match result {
+            Ok(h) => h,
+            // Checked on the error path only, so a served event pays no extra read.
+            Err(why) => match self.newer_record(event.allocation_id()).await {
+                Some(newer) => Handled::Defer { why: newer },
+                None => Handled::Retry { why },
+            },
+        }
+    }
+
+    /// Why the allocation's record is left alone, when a newer worker wrote it.
+    async fn newer_record(&self, allocation_id: &str) -> Option<String> {
+        let key = self.rm.allocation_key(allocation_id);
+        let entry = self.store.get(&key).await.ok()??;
+        match crate::state::decode(&entry.value) {
+            Err(e @ crate::state::DecodeError::Newer { .. }) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     /// Whether the record at `key` is no longer at `rev`.
@@ -284,16 +301,28 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let Some(entry) = self.store.get(key).await? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Record>(&entry.value) {
+        match crate::state::decode(&entry.value) {
             Ok(r) => Ok(Some((r, entry.revision))),
-            Err(e) => Err(StoreError {
-                bucket: String::new(),
-                op: "decode",
-                key: key.to_owned(),
-                message: format!(
-                    "the record is not valid JSON ({e}); inspect it with `nats kv get`"
-                ),
-            }),
+            Err(e) => {
+                if let crate::state::DecodeError::Newer { found } = e {
+                    crate::metrics::get()
+                        .records_newer_version
+                        .get_or_create(&crate::metrics::rm(&self.rm.name))
+                        .inc();
+                    tracing::error!(
+                        key,
+                        record_version = found,
+                        known = crate::state::RECORD_VERSION,
+                        "an allocation record of a newer version: left untouched and not answered; workers of two record versions serve one bucket"
+                    );
+                }
+                Err(StoreError {
+                    bucket: String::new(),
+                    op: "decode",
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }

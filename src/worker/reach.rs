@@ -1,8 +1,10 @@
 //! Reaching: after the controller's verdict, whether its data plane serves each port of an allocation.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::Handler;
+use crate::clock;
 use crate::cluster::Cluster;
 use crate::probe::{self, Served};
 use crate::state::Record;
@@ -23,7 +25,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let cfg = &self.rm.config.data_plane_probe;
         let host = self.rm.pool[at].probe_host.as_str();
         let probes = rec.ports.iter().map(|b| async move {
-            let start = Instant::now();
+            let start = clock::instant();
             let mut attempt = 0;
             loop {
                 let reach = self
@@ -40,12 +42,17 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let results = futures::future::join_all(probes).await;
         let mut refused = Vec::new();
         for (port, served) in results {
+            // One port's silence, or the worker's own shortage, is not the address's: only no route, or
+            // several silent ports with no answer between them, stop the probing of the whole Gateway.
+            if self.note_heard(at, port, &served) {
+                tracing::warn!(address = %host, why = ?served, "the data plane probe cannot reach the Gateway's address; ready rests on the controller's status for a minute. Set data_plane_probe.address to an address the worker reaches, or data_plane_probe.enabled: false");
+                self.mark_unreachable(at);
+            }
             match served {
                 Served::Yes => {}
                 Served::No => refused.push(port),
-                Served::CannotTell(why) => {
-                    tracing::warn!(address = %host, %why, "the data plane probe cannot reach the Gateway's address; ready rests on the controller's status for a minute. Set data_plane_probe.address to an address the worker reaches, or data_plane_probe.enabled: false");
-                    self.mark_unreachable(at);
+                Served::CannotTell { why, .. } => {
+                    tracing::info!(address = %host, port, %why, "the data plane probe could not tell whether this port is served; its ready rests on the controller's status");
                 }
             }
         }
@@ -85,8 +92,8 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 .note(at, port, self.timing.capacity_deadline.0);
         }
         if let Ok(mut m) = self.refusals.lock() {
-            let e = m.entry(at).or_insert((0, Instant::now()));
-            *e = (e.0.saturating_add(refused.len()), Instant::now());
+            let e = m.entry(at).or_insert((0, clock::instant()));
+            *e = (e.0.saturating_add(refused.len()), clock::instant());
         }
     }
 
@@ -101,15 +108,31 @@ impl<S: Store, C: Cluster> Handler<S, C> {
 
     pub(super) fn unreachable_now(&self, at: usize) -> bool {
         self.unreachable.lock().is_ok_and(|mut m| {
-            let now = Instant::now();
-            m.retain(|_, until| *until > now);
-            m.contains_key(&at)
+            let now = clock::instant();
+            m.until.retain(|_, until| *until > now);
+            m.until.contains_key(&at)
         })
+    }
+
+    /// Takes in what the probe heard from one port of Gateway `at`; `true` when its address now counts as
+    /// unreachable.
+    fn note_heard(&self, at: usize, port: u16, served: &Served) -> bool {
+        self.unreachable
+            .lock()
+            .is_ok_and(|mut m| m.heard.entry(at).or_default().note(port, served))
     }
 
     fn mark_unreachable(&self, at: usize) {
         if let Ok(mut m) = self.unreachable.lock() {
-            m.insert(at, Instant::now() + UNREACHABLE_FOR);
+            m.until.insert(at, clock::instant() + UNREACHABLE_FOR);
+            m.heard.remove(&at);
         }
     }
+}
+
+/// Which Gateways of the pool the probe cannot reach, until when, and what it heard from each lately.
+#[derive(Debug, Default)]
+pub(super) struct Unreachable {
+    until: BTreeMap<usize, clock::Instant>,
+    heard: BTreeMap<usize, probe::Silence>,
 }

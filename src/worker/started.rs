@@ -10,6 +10,8 @@ use crate::answers::{self, Handled};
 use crate::cluster::Cluster;
 use crate::contract::{self, Event, EventKind, FailureReason, Started};
 use crate::crashpoint;
+use crate::delivery::GaveUp;
+use crate::guards::{self, Guard};
 use crate::state::{self, Failure, Phase, Record, StartedStep};
 use crate::store::{Outcome, Store, encode};
 
@@ -259,7 +261,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             };
             let pass = match rec.phase {
                 // A live allocation is never torn down by a delivery that could not confirm it.
-                Phase::Ready if keep_ready => return Ok(Abandoned::Live(Box::new(rec))),
+                Phase::Ready if keep_ready && !guards::off(Guard::KeepReady) => {
+                    return Ok(Abandoned::Live(Box::new(rec)));
+                }
                 // Ending or removed: the ended's own cleanup owns the record.
                 Phase::Ending | Phase::Removed => return Ok(Abandoned::Failed),
                 Phase::Failed => self.cleanup(&key, &rec, rev, &mut Vec::new()).await,
@@ -276,15 +280,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             "allocation {allocation_id:?}: the record kept changing"
         ))
     }
-}
-
-/// Why the consumer gave up on an event's last delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GaveUp {
-    /// The handler could not serve it (it asked for a retry, or ran past its deadline).
-    Unserved,
-    /// The handler answered, and the answer could not be stored.
-    AnswerLost,
 }
 
 /// What giving up on a started left.

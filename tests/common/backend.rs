@@ -245,6 +245,14 @@ impl Drop for Netns {
     }
 }
 
+/// [`exchange`] off the async runtime: one line through `to` at once, the answer or why nothing came.
+pub async fn ask(to: SocketAddr, line: &str) -> std::io::Result<String> {
+    let line = line.to_owned();
+    tokio::task::spawn_blocking(move || exchange(to, &line))
+        .await
+        .expect("exchange task")
+}
+
 /// Connects, sends `line`, returns the first line of the answer (without its newline).
 pub fn exchange(to: SocketAddr, line: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;

@@ -527,6 +527,26 @@ impl Replies {
         }
     }
 
+    /// The first answer to `alloc`'s started (a reply other than `removed`), waited for up to `secs`.
+    pub async fn answer(&self, secs: u64, alloc: &str) -> Seen {
+        let answers = self
+            .wait(secs, "an answer", |seen| {
+                seen.iter()
+                    .any(|s| s.alloc() == Some(alloc) && s.kind != "removed")
+            })
+            .await;
+        answers
+            .into_iter()
+            .find(|s| s.alloc() == Some(alloc))
+            .expect("an answer")
+    }
+
+    /// `ready` for `alloc` (waited for up to 120 s), and when this test first saw it.
+    pub async fn ready(&self, alloc: &str) -> (Seen, std::time::Instant) {
+        let r = self.first(120, alloc, "ready").await;
+        (r, std::time::Instant::now())
+    }
+
     /// Waits for a reply of `kind` for `alloc` and returns it.
     pub async fn first(&self, secs: u64, alloc: &str, kind: &str) -> Seen {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -635,6 +655,17 @@ pub async fn observe(env: &Env, rm: &TestRm) -> Observed {
     o
 }
 
+/// Ends `alloc` and waits up to 60 s for its `removed`.
+pub async fn end(master: &Master, replies: &Replies, alloc: &str) {
+    master.ended(alloc).await;
+    replies.first(60, alloc, "removed").await;
+}
+
+/// A new allocation id, as the master makes them.
+pub fn alloc() -> String {
+    format!("{}.1", Uuid::new_v4())
+}
+
 /// The usual test set-up: one resource manager with its own Gateway and task namespace, one worker
 /// serving it, the master's publisher and a collector of its replies.
 pub struct Scenario {
@@ -660,6 +691,15 @@ impl Scenario {
             master,
             replies,
         }
+    }
+
+    /// Publishes a started of `ports` for a new allocation and waits up to 30 s for its `ready`: the
+    /// allocation and the reply.
+    pub async fn ready_one(&self, ports: &[(&str, u16)]) -> (String, Seen) {
+        let a = alloc();
+        self.master.started(&a, &self.rm.task_ns, ports).await;
+        let r = self.replies.first(30, &a, "ready").await;
+        (a, r)
     }
 
     /// Stops the worker and removes the Gateway and namespace.

@@ -474,12 +474,13 @@ pub fn ended(alloc: &str) -> Vec<u8> {
     serde_json::to_vec(&itg::ctl::ended_payload(Uuid::new_v4(), alloc)).unwrap()
 }
 
-/// `ready`, `failed`, `removed`, `retry` or `done`.
+/// `ready`, `failed`, `removed`, `retry`, `defer` or `done`.
 pub fn kind_of(h: &Handled) -> &'static str {
     match h {
         Handled::Answer { reply, .. } => reply.kind().as_str(),
         Handled::Done => "done",
         Handled::Retry { .. } => "retry",
+        Handled::Defer { .. } => "defer",
     }
 }
 

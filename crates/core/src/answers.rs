@@ -18,6 +18,9 @@ pub enum Handled {
     Done,
     /// Not served yet (capacity, apiserver or NATS trouble); redeliver later.
     Retry { why: String },
+    /// Not this worker's to serve: the allocation's record is of a newer version. Redeliver for ever, so a
+    /// newer worker serves it; never give it up, dead-letter it or answer it from here.
+    Defer { why: String },
 }
 
 /// `failed` for an event that could not be read or broke the contract.

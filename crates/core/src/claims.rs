@@ -3,7 +3,7 @@
 //! order, the store's [`PortIndex`](crate::store::PortIndex) hint) only makes a free port likely to be found first.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +79,7 @@ pub async fn unclaimed<S: Store>(
     cooling: Duration,
 ) -> Result<Vec<u16>, StoreError> {
     if let Some(index) = store.port_index(prefix).await {
-        let now = SystemTime::now();
+        let now = crate::clock::system_now();
         let mut hinted = Vec::with_capacity(n);
         let mut cool = Vec::new();
         for port in candidates.clone().filter(|p| !index.is_claimed(*p)) {
@@ -110,7 +110,7 @@ pub async fn unclaimed<S: Store>(
         .collect();
     // The bucket keeps each release's time on its delete marker: the same cooling as the index's. Asking
     // it costs a get per port, so only the first few free ones are asked; past them, free counts as cool.
-    let now = SystemTime::now();
+    let now = crate::clock::system_now();
     let (mut chosen, mut cool) = (Vec::with_capacity(n), Vec::new());
     let mut asks = n + COOLING_PROBES;
     for port in candidates.filter(|p| !live.contains(p)) {
@@ -307,6 +307,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
 
     /// A bucket in memory that counts its round trips by kind.
     #[derive(Clone, Default)]

@@ -126,6 +126,8 @@ pub struct Metrics {
     /// 1 while a site's worker serves its own streams and waits for its leaf-node link to lay out the
     /// hub's side.
     pub site_waiting_for_hub: Family<SiteLabels, Gauge>,
+    /// Records met that a newer worker wrote (a higher record version): left untouched, never answered.
+    pub records_newer_version: Family<RmLabels, Counter>,
 }
 
 /// Labels of a reconciler action.
@@ -164,6 +166,7 @@ impl Metrics {
             reconciler_actions: Family::default(),
             data_plane_refused: Family::default(),
             site_waiting_for_hub: Family::default(),
+            records_newer_version: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -261,6 +264,11 @@ impl Metrics {
             "1 while this site's worker serves its own streams and waits for its leaf-node link to the hub to lay out the hub's side (its replies reach the hub only then)",
             m.site_waiting_for_hub.clone(),
         );
+        registry.register(
+            "records_newer_version",
+            "Times an allocation record of a newer record version was met and left untouched (a newer worker wrote it)",
+            m.records_newer_version.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -334,6 +342,7 @@ impl Metrics {
         self.oldest_exposing.get_or_create(&labels).set(0);
         self.rm_ready.get_or_create(&labels).set(0);
         self.dead_letters.get_or_create(&labels).set(0);
+        drop(self.records_newer_version.get_or_create(&labels));
         // A counter born at its first failure hides that failure from increase() and rate().
         for reason in crate::contract::FailureReason::ALL {
             self.failures

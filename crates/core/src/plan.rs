@@ -228,6 +228,7 @@ mod tests {
 
     fn mk_record(id: &str, phase: Phase, port: u16, updated_at: i64) -> Record {
         Record {
+            version: crate::state::RECORD_VERSION,
             allocation_id: id.into(),
             resource_manager: RM.into(),
             phase,

@@ -22,6 +22,57 @@ use uuid::Uuid;
 
 use crate::contract::{FailureReason, GatewayRef, ProxyPort, Released, Started};
 
+/// The record format this build writes, and the newest it reads. Records written before the field
+/// existed carry none and are version 1. Raise it only for a change that a worker of the previous version
+/// would misread (a field whose absence means something else, a new phase); a new field with a serde
+/// default keeps the version, since older workers ignore it. docs/operations.md says which versions may
+/// run side by side.
+pub const RECORD_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
+}
+
+/// Every write stamps the writer's format: a record this build could read, it rewrites in its own.
+fn write_current_version<S: serde::Serializer>(_: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(RECORD_VERSION)
+}
+
+/// Why a stored record was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A newer worker wrote it: this one may misread it, so it leaves it untouched.
+    #[error(
+        "record version {found} was written by a newer worker; this one reads up to version {RECORD_VERSION} and leaves it untouched: finish rolling out the newer version (or roll back every worker that writes version {found})"
+    )]
+    Newer { found: u32 },
+    /// Not a record at all.
+    #[error(
+        "the record is not valid JSON of an allocation record ({0}); inspect it with `itgctl describe` and fix or delete it by hand"
+    )]
+    Invalid(String),
+}
+
+/// Reads a stored record, refusing one of a newer version before anything else: such a record may not
+/// parse as this build's [`Record`], and one that does would be misread (serde ignores what it does not
+/// know).
+///
+/// # Errors
+/// [`DecodeError::Newer`] or [`DecodeError::Invalid`].
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default = "version_one")]
+        version: u32,
+    }
+    let v: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if v.version > RECORD_VERSION {
+        return Err(DecodeError::Newer { found: v.version });
+    }
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
 /// Where an allocation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +142,10 @@ pub struct Failure {
 /// The KV record of one allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The format the record was read in; it is always written as [`RECORD_VERSION`]. Absent (version 1)
+    /// in records written before versions.
+    #[serde(default = "version_one", serialize_with = "write_current_version")]
+    pub version: u32,
     pub allocation_id: String,
     pub resource_manager: String,
     pub phase: Phase,
@@ -152,6 +207,7 @@ pub enum StartedStep {
 pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> StartedStep {
     match record {
         None => StartedStep::Create(Box::new(Record {
+            version: RECORD_VERSION,
             allocation_id: ev.allocation_id.clone(),
             resource_manager: rm.to_owned(),
             phase: Phase::Exposing,
@@ -206,6 +262,7 @@ pub fn on_ended(
 ) -> EndedStep {
     match record {
         None => EndedStep::Tombstone(Record {
+            version: RECORD_VERSION,
             allocation_id: allocation_id.to_owned(),
             resource_manager: rm.to_owned(),
             phase: Phase::Removed,
@@ -430,6 +487,41 @@ mod tests {
         let r = created("a.1");
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_record_without_a_version_is_version_one_and_is_written_in_the_current_one() {
+        let mut v: serde_json::Value = serde_json::to_value(created("a.1")).unwrap();
+        assert_eq!(v["version"], RECORD_VERSION);
+        v.as_object_mut().unwrap().remove("version");
+        let old = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(old.version, 1);
+        assert_eq!(
+            serde_json::to_value(&old).unwrap()["version"],
+            RECORD_VERSION
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_is_refused_even_when_it_would_parse() {
+        let mut v: serde_json::Value = serde_json::to_value(created("a.1")).unwrap();
+        v["version"] = (RECORD_VERSION + 1).into();
+        assert_eq!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(DecodeError::Newer {
+                found: RECORD_VERSION + 1
+            })
+        );
+        // A phase this build does not know, in a newer record, is still named as a newer record.
+        v["phase"] = "parked".into();
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(DecodeError::Newer { .. })
+        ));
+        assert!(matches!(
+            decode(b"{\"version\":\"x\"}"),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
