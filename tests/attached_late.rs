@@ -1,5 +1,7 @@
-//! Others' ListenerSets attached to a Gateway that did not exist when the worker started: their ports are
-//! foreign once the Gateway appears, because the attached-set watch is made when the Gateway is first seen.
+//! Others' ListenerSets attached to a Gateway that did not exist when its watch started (the worker checks
+//! that its Gateway exists first, so this is the window between that check and the watch, or a Gateway
+//! deleted and made again in it): their ports are foreign once the Gateway appears, because the
+//! attached-set watch is made when the Gateway is first seen.
 
 mod common;
 
@@ -23,10 +25,10 @@ async fn a_set_attached_to_a_gateway_missing_at_start_holds_its_port() {
         .await
         .expect("delete the Gateway before the worker starts");
     let cfg = config(&env, &[&rm], "");
-    let (pool, _) = itg::k8s::connect(&cfg.resource_managers[0], Duration::from_secs(15))
+    let rmc = &cfg.resource_managers[0];
+    let gateway = itg::k8s::KubeGateway::start(client.clone(), rmc, &rmc.gateways()[0])
         .await
-        .expect("the worker's view of a missing Gateway starts");
-    let gateway = &pool[0];
+        .expect("the watch of a missing Gateway starts");
     assert!(!gateway.view().present);
 
     // The Gateway comes (taking sets from its own namespace), and an operator's set attaches to it.
