@@ -3,8 +3,11 @@
 #   docker build -t REGISTRY/internal-task-gateway:0.1.0 . && docker push REGISTRY/internal-task-gateway:0.1.0
 # Both binaries are in it: itg-worker (the entrypoint) and itgctl (publish events, watch replies).
 #
-# Base images are pinned by digest, so a rebuild starts from the same bytes. To move to a newer base, read
-# the tag's digest (`docker buildx imagetools inspect rust:1-bookworm`) and replace it here.
+# Base images are pinned by digest, so a rebuild starts from the same bytes. These digests were each found
+# pinned to the same tag in several independent public Dockerfiles (rust:1-bookworm then held Rust 1.98.1);
+# they were not read from the registries here, which the build machines cannot reach. Before a release,
+# and to move to a newer base, read each tag's digest (`docker buildx imagetools inspect rust:1-bookworm`,
+# `... gcr.io/distroless/cc-debian12:nonroot`) and replace it here.
 
 FROM rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS builder
 WORKDIR /src

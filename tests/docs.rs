@@ -544,3 +544,23 @@ fn benchmarks_open_with_one_table_of_every_target_its_status_date_commit_machine
         );
     }
 }
+
+#[test]
+fn the_demo_runs_its_worker_as_the_docs_recommend_where_envoy_gateway_serves_its_gateway() {
+    let demo = read("scripts/demo");
+    let envoy = demo
+        .split("GATEWAY=${ITG_ENVOY_GATEWAY#*/}")
+        .nth(1)
+        .and_then(|s| s.split("\nelse\n").next())
+        .expect("the demo's Envoy Gateway branch");
+    assert!(
+        envoy.contains("WAIT_FOR_CONTROLLER=true") && envoy.contains("FIRST_BYTE=yes"),
+        "with Envoy Gateway the demo waits for the controller and times the first byte"
+    );
+    assert!(demo.contains("wait_for_controller: $WAIT_FOR_CONTROLLER"));
+    assert!(
+        !demo.contains("data_plane_probe"),
+        "the data plane probe keeps its default: on wherever the controller wait is"
+    );
+    assert!(demo.contains("${FIRST_BYTE:+--first-byte}"));
+}
