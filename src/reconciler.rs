@@ -8,6 +8,10 @@
 //! by an allocation within the hold-off is left alone, so an allocation in flight is never taken for an
 //! orphan. A listener, whose age the Gateway does not record, must be seen orphaned in two passes a hold-off
 //! apart.
+//!
+//! A removal has no precondition that sees an identical re-apply (a listener's none at all, an object's
+//! uid and resourceVersion stay the same), so it is judged again on the records read just before it, and an
+//! allocation whose record was written between that reading and the removal is repaired after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -111,6 +115,28 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             .map(|(name, port)| (name.clone(), *port))
             .collect();
         let listed = self.objects(&mut i).await?;
+        (i.records, i.revisions) = self.records().await?;
+        i.tombstone_max_age = self
+            .tombstone_max_age
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        for r in i.records.values() {
+            if let Some(spec) = &r.spec {
+                self.known_namespaces.insert(spec.namespace.clone());
+            }
+        }
+        i.unlisted_namespaces = listed.map(|listed| {
+            self.known_namespaces
+                .iter()
+                .filter(|n| !listed.contains(*n))
+                .cloned()
+                .collect()
+        });
+        Ok(i)
+    }
+
+    /// Every record of this resource manager, and its revision, by allocation id.
+    async fn records(&self) -> Result<(BTreeMap<String, Record>, BTreeMap<String, u64>), String> {
+        let (mut records, mut revisions) = (BTreeMap::new(), BTreeMap::new());
         for (key, e) in self
             .store
             .entries(&names::allocation_key_prefix(&self.rm))
@@ -134,25 +160,10 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
                      newer workers, anything else fix or delete by hand"
                 ));
             };
-            i.revisions.insert(id.clone(), e.revision);
-            i.records.insert(id, r);
+            revisions.insert(id.clone(), e.revision);
+            records.insert(id, r);
         }
-        i.tombstone_max_age = self
-            .tombstone_max_age
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        for r in i.records.values() {
-            if let Some(spec) = &r.spec {
-                self.known_namespaces.insert(spec.namespace.clone());
-            }
-        }
-        i.unlisted_namespaces = listed.map(|listed| {
-            self.known_namespaces
-                .iter()
-                .filter(|n| !listed.contains(*n))
-                .cloned()
-                .collect()
-        });
-        Ok(i)
+        Ok((records, revisions))
     }
 
     /// The Services and routes found by label: in the configured namespaces, else cluster-wide, else (once
@@ -239,52 +250,94 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
                 .set(age);
         }
         let hold_off = i64::try_from(self.hold_off.as_secs()).unwrap_or(i64::MAX);
-        let (actions, suspects) = plan(&self.rm, &inputs, now(), hold_off);
+        let (mut actions, suspects) = plan(&self.rm, &inputs, now(), hold_off);
         if dry_run {
             return Ok(actions);
         }
         self.suspects = suspects;
+        // A listener's removal has no precondition, and an object's (the uid and resourceVersion listed)
+        // does not see an identical re-apply, which keeps the resourceVersion. So a removal is judged again
+        // on the records as they are now, and an allocation whose record was written between that judgement
+        // and the removal (a replay, say, which writes its record before it applies) is repaired after it.
+        let mut judged = None;
+        if actions.iter().any(|a| a.removes().is_some()) {
+            let mut fresh = inputs.clone();
+            (fresh.records, fresh.revisions) = self.records().await?;
+            let (again, _) = plan(&self.rm, &fresh, now(), hold_off);
+            actions.retain(|a| a.removes().is_none() || again.contains(a));
+            judged = Some(fresh.revisions);
+        }
+        let mut removed = BTreeSet::new();
         for a in &actions {
-            let result = match a {
-                Action::ReleaseClaim { port, revision, .. } => {
-                    let rm = self.handler.rm();
-                    let on = &rm.pool[self.at.min(rm.pool.len() - 1)].gateway;
-                    claims::release_at(&self.store, rm, on, *port, *revision)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-                Action::RemoveListener { name } => self
-                    .gateway
-                    .remove_owned_listener(name)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Action::DeleteObject { object } => self
-                    .gateway
-                    .delete_object(object)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Action::Repair { allocation_id } => self.handler.repair(allocation_id).await,
-                Action::PurgeTombstone {
-                    allocation_id,
-                    revision,
-                } => self
-                    .store
-                    .purge(&names::allocation_key(&self.rm, allocation_id), *revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            };
-            match result {
-                Ok(()) => {
-                    tracing::info!(resource_manager = %self.rm, action = ?a, "reconciler repaired");
-                    metrics::get().reconciler_action(&self.rm, a.label());
-                }
-                Err(e) => {
-                    tracing::warn!(resource_manager = %self.rm, action = ?a, error = %e, "reconciler action failed; next pass retries")
+            if self.act(a).await
+                && let Some(name) = a.removes()
+            {
+                removed.insert(name.to_owned());
+            }
+        }
+        if let Some(judged) = judged
+            && !removed.is_empty()
+        {
+            let (records, revisions) = self.records().await?;
+            for (id, r) in &records {
+                let since = revisions.get(id) != judged.get(id);
+                if since
+                    && r.phase.wants_exposure()
+                    && crate::plan::names_of(&self.rm, id, r).any(|n| removed.contains(&n))
+                {
+                    let repair = Action::Repair {
+                        allocation_id: id.clone(),
+                    };
+                    self.act(&repair).await;
+                    actions.push(repair);
                 }
             }
         }
         Ok(actions)
+    }
+
+    /// Does one action, logs and counts it; `true` when it succeeded.
+    async fn act(&self, a: &Action) -> bool {
+        let result = match a {
+            Action::ReleaseClaim { port, revision, .. } => {
+                let rm = self.handler.rm();
+                let on = &rm.pool[self.at.min(rm.pool.len() - 1)].gateway;
+                claims::release_at(&self.store, rm, on, *port, *revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Action::RemoveListener { name } => self
+                .gateway
+                .remove_owned_listener(name)
+                .await
+                .map_err(|e| e.to_string()),
+            Action::DeleteObject { object } => self
+                .gateway
+                .delete_object(object)
+                .await
+                .map_err(|e| e.to_string()),
+            Action::Repair { allocation_id } => self.handler.repair(allocation_id).await,
+            Action::PurgeTombstone {
+                allocation_id,
+                revision,
+            } => self
+                .store
+                .purge(&names::allocation_key(&self.rm, allocation_id), *revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(resource_manager = %self.rm, action = ?a, "reconciler repaired");
+                metrics::get().reconciler_action(&self.rm, a.label());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(resource_manager = %self.rm, action = ?a, error = %e, "reconciler action failed; next pass retries");
+                false
+            }
+        }
     }
 }

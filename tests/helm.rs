@@ -81,6 +81,11 @@ fn chart_config(objects: &[Value], name: &str) -> (Value, Config) {
     (serde_norway::from_str(text).expect("YAML"), config)
 }
 
+/// The worker config a rendered ConfigMap holds, as YAML.
+fn raw_config_of(objects: &[Value], name: &str) -> Value {
+    chart_config(objects, name).0
+}
+
 /// Server-side dry run of every object, into namespaces made for real first (a dry run into a missing
 /// namespace is refused).
 async fn dry_run(objects: &[Value]) {
@@ -122,11 +127,18 @@ async fn the_default_render_installs_what_deploy_base_installs_and_is_accepted_b
         ("ConfigMap", vec!["itg-system/itg-worker-config"]),
         ("Deployment", vec!["itg-system/itg-worker"]),
         ("PodDisruptionBudget", vec!["itg-system/itg-worker"]),
-        ("Role", vec!["gateway-system/itg-worker-gateway"]),
+        (
+            "Role",
+            vec![
+                "gateway-system/itg-worker-gateway",
+                "gateway-system/itg-worker-listenersets",
+            ],
+        ),
         (
             "RoleBinding",
             vec![
                 "gateway-system/itg-worker-gateway",
+                "gateway-system/itg-worker-listenersets",
                 "team-a/itg-worker-tasks",
             ],
         ),
@@ -234,7 +246,12 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
         tls.ca_file.as_deref(),
         Some(Path::new("/etc/itg/nats/ca.pem"))
     );
-    assert_eq!(config.admin.address, "0.0.0.0:9500");
+    assert_eq!(config.admin.address, "[::]:9500");
+    assert_eq!(config.nats.connection_name, "itg-full-west");
+    assert_eq!(
+        raw_config_of(&objects, "itg-full-config")["log_format"],
+        "text"
+    );
     let allowed: BTreeMap<&str, Vec<String>> = config
         .resource_managers
         .iter()
@@ -267,6 +284,10 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
             )
         })
         .collect();
+    let roles: BTreeMap<&str, Vec<&str>> = roles
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
     assert_eq!(
         roles,
         BTreeMap::from([
@@ -274,6 +295,13 @@ async fn the_full_values_render_is_accepted_by_a_dry_run_and_carries_every_value
             ("gateway-system", vec!["itg", "itg-gpu"])
         ])
     );
+    // ListenerSet RBAC only where a resource manager makes sets (rbac.listenerSets is false here).
+    let set_roles: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" && o["rules"][0]["resources"][0] == "listenersets")
+        .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(set_roles, ["edge-sets"]);
     let task_bindings: BTreeSet<&str> = objects
         .iter()
         .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole")
@@ -475,4 +503,128 @@ fn only_keys_of(labels: &Value, selector: &Value) -> Value {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<serde_json::Map<_, _>>();
     Value::Object(picked)
+}
+
+/// `helm template` with `--set` values, returning (success, stdout and stderr).
+fn helm_try(sets: &[&str]) -> (bool, String) {
+    let bin = env_var("HELM");
+    let mut args = vec!["template", "itg", CHART, "--namespace", "itg-system"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = Command::new(&bin)
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn helm_refuses_a_wrong_value_and_names_it() {
+    // Each wrong value, and the word helm's refusal must name.
+    for (set, named) in [
+        ("replicas=two", "replicas"),
+        ("replica=3", "replica"),
+        ("logFormat=xml", "logFormat"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("image.repository=", "repository"),
+        ("nats.url=http://nats:4222", "url"),
+        ("adminPort=70000", "adminPort"),
+        ("adminHost=nats.example", "adminHost"),
+        (
+            "resourceManagers[0].internal_task_gateway.gateway_port_range_start=80",
+            "gateway_port_range_start",
+        ),
+        ("resourceManagers[0].listener_mode=sets", "listener_mode"),
+        ("worker.concurrency=0", "concurrency"),
+        ("resources.requests.memory=lots", "memory"),
+    ] {
+        let (ok, text) = helm_try(&[set]);
+        println!("--set {set}: {}", text.lines().next().unwrap_or_default());
+        assert!(!ok, "helm accepted --set {set}");
+        assert!(
+            text.contains("values don't meet the specifications of the schema")
+                && text.contains(named),
+            "helm refused --set {set} without naming {named}: {text}"
+        );
+    }
+    // The values the schema allows render, so the refusals above are the schema's and not the template's.
+    for set in [
+        "logFormat=text",
+        "nats.connectionName=itg-west",
+        "adminHost=::",
+        "rbac.listenerSets=false",
+    ] {
+        let (ok, text) = helm_try(&[set]);
+        assert!(ok, "helm refused --set {set}: {text}");
+    }
+}
+
+#[test]
+fn the_values_schema_holds_the_worker_config_schema_and_the_chart_s_own_values() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let values_schema: Value =
+        serde_json::from_str(&read(&format!("{CHART}/values.schema.json"))).unwrap();
+    let config_schema: Value = serde_json::from_str(&read("schemas/config.schema.json")).unwrap();
+    // The worker's own sections are its config schema, word for word.
+    for (value, key) in [
+        ("resourceManagers", "resource_managers"),
+        ("jetstream", "jetstream"),
+        ("worker", "worker"),
+    ] {
+        assert_eq!(
+            values_schema["properties"][value], config_schema["properties"][key],
+            "values.schema.json's {value} is not schemas/config.schema.json's {key}: copy it again"
+        );
+    }
+    assert_eq!(
+        values_schema["properties"]["nats"]["properties"]["url"],
+        config_schema["properties"]["nats"]["properties"]["url"]
+    );
+    // values.yaml and the full values meet it, and every key of values.yaml is in it.
+    let validator = jsonschema::validator_for(&values_schema).expect("a valid JSON Schema");
+    for file in [format!("{CHART}/values.yaml"), FULL_VALUES.to_owned()] {
+        let values: Value = serde_norway::from_str(&read(&file)).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&values)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+    let defaults: Value = serde_norway::from_str(&read(&format!("{CHART}/values.yaml"))).unwrap();
+    for key in defaults.as_object().unwrap().keys() {
+        assert!(
+            values_schema["properties"].get(key).is_some(),
+            "values.yaml's {key} is not in values.schema.json"
+        );
+    }
+}
+
+#[test]
+fn the_chart_claims_the_kubernetes_version_the_tests_run() {
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let claimed = chart["kubeVersion"].as_str().expect("kubeVersion");
+    let gomod = std::fs::read_to_string(root().join("tools/testcluster/go.mod")).unwrap();
+    let tested = gomod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes v"))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("tools/testcluster pins k8s.io/kubernetes");
+    let minor: Vec<&str> = tested.split('.').take(2).collect();
+    assert_eq!(
+        claimed,
+        format!(">={}.0-0", minor.join(".")),
+        "kubeVersion is the minor the tests run (kube-apiserver {tested})"
+    );
 }

@@ -833,3 +833,44 @@ async fn one_silent_port_does_not_stop_the_probing_of_its_gateway() {
     println!("after one silent port, an allocation on a refusing data plane: {answer:?}");
     assert_eq!(kind_of(&answer), "failed", "{answer:?}");
 }
+
+/// A record a newer worker wrote (a higher record version, a phase unknown here) is neither written nor
+/// answered: every event of it is deferred to a worker that reads it, and nothing is applied.
+#[tokio::test]
+async fn a_record_of_a_newer_version_is_deferred_and_left_as_it_is() {
+    let (store, cluster) = (MemStore::default(), MemCluster::default());
+    let h = handler(&store, &cluster);
+    // A phase this build reads (so the record would parse and be acted on) and one it does not.
+    for (a, phase) in [("6f1c2d3e.20", "ready"), ("6f1c2d3e.21", "draining")] {
+        let key = itg::names::allocation_key("rm", a);
+        let newer = serde_json::json!({
+            "version": itg::state::RECORD_VERSION + 1, "allocation_id": a, "resource_manager": "rm",
+            "phase": phase,
+            "spec": {"namespace": "team-a", "pod_selector": {"app": "nb"}, "proxy_ports": [{"name": "jupyter", "port": 8888}]},
+            "ports": [{"name": "jupyter", "container_port": 8888, "gateway_port": 40001}],
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&newer).unwrap());
+        store.create(&key, bytes.clone()).await.unwrap();
+        let rev = store.get(&key).await.unwrap().unwrap().revision;
+        for (kind, body) in [
+            (EventKind::Started, started(a)),
+            (EventKind::Ended, ended(a)),
+        ] {
+            let handled = h.handle(kind, &body).await;
+            assert!(
+                matches!(&handled, Handled::Defer { why } if why.contains("newer worker")),
+                "{phase} {kind:?}: {handled:?}"
+            );
+        }
+        let e = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (e.value, e.revision),
+            (bytes, rev),
+            "{phase}: the record was written"
+        );
+    }
+    assert!(
+        cluster.objects.lock().unwrap().is_empty(),
+        "objects were applied"
+    );
+}

@@ -1,4 +1,4 @@
-//! The contract's seven promises, each proven against the real servers with in-process workers.
+//! The contract's promises 1 to 7, each proven against the real servers with in-process workers.
 
 mod common;
 
@@ -230,11 +230,31 @@ async fn late_started_after_ended_exposes_nothing() {
     replies.first(30, &a, "ready").await;
     master.ended(&a).await;
     replies.first(30, &a, "removed").await;
-    // The master's retry of the very first started, with its original event id, after the dedup window
-    // would be a replay; a new id is the same case without waiting two minutes.
-    let _ = first;
-    master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
-    replies.first(30, &a, "failed").await;
+    // The very first started again, byte for byte with its event id, as the master's retry after the
+    // duplicate window stores it: without a Nats-Msg-Id the stream keeps it without waiting two minutes.
+    let body = itg::ctl::started_payload(
+        first,
+        &a,
+        &rm.task_ns,
+        &common::pods::task_selector(&a),
+        &[("jupyter".to_owned(), 8888)],
+    );
+    master
+        .publish_raw(EventKind::Started, None, serde_json::to_vec(&body).unwrap())
+        .await;
+    let failed = replies.first(30, &a, "failed").await;
+    assert_eq!(failed.body["reason"], "invalid_event", "{:?}", failed.body);
+    assert_eq!(failed.body["source_event_id"], first.to_string());
+    assert!(
+        failed.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already ended"),
+        "{:?}",
+        failed.body
+    );
+    let kinds: Vec<String> = replies.for_alloc(&a).into_iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, ["ready", "removed", "failed"]);
     let o = observe(env, rm).await;
     assert!(o.is_empty(), "{o:?}");
     s.finish().await;
@@ -245,7 +265,8 @@ async fn late_started_after_ended_exposes_nothing() {
 async fn ended_removes_everything_even_after_a_worker_is_killed() {
     let env = Env::load();
     let rm = TestRm::new(&env, "p4", (40400, 40499)).await;
-    let cfg = config(&env, &[&rm], "");
+    // One event at a time, so that the batch takes a while and the kill lands inside it.
+    let cfg = config(&env, &[&rm], "  concurrency: 1\n");
     let w1 = Worker::start(cfg.clone()).await;
     let master = Master::new(&env, &rm.name).await;
     let replies = Replies::watch(&env, &rm.name).await;
@@ -255,9 +276,18 @@ async fn ended_removes_everything_even_after_a_worker_is_killed() {
             .started(a, &rm.task_ns, &[("jupyter", 8888), ("tensorboard", 6006)])
             .await;
     }
-    // Kill the worker while it is still working through the batch; a fresh one picks up the rest.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill the worker once it has answered some of the batch and not all: a fresh one picks up the rest.
+    replies
+        .wait(60, "a first ready", |r| r.iter().any(|s| s.kind == "ready"))
+        .await;
     w1.kill();
+    let at_kill = replies.all().iter().filter(|s| s.kind == "ready").count();
+    assert!(
+        (1..allocs.len()).contains(&at_kill),
+        "the kill did not land mid-batch: {at_kill} of {} ready when it was killed",
+        allocs.len()
+    );
+    println!("killed with {at_kill} of {} ready", allocs.len());
     let w2 = Worker::start(cfg).await;
     replies
         .wait(60, "all ready", |r| {
@@ -321,7 +351,8 @@ async fn republished_started_repairs_what_is_missing_and_changes_nothing_else() 
 /// Promise 6: malformed events are answered `failed` and acknowledged; the events behind them are served.
 #[tokio::test]
 async fn malformed_events_are_answered_and_do_not_block_good_ones() {
-    let s = Scenario::start("p6", (40600, 40699), "").await;
+    // One event at a time: an event held back would hold up every one behind it.
+    let s = Scenario::start("p6", (40600, 40699), "  concurrency: 1\n").await;
     let (rm, master, replies) = (&s.rm, &s.master, &s.replies);
     let bad_alloc = alloc();
     master
@@ -371,6 +402,48 @@ async fn malformed_events_are_answered_and_do_not_block_good_ones() {
     let d = failed.iter().find(|s| s.alloc() == Some(&denied)).unwrap();
     assert_eq!(d.body["reason"], "namespace_not_allowed");
     assert_eq!(d.body["retryable"], false);
+    // Each bad event was answered on its first delivery, in order, before the good one behind it, and
+    // every event was acknowledged: none waits for a redelivery.
+    let order: Vec<(String, Option<String>)> = all
+        .iter()
+        .map(|s| (s.kind.clone(), s.alloc().map(str::to_owned)))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("failed".to_owned(), None),
+            ("failed".to_owned(), Some(bad_alloc.clone())),
+            ("failed".to_owned(), Some(denied.clone())),
+            ("ready".to_owned(), Some(good.clone())),
+        ],
+        "the replies in stream order"
+    );
+    let js = async_nats::jetstream::new(s.env.nats().await);
+    let mut c: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(itg::contract::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_consumer(&itg::names::consumer_name("itg-worker", &rm.name))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = c.info().await.unwrap().clone();
+        if info.num_ack_pending == 0 || tokio::time::Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (
+            info.num_pending,
+            info.num_ack_pending,
+            info.num_redelivered,
+            info.delivered.consumer_sequence
+        ),
+        (0, 0, 0, 4),
+        "four events, each delivered once and acknowledged: {info:?}"
+    );
     s.finish().await;
 }
 
@@ -441,5 +514,105 @@ async fn ended_completes_after_the_gateway_was_deleted() {
         "Services left: {:?}",
         svcs.items.len()
     );
+    s.finish().await;
+}
+
+/// Every reply published for `rm` (a core subscription sees each publish, also one the stream drops as a
+/// duplicate): (kind, Nats-Msg-Id, source event id).
+async fn published(
+    env: &Env,
+    rm: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> {
+    let nats = env.nats().await;
+    let mut sub = nats.subscribe(format!("itg.replies.{rm}.>")).await.unwrap();
+    nats.flush().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let _keep = nats;
+        while let Some(m) = futures::StreamExt::next(&mut sub).await {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let kind = m.subject.rsplit('.').next().unwrap_or("").to_owned();
+            let source = body["source_event_id"].as_str().unwrap_or("").to_owned();
+            sink.lock().unwrap().push((kind, id, source));
+        }
+    });
+    seen
+}
+
+/// The contract's reply message ids: the same outcome of the same event, published twice (the event
+/// stored twice, as a redelivery or a second worker serves it), carries one `Nats-Msg-Id` and is stored
+/// once; a new event about the same allocation gets an id of its own and is stored too.
+#[tokio::test]
+async fn the_same_outcome_of_one_event_is_published_under_one_message_id_and_stored_once() {
+    let s = Scenario::start("p8", (40900, 40909), "").await;
+    let (rm, master, replies) = (&s.rm, &s.master, &s.replies);
+    let published = published(&s.env, &rm.name).await;
+    let a = alloc();
+    let first = master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies.first(30, &a, "ready").await;
+    // The very same started again, without a Nats-Msg-Id, so that the events stream keeps it.
+    let body = itg::ctl::started_payload(
+        first,
+        &a,
+        &rm.task_ns,
+        &common::pods::task_selector(&a),
+        &[("jupyter".to_owned(), 8888)],
+    );
+    master
+        .publish_raw(EventKind::Started, None, serde_json::to_vec(&body).unwrap())
+        .await;
+    // A new started of the same allocation: a new event, a reply of its own.
+    let second = master.started(&a, &rm.task_ns, &[("jupyter", 8888)]).await;
+    replies
+        .wait(30, "the second started's ready", |r| {
+            r.iter()
+                .any(|s| s.body["source_event_id"] == second.to_string())
+        })
+        .await;
+    let wait = tokio::time::Instant::now() + Duration::from_secs(30);
+    while published.lock().unwrap().len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < wait,
+            "{:?}",
+            published.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = published.lock().unwrap().clone();
+    let of = |id: Uuid| -> Vec<String> {
+        seen.iter()
+            .filter(|(k, _, src)| k == "ready" && *src == id.to_string())
+            .map(|(_, m, _)| m.clone())
+            .collect()
+    };
+    let (firsts, seconds) = (of(first), of(second));
+    println!("published readies: first event {firsts:?}, second event {seconds:?}");
+    assert_eq!(
+        firsts.len(),
+        2,
+        "the first event was served twice: {seen:?}"
+    );
+    assert_eq!(firsts[0], firsts[1], "one outcome, two message ids");
+    assert!(firsts[0].starts_with("ready-"), "{}", firsts[0]);
+    assert_eq!(seconds.len(), 1, "{seen:?}");
+    assert_ne!(
+        seconds[0], firsts[0],
+        "a new event shares the first one's message id"
+    );
+    // Stored: one ready per event.
+    let stored: Vec<String> = replies
+        .for_alloc(&a)
+        .iter()
+        .filter(|s| s.kind == "ready")
+        .map(|s| s.body["source_event_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(stored, [first.to_string(), second.to_string()]);
     s.finish().await;
 }

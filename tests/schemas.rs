@@ -160,7 +160,7 @@ fn reply_examples_round_trip_through_the_rust_types_unchanged() {
 #[test]
 fn both_config_examples_load_with_the_rust_loader() {
     let full = Config::parse(&read("examples/config.yaml"), "config.yaml").unwrap();
-    assert_eq!(full.resource_managers.len(), 2);
+    assert_eq!(full.resource_managers.len(), 3);
     let west = &full.resource_managers[0];
     let allowed = json!(["team-vision", "team-nlp"]);
     assert_eq!(json!(west.allowed_namespaces), allowed);
@@ -593,5 +593,100 @@ mod differential {
                 _ => {}
             }
         }
+    }
+}
+
+/// Every leaf key of a schema node (arrays of objects as `key[]`).
+fn schema_leaves(node: &Value, path: &str, out: &mut BTreeSet<String>) {
+    if node["type"] == "array" && node["items"]["properties"].is_object() {
+        return schema_leaves(&node["items"], &format!("{path}[]"), out);
+    }
+    let Some(props) = node["properties"].as_object() else {
+        out.insert(path.to_owned());
+        return;
+    };
+    for (k, v) in props {
+        let p = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        schema_leaves(v, &p, out);
+    }
+}
+
+/// Every leaf key a document sets, in the same notation.
+fn document_leaves(node: &Value, path: &str, out: &mut BTreeSet<String>) {
+    match node {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                document_leaves(v, &p, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            for item in items {
+                document_leaves(item, &format!("{path}[]"), out);
+            }
+        }
+        _ => {
+            out.insert(path.to_owned());
+        }
+    }
+}
+
+#[test]
+fn the_full_config_example_sets_every_key_of_the_schema_or_names_its_alternative() {
+    let schema_keys = {
+        let mut out = BTreeSet::new();
+        schema_leaves(&schema("config"), "", &mut out);
+        out
+    };
+    let text = read("examples/config.yaml");
+    let doc = document("examples/config.yaml");
+    assert_conforms("config", &doc);
+    let set = {
+        let mut out = BTreeSet::new();
+        document_leaves(&doc, "", &mut out);
+        out
+    };
+    for key in &set {
+        assert!(
+            schema_keys.contains(key),
+            "the example sets {key}, which the schema lacks"
+        );
+    }
+    // A key the example cannot set beside another (two ways to authenticate, two domains) is named in
+    // full in a comment of the file, as the alternative to the one set.
+    let comments: String = text
+        .lines()
+        .filter_map(|l| l.split_once('#').map(|(_, c)| c))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut alternatives = Vec::new();
+    for key in schema_keys.difference(&set) {
+        assert!(
+            comments.contains(key.as_str()),
+            "schemas/examples/config.yaml neither sets {key} nor names it as an alternative"
+        );
+        alternatives.push(key.as_str());
+    }
+    println!(
+        "set: {}; named as alternatives: {alternatives:?}",
+        set.len()
+    );
+    assert!(
+        alternatives.len() <= 5,
+        "only keys that exclude a key set here may be left to comments: {alternatives:?}"
+    );
+    for claim in ["README.md", "../deploy/base/configmap.yaml"] {
+        assert!(
+            read(claim).contains("every key"),
+            "{claim} no longer says where every key is shown"
+        );
     }
 }

@@ -10,8 +10,11 @@ mod nats_server;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::Env;
 use common::link::Link;
+use common::link::admin_get;
+use common::process::WorkerProcess;
+use common::sites::{Stored, site_yaml, stored_replies};
+use common::{Env, Master, TestRm, apiserver_addr, config_yaml, through};
 use nats_server::NatsServer;
 
 /// A hub, a leaf of domain `west` linked to it through a [`Link`], and the two as test servers.
@@ -147,6 +150,244 @@ impl Site {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+fn has(all: &[Stored], alloc: &str, kind: &str) -> bool {
+    all.iter().any(|s| s.alloc() == alloc && s.kind() == kind)
+}
+
+/// Waits until the replies of `rm` stored at `env` satisfy `done`, failing at once with the worker's log
+/// if the worker exits meanwhile.
+async fn replies_while_running(
+    w: &mut WorkerProcess,
+    env: &Env,
+    rm: &str,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&[Stored]) -> bool,
+) -> Vec<Stored> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        assert!(
+            !w.has_exited(),
+            "the worker exited while waiting for {what}:\n{}",
+            w.log().join("\n")
+        );
+        let all = stored_replies(env, rm).await;
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}; replies of {rm}: {all:#?}\nworker log:\n{}",
+            w.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn metric(admin: &str, series: &str) -> Option<String> {
+    let (_, body) = admin_get(admin, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .map(str::to_owned)
+}
+
+/// Issue 31, item 8: a site's worker restarted while its leaf link is down (a pod rescheduled during an
+/// outage) starts, serves the site's streams, says on `/readyz` and in a metric that it waits for the
+/// hub over the leaf link, and lays out the hub's side once the link is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_worker_started_while_its_leaf_link_is_down_serves_the_site_and_reaches_the_hub_after_the_heal()
+ {
+    let env = Env::load();
+    let site = Site::start(env.kubeconfig.clone()).await;
+    let rm = TestRm::new(&env, "link", (41300, 41315)).await;
+    let mut w = WorkerProcess::spawn(
+        |admin| site_yaml(config_yaml(&site.site_env, &[&rm], "", admin)),
+        &[],
+    );
+    w.ready(60).await;
+    let m = Master::new(&site.hub_env, &rm.name).await;
+    let port = [("http", 8080)];
+    m.started("a0", &rm.task_ns, &port).await;
+    replies_while_running(
+        &mut w,
+        &site.hub_env,
+        &rm.name,
+        60,
+        "a0's ready at the hub",
+        |all| has(all, "a0", "ready"),
+    )
+    .await;
+
+    // The worker goes; a started reaches the site's stream; then the link is cut and the worker starts.
+    w.kill();
+    m.started("a1", &rm.task_ns, &port).await;
+    Site::wait_events(
+        &site.site_env,
+        &rm.name,
+        2,
+        "a1's started sourced to the site",
+    )
+    .await;
+    site.link.cut();
+    site.wait_linked(false, 30).await;
+    let cut_at = Instant::now();
+    w.restart();
+    let at_site = replies_while_running(
+        &mut w,
+        &site.site_env,
+        &rm.name,
+        60,
+        "a1's ready at the site during the cut",
+        |all| has(all, "a1", "ready"),
+    )
+    .await;
+    println!(
+        "worker started during the cut; a1's ready stored at the site {:.2} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(at_site.len(), 2, "{at_site:#?}");
+    let (code, why) = admin_get(&w.admin, "/readyz").expect("/readyz answers");
+    println!("/readyz during the cut: {code} {why}");
+    assert_eq!(code, 503, "{why}");
+    assert!(
+        why.contains("leaf-node link") && why.contains("hub"),
+        "/readyz does not name the leaf link: {why}"
+    );
+    let gauge = "itg_site_waiting_for_hub{site=\"west\",hub=\"hub\"}";
+    assert_eq!(
+        metric(&w.admin, gauge).as_deref(),
+        Some(format!("{gauge} 1").as_str())
+    );
+    let log = w.log().join("\n");
+    assert!(
+        !log.contains("check that the server runs with JetStream enabled"),
+        "the log blames JetStream, not the link:\n{log}"
+    );
+
+    // The heal: the worker turns ready, the gauge drops, and the hub gets a1's ready, once.
+    site.link.heal();
+    let healed = Instant::now();
+    w.ready(60).await;
+    println!(
+        "heal -> worker ready {:.2} s",
+        healed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric(&w.admin, gauge).as_deref(),
+        Some(format!("{gauge} 0").as_str())
+    );
+    let hub = replies_while_running(
+        &mut w,
+        &site.hub_env,
+        &rm.name,
+        90,
+        "a1's ready at the hub after the heal",
+        |all| has(all, "a1", "ready"),
+    )
+    .await;
+    println!(
+        "heal -> a1's ready at the hub {:.2} s",
+        healed.elapsed().as_secs_f64()
+    );
+    let kinds: Vec<(&str, &str)> = hub.iter().map(|s| (s.alloc(), s.kind())).collect();
+    assert_eq!(kinds, [("a0", "ready"), ("a1", "ready")]);
+    drop(w);
+    rm.teardown(&env).await;
+    drop(site);
+}
+
+/// Issue 31, item 7: an `ended` that reaches its maximum deliveries at a site is queued again at the site,
+/// whether or not the WAN link is up, and its `removed` reaches the hub once the link is back. The
+/// apiserver is made unreachable for this worker only, by a [`Link`] on its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_requeued_at_a_site_while_its_link_is_down_stays_at_the_site_and_is_removed() {
+    let env = Env::load();
+    let site = Site::start(env.kubeconfig.clone()).await;
+    let rm = TestRm::new(&env, "requeue", (41320, 41335)).await;
+    let apiserver = Link::start(apiserver_addr(&env)).await;
+    let (_kubeconfig, via) = through(&site.site_env, &apiserver.addr);
+    // Three deliveries a second apart, then the give-up path.
+    let yaml = |admin: &str| {
+        site_yaml(config_yaml(&via, &[&rm], "", admin))
+            .replace("max_deliver: -1", "max_deliver: 3")
+            .replace("retry_min: 50ms", "retry_min: 1s")
+            .replace("retry_max: 500ms", "retry_max: 1s")
+    };
+    let mut w = WorkerProcess::spawn(yaml, &[]);
+    w.ready(60).await;
+    let m = Master::new(&site.hub_env, &rm.name).await;
+    m.started("a0", &rm.task_ns, &[("http", 8080)]).await;
+    replies_while_running(
+        &mut w,
+        &site.hub_env,
+        &rm.name,
+        60,
+        "a0's ready at the hub",
+        |all| has(all, "a0", "ready"),
+    )
+    .await;
+
+    // The apiserver goes away; the ended reaches the site; the link is cut before its last delivery.
+    apiserver.cut();
+    m.ended("a0").await;
+    Site::wait_events(
+        &site.site_env,
+        &rm.name,
+        2,
+        "a0's ended sourced to the site",
+    )
+    .await;
+    site.link.cut();
+    let cut_at = Instant::now();
+    // Its deliveries run out and it is queued again: a third event of the resource manager at the site.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Site::events(&site.site_env, &rm.name).await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the ended was not queued again at the site within 30 s:\n{}",
+            w.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "ended queued again at the site {:.2} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    apiserver.heal();
+    let at_site = replies_while_running(
+        &mut w,
+        &site.site_env,
+        &rm.name,
+        60,
+        "a0's removed at the site during the cut",
+        |all| has(all, "a0", "removed"),
+    )
+    .await;
+    println!(
+        "a0's removed stored at the site {:.2} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(at_site.len(), 2, "{at_site:#?}");
+
+    site.link.heal();
+    let hub = replies_while_running(
+        &mut w,
+        &site.hub_env,
+        &rm.name,
+        90,
+        "a0's removed at the hub after the heal",
+        |all| has(all, "a0", "removed"),
+    )
+    .await;
+    let kinds: Vec<(&str, &str)> = hub.iter().map(|s| (s.alloc(), s.kind())).collect();
+    assert_eq!(kinds, [("a0", "ready"), ("a0", "removed")]);
+    // The event queued again stayed at the site: the hub holds the master's two events only.
+    assert_eq!(Site::events(&site.hub_env, &rm.name).await, 2);
+    drop(w);
+    rm.teardown(&env).await;
+    drop(site);
 }
 
 /// Issue 31, item 15: only "stream not found" says a site's replies stream was lost. An error reading it

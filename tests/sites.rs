@@ -284,7 +284,30 @@ async fn a_cut_wan_link_loses_nothing_and_answers_each_event_once_after_it_heals
         during.iter().all(|a| has(all, a, "removed"))
     })
     .await;
-    assert!(all.len() <= all_done.len());
+    // Between the two reads only the removed of the allocations ended since were stored: the first read
+    // is a prefix of the second, and each allocation has one answer to its started and one removed.
+    assert_eq!(
+        all_done[..all.len()],
+        all[..],
+        "replies stored before the last endeds changed"
+    );
+    let since: Vec<(&str, &str)> = all_done[all.len()..]
+        .iter()
+        .map(|r| (r.alloc(), r.kind()))
+        .collect();
+    let mut want: Vec<(&str, &str)> = during[1..]
+        .iter()
+        .map(|a| (a.as_str(), "removed"))
+        .collect();
+    let mut got = since.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "replies after the last endeds: {since:?}");
+    assert_eq!(
+        all_done.len(),
+        2 * (4 + during.len()),
+        "one answer and one removed per allocation: {all_done:#?}"
+    );
     for ((alloc, kind), n) in counts(&all_done) {
         assert_eq!(n, 1, "{alloc} got {n} {kind} replies: {all_done:#?}");
     }

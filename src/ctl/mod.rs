@@ -171,6 +171,10 @@ enum Command {
         /// A shell command to run once every task is exposed, before they are ended (to look around).
         #[arg(long)]
         between: Option<String>,
+        /// Connect to every address of each ready and print, per task, the time from its started to
+        /// the first byte that came back (a backend must answer there).
+        #[arg(long)]
+        first_byte: bool,
     },
 }
 
@@ -361,6 +365,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tasks,
             timeout,
             between,
+            first_byte,
         } => {
             let d = demo::Demo {
                 rm: &rm,
@@ -368,6 +373,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tasks,
                 timeout: Duration::from_secs(timeout),
                 between,
+                first_byte,
             };
             return demo::run(&js, args.output, d).await;
         }

@@ -80,16 +80,37 @@ pub fn kustomizations() -> Vec<PathBuf> {
 }
 
 /// What `kubectl apply -k dir` applies, each object with the file it comes from. The kustomizations list
-/// files and nothing else (checked by a test below), so the files are the output.
+/// files and, at most, the image to run (checked by a test), so the files are the output but for the
+/// containers' `image`, which `images` names as Kustomize does.
 pub fn kustomize(dir: &Path) -> Vec<(PathBuf, Value)> {
     let k = documents(&dir.join("kustomization.yaml"));
     let resources = k[0]["resources"]
         .as_array()
         .unwrap_or_else(|| panic!("{}: no resources list", dir.display()));
+    let images: BTreeMap<&str, String> = k[0]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let name = i["name"].as_str().expect("images[].name");
+            let new_name = i["newName"].as_str().unwrap_or(name);
+            let tag = i["newTag"].as_str().expect("images[].newTag");
+            (name, format!("{new_name}:{tag}"))
+        })
+        .collect();
     let mut out = Vec::new();
     for r in resources {
         let p = dir.join(r.as_str().expect("a resource is a file"));
-        out.extend(documents(&p).into_iter().map(|v| (p.clone(), v)));
+        for mut v in documents(&p) {
+            if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array_mut() {
+                for c in cs {
+                    if let Some(image) = c["image"].as_str().and_then(|i| images.get(i)) {
+                        c["image"] = json!(image);
+                    }
+                }
+            }
+            out.push((p.clone(), v));
+        }
     }
     out
 }

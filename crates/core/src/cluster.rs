@@ -113,7 +113,9 @@ pub struct OwnedObject {
     /// Unix seconds of its creation.
     pub created: i64,
     /// The uid and resourceVersion it was listed with: its delete is conditional on them, so an object
-    /// re-made or re-applied since the listing (a resend, a replay) is not lost to a stale judgement.
+    /// re-made or changed since the listing is not lost to a stale judgement. An identical re-apply keeps
+    /// the resourceVersion; the reconciler covers that by judging again on the records just before it
+    /// removes, and repairing an allocation whose record was written in between.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -58,6 +58,15 @@ impl Action {
             Action::PurgeTombstone { .. } => "purge_tombstone",
         }
     }
+
+    /// The name of the listener or object this action takes away, if it takes one away.
+    pub fn removes(&self) -> Option<&str> {
+        match self {
+            Action::RemoveListener { name } => Some(name),
+            Action::DeleteObject { object } => Some(&object.name),
+            _ => None,
+        }
+    }
 }
 
 /// What one pass saw.
@@ -104,6 +113,24 @@ impl Inputs {
     }
 }
 
+/// The names of the listeners, Services and routes record `r` of allocation `id` stands for: one per proxy
+/// port it holds or asks for.
+fn port_names<'a>(rm: &'a str, id: &'a str, r: &'a Record) -> impl Iterator<Item = String> + 'a {
+    let held = r.ports.iter().map(|b| b.name.as_str());
+    let asked = r
+        .spec
+        .iter()
+        .flat_map(|s| s.proxy_ports.iter().map(|p| p.name.as_str()));
+    held.chain(asked)
+        .map(move |port| names::object_name(rm, id, port))
+}
+
+/// Every name record `r` of allocation `id` stands for: its ports' objects and, in `listenerset` mode, its
+/// ListenerSet.
+pub fn names_of<'a>(rm: &'a str, id: &'a str, r: &'a Record) -> impl Iterator<Item = String> + 'a {
+    port_names(rm, id, r).chain(std::iter::once(names::listenerset_name(rm, id)))
+}
+
 /// Decides what to do. Returns the actions and the listeners now suspected (to pass to the next plan).
 pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTreeMap<String, i64>) {
     let recent = |t: i64| now.saturating_sub(t) < hold_off;
@@ -113,13 +140,7 @@ pub fn plan(rm: &str, i: &Inputs, now: i64, hold_off: i64) -> (Vec<Action>, BTre
     let mut wanted_here = BTreeSet::new();
     let mut protected = BTreeSet::new();
     for (id, r) in &i.records {
-        let all_ports = r.ports.iter().map(|b| b.name.as_str());
-        let spec_ports = r
-            .spec
-            .iter()
-            .flat_map(|s| s.proxy_ports.iter().map(|p| p.name.as_str()));
-        for port in all_ports.chain(spec_ports) {
-            let n = names::object_name(rm, id, port);
+        for n in port_names(rm, id, r) {
             if r.phase.wants_exposure() {
                 wanted.insert(n.clone());
                 if i.holds_here(r) {

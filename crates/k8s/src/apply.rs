@@ -245,8 +245,8 @@ where
 }
 
 /// Deletes an object the reconciler judged from a listing, only if it is still the one listed (same uid and
-/// resourceVersion): one changed since then (re-made or re-applied by a resend or a replay) is left, and the
-/// next pass judges it again.
+/// resourceVersion): one re-made or changed since then is left, and the next pass judges it again. An
+/// identical re-apply changes no resourceVersion and is not seen here (see the reconciler's pass).
 pub(crate) async fn delete_listed<K>(
     api: Api<K>,
     o: &itg_core::cluster::OwnedObject,

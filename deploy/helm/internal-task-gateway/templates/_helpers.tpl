@@ -17,6 +17,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The worker's config file, built from values. */}}
 {{- define "itg.config" -}}
 {{- $nats := dict "url" .Values.nats.url -}}
+{{- with .Values.nats.connectionName }}{{ $_ := set $nats "connection_name" . }}{{ end -}}
 {{- $s := .Values.nats.secret -}}
 {{- if $s.name -}}
 {{- if and $s.credsKey $s.nkeySeedKey -}}
@@ -36,7 +37,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (hasKey $rm "allowed_namespaces") }}{{ $_ := set $rm "allowed_namespaces" $.Values.taskNamespaces }}{{ end -}}
 {{- $rms = append $rms $rm -}}
 {{- end -}}
-{{- $cfg := dict "nats" $nats "admin" (dict "address" (printf "0.0.0.0:%d" (int .Values.adminPort))) "log_format" "json" "resource_managers" $rms -}}
+{{- $host := .Values.adminHost -}}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
+{{- $cfg := dict "nats" $nats "admin" (dict "address" (printf "%s:%d" $host (int .Values.adminPort))) "log_format" .Values.logFormat "resource_managers" $rms -}}
 {{- with .Values.jetstream }}{{ $_ := set $cfg "jetstream" . }}{{ end -}}
 {{- with .Values.worker }}{{ $_ := set $cfg "worker" . }}{{ end -}}
 {{- toYaml $cfg }}
