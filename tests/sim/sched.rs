@@ -122,7 +122,10 @@ impl Sched {
                 } else {
                     r.below(max + 1)
                 };
-                Some(Duration::from_micros(us))
+                // Whole milliseconds: tokio's timer rounds a deadline up to its millisecond counted from
+                // when the runtime started, a moment of real time apart from the paused clock's start, so a
+                // deadline between two milliseconds could fall on either side from one run to the next.
+                Some(Duration::from_millis(us / 1_000))
             } else {
                 None
             }

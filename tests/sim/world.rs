@@ -295,7 +295,11 @@ impl World {
         let m = &mut st.msgs[usize::try_from(seq - 1).unwrap()];
         m.state = match again {
             None => MsgState::Done,
-            Some(d) => MsgState::Ready(clock::instant() + d),
+            // Whole milliseconds, as the scheduler's waits (sched.rs says why).
+            Some(d) => MsgState::Ready(
+                clock::instant()
+                    + Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
         };
         drop(st);
         self.arrivals.notify_waiters();
