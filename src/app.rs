@@ -122,6 +122,11 @@ pub async fn connect(config: &Config) -> Result<Servers, StartError> {
         for member in pool.iter().skip(1) {
             classes.push(member.class_status().await);
         }
+        for (member, class) in pool.iter().zip(&classes) {
+            if let Some(c) = class.controller().and_then(controllers::known) {
+                member.gateway().know_controller(c);
+            }
+        }
         let (rm, known) = apply_known_controllers(rm, &classes);
         if rm.wait_for_controller && !class.may_be_served() {
             tracing::warn!(resource_manager = %rm.name, class = %class, "ready waits for a controller that may not be there: every exposure will time out unless one accepts the class; set wait_for_controller: false for a controller that writes no status");

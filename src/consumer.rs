@@ -161,10 +161,18 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
             None => (None, delivery::next(kind, Served::Overran, delivered, deliveries, timing)),
             Some(Handled::Answer { reply, msg_id }) => {
                 let stored = replier.publish(reply, msg_id).await.map_err(|e| e.to_string());
-                let served = Served::Answered {
-                    stored: match &stored {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(e.as_str()),
+                // Noted before the ack: a give-up of a later duplicate must know the master may hold it.
+                let noted = match &stored {
+                    Ok(()) => handler.stored(reply).await.map_err(|e| {
+                        tracing::warn!(error = %e, "the ready is stored, and the allocation's record could not note it; the event comes back to note it");
+                    }),
+                    Err(_) => Ok(()),
+                };
+                let served = match (&stored, noted) {
+                    (Ok(()), Err(())) => Served::StoredUnnoted,
+                    (Ok(()), Ok(())) => Served::Answered { stored: Ok(()) },
+                    (Err(e), _) => Served::Answered {
+                        stored: Err(e.as_str()),
                     },
                 };
                 let next = delivery::next(kind, served, delivered, deliveries, timing);
@@ -279,7 +287,12 @@ async fn give_up<S: Store, C: Cluster, R: Replier>(
             handler.given_up(&msg.payload, why, sequence, cause).await
     {
         match replier.publish(&reply, &msg_id).await {
-            Ok(()) => note_failure(rm, &reply),
+            Ok(()) => {
+                note_failure(rm, &reply);
+                if let Err(e) = handler.stored(&reply).await {
+                    tracing::warn!(error = %e, "could not note the stored ready in the allocation's record");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "could not answer the given-up event"),
         }
     }

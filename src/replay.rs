@@ -374,8 +374,13 @@ async fn serve<S: Store, C: Cluster, R: Replier>(
     };
     Ok(match handled {
         Handled::Answer { reply, msg_id } => {
-            if let Err(e) = replier.publish(&reply, &msg_id).await {
-                tracing::warn!(sequence, error = %e, "replayed reply not stored");
+            match replier.publish(&reply, &msg_id).await {
+                Ok(()) => {
+                    if let Err(e) = handler.stored(&reply).await {
+                        tracing::warn!(sequence, error = %e, "could not note the stored ready");
+                    }
+                }
+                Err(e) => tracing::warn!(sequence, error = %e, "replayed reply not stored"),
             }
             let after = match &key {
                 Some(k) => store.get(k).await.map_err(err)?.map(|e| e.revision),

@@ -78,6 +78,12 @@ impl HubSide {
     pub async fn lay_out_until_done(self, health: Arc<Health>) -> Result<(), NatsError> {
         let gauge = metrics::get().site_waiting_for_hub(&self.site_domain, &self.hub_domain);
         let mut delay = Duration::from_millis(500);
+        // Waiting from the start: the first attempt may take a request timeout to fail.
+        gauge.set(1);
+        health.waiting_for(Some(format!(
+            "the hub's side of site {}, over the leaf-node link to the hub (JetStream domain {}): not laid out yet",
+            self.site_domain, self.hub_domain
+        )));
         loop {
             match self.lay_out().await {
                 Ok(()) => {

@@ -79,7 +79,9 @@ async fn the_real_apiservers_errors_are_sorted_into_retried_waiting_and_answered
         .unwrap_err();
     check("already exists", "applying Service", e, "retried");
     let mut stale = made.clone();
-    cms.replace("a", &PostParams::default(), &made)
+    let mut changed = made.clone();
+    changed.data = Some([("k".to_owned(), "x".to_owned())].into());
+    cms.replace("a", &PostParams::default(), &changed)
         .await
         .unwrap();
     stale.data = Some([("k".to_owned(), "w".to_owned())].into());

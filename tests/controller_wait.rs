@@ -24,7 +24,7 @@ async fn a_controller_less_gateway_with_the_wait_on_times_out_at_the_deadline_an
         .started(&alloc, &rm.task_ns, &[("jupyter", 8888)])
         .await;
     let answer = replies
-        .wait(60, "an answer to started", |r| {
+        .wait(120, "an answer to started", |r| {
             r.iter().any(|s| s.alloc() == Some(alloc.as_str()))
         })
         .await;
@@ -58,7 +58,7 @@ async fn a_controller_less_gateway_with_the_wait_on_times_out_at_the_deadline_an
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    replies.first(120, &alloc, "removed").await;
     worker.stop().await;
     rm.teardown(&env).await;
 }
@@ -109,6 +109,103 @@ async fn endpoint_slice(
     .expect("apply an EndpointSlice");
 }
 
+/// Within 120 s (what a loaded two-core machine meets), the first reply to `alloc` that `done` accepts.
+/// On a timeout the message says what the worker waits on: the replies so far, and the controller's last
+/// status of the allocation's listener on the Gateway and of its route.
+async fn answered(
+    env: &Env,
+    rm: &TestRm,
+    replies: &Replies,
+    alloc: &str,
+    done: impl Fn(&common::Seen) -> bool,
+) -> common::Seen {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(s) = replies.for_alloc(alloc).into_iter().find(|s| done(s)) {
+            return s;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no answer for {alloc} in 120 s; replies: {:?}; {}",
+                replies.for_alloc(alloc),
+                controller_status(env, rm, alloc).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The controller's last word on the allocation's listener and route, for a timeout's message.
+async fn controller_status(env: &Env, rm: &TestRm, alloc: &str) -> String {
+    let client = env.kube().await;
+    let name = itg::names::object_name(&rm.name, alloc, "jupyter");
+    let gw = kube::Api::<gateway_api::experimental::gateways::Gateway>::namespaced(
+        client.clone(),
+        &rm.gateway_ns,
+    )
+    .get_opt(&rm.gateway)
+    .await;
+    let listener = match gw {
+        Ok(Some(gw)) => {
+            let generation = gw.metadata.generation;
+            let status = gw
+                .status
+                .and_then(|s| s.listeners)
+                .and_then(|ls| ls.into_iter().find(|l| l.name == name))
+                .map(|l| {
+                    let conds: Vec<_> = l
+                        .conditions
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.type_.clone(),
+                                c.status.clone(),
+                                c.reason.clone(),
+                                c.observed_generation,
+                            )
+                        })
+                        .collect();
+                    format!("attachedRoutes {}, {conds:?}", l.attached_routes)
+                });
+            format!("Gateway generation {generation:?}, listener {name}: {status:?}")
+        }
+        other => format!("Gateway: {other:?}"),
+    };
+    let route = kube::Api::<gateway_api::experimental::tcproutes::TcpRoute>::namespaced(
+        client,
+        &rm.task_ns,
+    )
+    .get_opt(&name)
+    .await;
+    let route = match route {
+        Ok(Some(r)) => {
+            let parents: Vec<_> = r
+                .status
+                .map(|s| s.parents)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    p.conditions
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.type_.clone(),
+                                c.status.clone(),
+                                c.reason.clone(),
+                                c.message.clone(),
+                                c.observed_generation,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            format!("route generation {:?}: {parents:?}", r.metadata.generation)
+        }
+        other => format!("route: {other:?}"),
+    };
+    format!("{listener}; {route}")
+}
+
 async fn wait_until_empty(env: &Env, rm: &TestRm) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -136,7 +233,8 @@ async fn through_envoy_gateway_ready_comes_once_the_listener_is_programmed_and_t
     master
         .started(&alloc, &rm.task_ns, &[("jupyter", 8888)])
         .await;
-    let ready = replies.first(60, &alloc, "ready").await;
+    let ready = answered(&env, &rm, &replies, &alloc, |s| s.kind != "removed").await;
+    assert_eq!(ready.kind, "ready", "{:?}", ready.body);
     println!("Envoy Gateway: started to ready in {:.2?}", sent.elapsed());
     // What the worker waited for is there now: the controller's own status, read as an operator would.
     let client = env.kube().await;
@@ -185,7 +283,7 @@ async fn through_envoy_gateway_ready_comes_once_the_listener_is_programmed_and_t
     assert!(conds.contains(&("Accepted".into(), "True".into(), "Accepted".into())));
 
     master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    replies.first(120, &alloc, "removed").await;
     wait_until_empty(&env, &rm).await;
     worker.stop().await;
     rm.teardown(&env).await;
@@ -217,14 +315,7 @@ async fn a_route_envoy_gateway_refuses_is_answered_gateway_rejected_with_its_rea
     master
         .started(&alloc, &rm.task_ns, &[("jupyter", 8888)])
         .await;
-    let answer = replies
-        .wait(60, "an answer to started", |r| {
-            r.iter().any(|s| s.alloc() == Some(alloc.as_str()))
-        })
-        .await
-        .into_iter()
-        .find(|s| s.alloc() == Some(alloc.as_str()))
-        .unwrap();
+    let answer = answered(&env, &rm, &replies, &alloc, |_| true).await;
     println!(
         "refused by Envoy Gateway: {} after {:.2?}: {}",
         answer.kind,
@@ -245,7 +336,7 @@ async fn a_route_envoy_gateway_refuses_is_answered_gateway_rejected_with_its_rea
     );
     wait_until_empty(&env, &rm).await;
     master.ended(&alloc).await;
-    replies.first(60, &alloc, "removed").await;
+    replies.first(120, &alloc, "removed").await;
     worker.stop().await;
     rm.teardown(&env).await;
 }

@@ -144,3 +144,12 @@ module_dir() {  # module_dir TOOLDIR MODULE: the verified download of MODULE at 
   (cd "$1" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go mod download -json "$2") |
     python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])'
 }
+
+# nftables, installed from Debian when absent: Contour's address mapping and the sites' link cuts need it.
+# Prints why it is missing, or nothing.
+ensure_nft() {
+  command -v nft >/dev/null && return
+  log "installing nftables (Debian): the Contour Gateway's address mapping and the sites' link cuts use it"
+  { apt-get install -y nftables || { apt-get update && apt-get install -y nftables; }; } >>"$LOGS/apt.log" 2>&1 ||
+    echo "nftables is not installed and apt-get could not install it (see $LOGS/apt.log)"
+}

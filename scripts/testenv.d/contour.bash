@@ -61,11 +61,9 @@ contour_blocked() {
     echo "mapping the Contour Gateway's address to envoy's port + 8000 needs nftables rules, which need root"
     return
   fi
-  if ! command -v nft >/dev/null; then
-    log "installing nftables (Debian) for the Contour Gateway's address mapping"
-    { apt-get install -y nftables || { apt-get update && apt-get install -y nftables; }; } >>"$LOGS/apt.log" 2>&1 ||
-      { echo "nftables is not installed and apt-get could not install it (see $LOGS/apt.log)"; return; }
-  fi
+  local missing
+  missing=$(ensure_nft)
+  [[ -z $missing ]] || { echo "$missing"; return; }
   nft list tables >/dev/null 2>&1 ||
     echo "nft cannot reach the kernel's nftables here ($(nft list tables 2>&1 | head -n1))"
 }

@@ -44,7 +44,8 @@ sites_nft() { echo "itgs_${SITES_TAG}_$1"; }  # the nft table that cuts site $1'
 # Why the topology cannot run here, or nothing.
 sites_blocked() {
   [[ $(id -u) == 0 ]] || { echo "the sites topology puts the hub in a network namespace: that needs root"; return; }
-  command -v nft >/dev/null || echo "nft is not installed: it cuts the WAN links"
+  # On a bare machine the topology starts before Contour would have installed nftables: install it here too.
+  ensure_nft
 }
 
 sites_links() {

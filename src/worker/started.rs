@@ -200,8 +200,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     /// An allocation already `ready` is live: the delivery given up on was a duplicate or a redelivery
     /// that could not be driven again (the apiserver away, the controller's status stale), and it is
     /// answered `ready` again with the addresses it already has, nothing withdrawn. The exception is
-    /// [`GaveUp::AnswerLost`]: every delivery produced its `ready` and none could be stored, so the master
-    /// never learned of the allocation and it is failed like one still exposing. Any other is answered
+    /// [`GaveUp::AnswerLost`] for an allocation no `ready` of which was ever stored (`ready_stored`, see
+    /// [`Handler::stored`]): the master never learned of it, and it is failed like one still exposing. One
+    /// whose `ready` was stored (by this event or another) stays ready whatever the cause. Any other is answered
     /// `failed`: its objects are withdrawn, its ports released, and its record kept as a `failed` tombstone
     /// (purged with the other tombstones), so a replay of the event repeats that answer instead of exposing
     /// it; `itgctl deadletter resend` clears the tombstone before it sends the event back. What cannot be
@@ -234,8 +235,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 return Some(answers::ready(&self.rm, ev.event_id, &rec));
             }
             Ok(Abandoned::Failed) => {}
+            // The record could not be read or written: the allocation may be ready, and a `failed` would
+            // then follow a `ready` the master holds. Nothing is answered; a resend finds it as it is.
             Err(e) => {
-                tracing::warn!(error = %e, "the given-up allocation is recorded as failed; the reconciler withdraws what it holds");
+                tracing::warn!(error = %e, "the given-up allocation could not be recorded as failed; it is not answered");
+                return Some(Handled::Retry { why: e });
             }
         }
         Some(answers::failed(
@@ -246,8 +250,44 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         ))
     }
 
+    /// Notes that `reply` was stored in the replies stream: for a `ready`, the allocation's record keeps
+    /// that the master may hold it (written once; a conflict reads again). Called after each stored reply.
+    ///
+    /// # Errors
+    /// The KV bucket could not be read or written; the caller logs it, and a later `ready` notes it again.
+    pub async fn stored(&self, reply: &contract::Reply) -> Result<(), String> {
+        let contract::Reply::Ready(ready) = reply else {
+            return Ok(());
+        };
+        let key = self.rm.allocation_key(&ready.allocation_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if rec.phase != Phase::Ready || rec.ready_stored {
+                return Ok(());
+            }
+            let mut next = rec;
+            next.ready_stored = true;
+            match self
+                .store
+                .update(&key, encode(&next), rev)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Outcome::Written(_) => return Ok(()),
+                Outcome::Conflict => {}
+            }
+        }
+        Err(format!(
+            "allocation {:?}: the record kept changing",
+            ready.allocation_id
+        ))
+    }
+
     /// Fails an allocation that is still exposing (or finishes the cleanup of a failed one) and leaves its
-    /// record as a `failed` tombstone; a `ready` one is left as it is when `keep_ready`, else failed too.
+    /// record as a `failed` tombstone; a `ready` one is left as it is when `keep_ready` or when a `ready` of
+    /// it was stored, else failed too.
     pub(super) async fn abandon(
         &self,
         allocation_id: &str,
@@ -261,7 +301,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             };
             let pass = match rec.phase {
                 // A live allocation is never torn down by a delivery that could not confirm it.
-                Phase::Ready if keep_ready && !guards::off(Guard::KeepReady) => {
+                Phase::Ready
+                    if (keep_ready || rec.ready_stored) && !guards::off(Guard::KeepReady) =>
+                {
                     return Ok(Abandoned::Live(Box::new(rec)));
                 }
                 // Ending or removed: the ended's own cleanup owns the record.

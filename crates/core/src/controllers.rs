@@ -15,6 +15,9 @@ pub enum PortMapping {
     /// Contour's `toContainerPort`: the listener port + 8000; above 65535 minus 65535; then 1023 or less
     /// plus 1023 (the envoy container cannot bind privileged ports).
     ContourPlus8000,
+    /// Envoy Gateway: the listener port itself, but a privileged one (below 1024) + 10000, so an
+    /// operator's 443 binds 10443.
+    EnvoyGatewayShift,
 }
 
 impl PortMapping {
@@ -33,6 +36,8 @@ impl PortMapping {
                 // Always <= 65535: the wrap above brings every sum back into range.
                 u16::try_from(p).unwrap_or(u16::MAX)
             }
+            PortMapping::EnvoyGatewayShift if port < 1024 => port + 10000,
+            PortMapping::EnvoyGatewayShift => port,
         }
     }
 }
@@ -66,14 +71,15 @@ pub const CONTOUR: Controller = Controller {
     note: "envoy listens on the listener port + 8000; without its provisioner it writes no GatewayClass status, so the class's status is not waited for, only the listeners' and routes'",
 };
 
-/// Envoy Gateway: 1:1 ports; its envoy keeps 19000-19003 (admin, stats, shutdown manager, readiness).
+/// Envoy Gateway: 1:1 ports above 1023, privileged ones + 10000; its envoy keeps 19000-19003 (admin,
+/// stats, shutdown manager, readiness).
 pub const ENVOY_GATEWAY: Controller = Controller {
     name: "Envoy Gateway",
     controller_name: "gateway.envoyproxy.io/gatewayclass-controller",
-    mapping: PortMapping::Same,
+    mapping: PortMapping::EnvoyGatewayShift,
     own_ports: &[19000..=19003],
     writes_class_status: true,
-    note: "envoy listens on the listener port itself",
+    note: "envoy listens on the listener port itself, a privileged one + 10000",
 };
 
 /// Every controller the worker knows.
@@ -126,6 +132,21 @@ impl Controller {
             }
         }
         out
+    }
+}
+
+impl Controller {
+    /// The ports of `range` whose data-plane port a listener that is not ours (on `foreign` ports) binds
+    /// already: on one container port only one listener can be served. The foreign ports themselves are
+    /// not repeated.
+    pub fn shadowed(&self, range: RangeInclusive<u16>, foreign: &BTreeSet<u16>) -> BTreeSet<u16> {
+        let bound: BTreeSet<u16> = foreign.iter().map(|p| self.data_plane_port(*p)).collect();
+        if bound.is_empty() {
+            return BTreeSet::new();
+        }
+        range
+            .filter(|p| !foreign.contains(p) && bound.contains(&self.data_plane_port(*p)))
+            .collect()
     }
 }
 
@@ -307,5 +328,40 @@ mod tests {
             "1-3, 5, 65534-65535"
         );
         assert_eq!(spans(&BTreeSet::new()), "");
+    }
+}
+
+#[cfg(test)]
+mod not_ours {
+    use super::*;
+
+    #[test]
+    fn envoy_gateway_binds_a_privileged_listener_port_10000_higher() {
+        assert_eq!(ENVOY_GATEWAY.data_plane_port(443), 10443);
+        assert_eq!(ENVOY_GATEWAY.data_plane_port(1023), 11023);
+        assert_eq!(ENVOY_GATEWAY.data_plane_port(1024), 1024);
+        assert_eq!(ENVOY_GATEWAY.data_plane_port(40000), 40000);
+    }
+
+    #[test]
+    fn a_port_whose_data_plane_port_a_listener_not_ours_binds_is_not_handed_out() {
+        // An operator's 443 binds 10443 under Envoy Gateway: 10443 of the range cannot be served.
+        let foreign = BTreeSet::from([443]);
+        assert_eq!(
+            ENVOY_GATEWAY.shadowed(10400..=10500, &foreign),
+            BTreeSet::from([10443])
+        );
+        // Contour wraps 57536-58558 and 58559-59581 onto the same container ports (1024-2046).
+        let foreign = BTreeSet::from([57536, 58000]);
+        assert_eq!(
+            CONTOUR.shadowed(58500..=59100, &foreign),
+            BTreeSet::from([58559, 59023])
+        );
+        // A listener's own port is foreign already, not shadowed.
+        assert!(
+            CONTOUR
+                .shadowed(57536..=57536, &BTreeSet::from([57536]))
+                .is_empty()
+        );
     }
 }

@@ -23,6 +23,9 @@ pub enum GaveUp {
 pub enum Served<'a> {
     /// The handler answered; `stored` says whether the reply was stored, or why not.
     Answered { stored: Result<(), &'a str> },
+    /// The handler answered `ready`, it was stored, and the allocation's record could not note that: given
+    /// back so that a redelivery notes it (the reply is stored once), acknowledged on the last delivery.
+    StoredUnnoted,
     /// The handler had nothing to answer.
     Done,
     /// The handler asked for a retry.
@@ -72,6 +75,8 @@ pub fn next(
 ) -> Next {
     let (cause, why) = match served {
         Served::Answered { stored: Ok(()) } | Served::Done => return Next::Ack,
+        Served::StoredUnnoted if deliveries.last(delivered) => return Next::Ack,
+        Served::StoredUnnoted => return Next::Nak(redelivery_delay(timing, delivered)),
         Served::Answered { stored: Err(e) } => (
             GaveUp::AnswerLost,
             format!("the reply could not be stored: {e}"),
@@ -177,6 +182,30 @@ mod tests {
             last(EventKind::Started, Served::Defer { why: "newer" }),
             Next::Requeue { .. }
         ));
+    }
+
+    #[test]
+    fn a_stored_ready_the_record_could_not_note_comes_back_unless_it_was_the_last_delivery() {
+        assert!(matches!(
+            next(
+                EventKind::Started,
+                Served::StoredUnnoted,
+                4,
+                FIVE,
+                &timing()
+            ),
+            Next::Nak(_)
+        ));
+        assert_eq!(
+            next(
+                EventKind::Started,
+                Served::StoredUnnoted,
+                5,
+                FIVE,
+                &timing()
+            ),
+            Next::Ack
+        );
     }
 
     #[test]

@@ -268,6 +268,7 @@ mod tests {
             created_at: updated_at,
             updated_at,
             bound_at: 0,
+            ready_stored: false,
         }
     }
 

@@ -184,6 +184,10 @@ pub struct Record {
     /// served. 0 until then, and in records from before it was kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bound_at: i64,
+    /// Whether a `ready` of this allocation was stored in the replies stream: the master may hold it, so a
+    /// started given up on because its own answer could not be stored never fails the allocation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ready_stored: bool,
 }
 
 fn is_zero(t: &i64) -> bool {
@@ -227,6 +231,7 @@ pub fn on_started(record: Option<&Record>, rm: &str, ev: &Started, now: i64) -> 
             created_at: now,
             updated_at: now,
             bound_at: 0,
+            ready_stored: false,
         })),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready => StartedStep::Expose,
@@ -277,6 +282,7 @@ pub fn on_ended(
             created_at: now,
             updated_at: now,
             bound_at: 0,
+            ready_stored: false,
         }),
         Some(r) => match r.phase {
             Phase::Exposing | Phase::Ready | Phase::Failed => {

@@ -72,4 +72,7 @@ pub struct KubeGateway {
     /// Others' ListenerSets attached to the Gateway, whose ports are foreign; followed from when the
     /// Gateway is first seen, and empty while it takes none (or the apiserver serves no ListenerSet).
     attached: attached::Attached,
+    /// The Gateway's controller, once the start has looked it up: a port of the range whose data-plane
+    /// port a listener not ours binds is foreign too.
+    controller: Arc<std::sync::OnceLock<&'static itg_core::controllers::Controller>>,
 }

@@ -155,6 +155,7 @@ impl KubeGateway {
             write_lock: Arc::default(),
             call_timeout: std::time::Duration::from_secs(15),
             attached,
+            controller: Arc::default(),
         })
     }
 
@@ -186,7 +187,22 @@ impl KubeGateway {
             }
         }
         v.foreign_ports.extend(self.attached_ports());
+        self.shadow(&mut v.foreign_ports);
         v
+    }
+
+    /// Notes the Gateway's controller, as the start looked it up from its class.
+    pub fn know_controller(&self, c: &'static itg_core::controllers::Controller) {
+        let _ = self.controller.set(c);
+    }
+
+    /// Adds to `foreign` the ports of the range whose data-plane port a listener on a `foreign` port binds
+    /// already (Contour's wrapped ports, Envoy Gateway's privileged ports + 10000).
+    pub(crate) fn shadow(&self, foreign: &mut BTreeSet<u16>) {
+        if let Some(c) = self.controller.get() {
+            let shadowed = c.shadowed(self.range.clone(), foreign);
+            foreign.extend(shadowed);
+        }
     }
 
     /// Ports of others' ListenerSets attached to the Gateway.

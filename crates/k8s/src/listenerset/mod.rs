@@ -190,6 +190,7 @@ impl ListenerSets {
         }
         // Sets of others in every namespace the Gateway takes them from, not only where ours are made.
         v.foreign_ports.extend(attached);
+        self.base.shadow(&mut v.foreign_ports);
         v
     }
 }
