@@ -102,7 +102,11 @@ pub fn kustomize(dir: &Path) -> Vec<(PathBuf, Value)> {
     for r in resources {
         let p = dir.join(r.as_str().expect("a resource is a file"));
         for mut v in documents(&p) {
-            if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array_mut() {
+            // pointer_mut, not indexing: IndexMut would insert the missing keys into every object.
+            if let Some(cs) = v
+                .pointer_mut("/spec/template/spec/containers")
+                .and_then(Value::as_array_mut)
+            {
                 for c in cs {
                     if let Some(image) = c["image"].as_str().and_then(|i| images.get(i)) {
                         c["image"] = json!(image);
