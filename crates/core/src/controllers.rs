@@ -15,8 +15,10 @@ pub enum PortMapping {
     /// Contour's `toContainerPort`: the listener port + 8000; above 65535 minus 65535; then 1023 or less
     /// plus 1023 (the envoy container cannot bind privileged ports).
     ContourPlus8000,
-    /// Envoy Gateway: the listener port itself, but a privileged one (below 1024) + 10000, so an
-    /// operator's 443 binds 10443.
+    /// Envoy Gateway on Kubernetes: the listener port itself, but a privileged one (below 1024) + 10000
+    /// in the envoy container, so an operator's 443 binds 10443. Its host mode binds 443 itself (seen:
+    /// listeners on 443 and 10443 both programmed and both bound); there the port this keeps free beside
+    /// a privileged foreign listener costs one port and nothing else.
     EnvoyGatewayShift,
 }
 
@@ -79,7 +81,7 @@ pub const ENVOY_GATEWAY: Controller = Controller {
     mapping: PortMapping::EnvoyGatewayShift,
     own_ports: &[19000..=19003],
     writes_class_status: true,
-    note: "envoy listens on the listener port itself, a privileged one + 10000",
+    note: "envoy listens on the listener port itself, a privileged one + 10000 in its container on Kubernetes",
 };
 
 /// Every controller the worker knows.
