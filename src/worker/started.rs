@@ -235,6 +235,9 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 return Some(answers::ready(&self.rm, ev.event_id, &rec));
             }
             Ok(Abandoned::Failed) => {}
+            // A stored value that is no record at all was never answered `ready` from (workers write only
+            // records): the master is told, as for any poison event.
+            Err(_) if self.not_a_record(&ev.allocation_id).await => {}
             // The record could not be read or written: the allocation may be ready, and a `failed` would
             // then follow a `ready` the master holds. Nothing is answered; a resend finds it as it is.
             Err(e) => {
@@ -248,6 +251,16 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             ev.event_id,
             &f,
         ))
+    }
+
+    /// Whether the allocation's key holds a value that is not a record of any version (not one of a newer
+    /// worker's, nor one that could not be read now).
+    async fn not_a_record(&self, allocation_id: &str) -> bool {
+        let key = self.rm.allocation_key(allocation_id);
+        matches!(
+            self.store.get(&key).await,
+            Ok(Some(e)) if matches!(state::decode(&e.value), Err(state::DecodeError::Invalid(_)))
+        )
     }
 
     /// Notes that `reply` was stored in the replies stream: for a `ready`, the allocation's record keeps
