@@ -126,7 +126,12 @@ pub(super) async fn run(
                     started_at.get(alloc).filter(|_| want == "ready"),
                 ) {
                     let proxies = if first_byte {
-                        addresses(&v)
+                        super::ready_addresses(&v)
+                            .into_iter()
+                            .map(|(name, host, port)| {
+                                (name, crate::probe::socket_address(&host, port))
+                            })
+                            .collect()
                     } else {
                         Vec::new()
                     };
@@ -165,21 +170,6 @@ pub(super) async fn run(
     }
     eprintln!("all {tasks} task(s) removed");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Each proxy of a `ready`: its name and address.
-fn addresses(ready: &Value) -> Vec<(String, String)> {
-    ready["proxies"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["name"].as_str()?.to_owned(),
-                p["address"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
 }
 
 /// One line per task: the time from its `started` to its `ready` and to each address's first byte.

@@ -380,3 +380,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Each proxy of a `ready` reply's body, read as the contract's [`Ready`](crate::contract::Ready): its
+/// name, host and Gateway port. None when the body is not a `ready` this build reads.
+fn ready_addresses(body: &serde_json::Value) -> Vec<(String, String, u16)> {
+    let Ok(ready) = serde_json::from_value::<crate::contract::Ready>(body.clone()) else {
+        return Vec::new();
+    };
+    ready
+        .proxies
+        .into_iter()
+        .filter_map(|p| {
+            let host = p.address.strip_suffix(&format!(":{}", p.gateway_port))?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            Some((p.name, host, p.gateway_port))
+        })
+        .collect()
+}

@@ -247,10 +247,21 @@ pub async fn claims<S: Store>(
     rm: &RmContext,
     on: &GatewayRef,
 ) -> Result<BTreeMap<u16, (PortClaim, u64)>, StoreError> {
-    let prefix = rm.port_key_prefix(on);
+    claims_under(store, &rm.port_key_prefix(on)).await
+}
+
+/// Every readable claim under one Gateway's port key `prefix` ([`names::port_key_prefix`]), with its
+/// revision: [`claims`] for a reader that knows the resource manager by name only.
+///
+/// # Errors
+/// [`StoreError`] when the bucket cannot be read.
+pub async fn claims_under<S: Store>(
+    store: &S,
+    prefix: &str,
+) -> Result<BTreeMap<u16, (PortClaim, u64)>, StoreError> {
     let mut out = BTreeMap::new();
-    for (key, e) in store.entries(&prefix).await? {
-        let Some(port) = names::parse_port_key(&key, &prefix) else {
+    for (key, e) in store.entries(prefix).await? {
+        let Some(port) = names::parse_port_key(&key, prefix) else {
             continue;
         };
         if let Ok(c) = serde_json::from_slice::<PortClaim>(&e.value) {

@@ -98,6 +98,16 @@ impl KvStore {
         })
     }
 
+    /// A bucket that exists already, read as it is: no creation and no settings check, for readers that
+    /// must change nothing (`itgctl describe`).
+    pub fn existing(kv: kv::Store) -> KvStore {
+        KvStore {
+            bucket: kv.name.clone(),
+            kv,
+            indexes: Arc::default(),
+        }
+    }
+
     /// The stream subject that holds `key`.
     fn subject(&self, key: &str) -> String {
         format!("{}{key}", self.kv.prefix)

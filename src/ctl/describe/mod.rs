@@ -7,13 +7,14 @@ mod kube;
 mod streams;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::Output;
 use super::connect::Connected;
-use crate::contract::GatewayRef;
+use crate::claims;
+use crate::contract::{GatewayRef, Ready};
 use crate::names;
+use crate::nats::KvStore;
 use crate::resource_manager::RmContext;
 use crate::state::{Phase, Record};
 
@@ -67,10 +68,13 @@ pub(super) async fn run(
         .and_then(|r| r.gateway.clone())
         .or_else(|| target.as_ref().map(|t| t.gateway.clone()))
         .or_else(|| {
-            last_ready.and_then(|r| serde_json::from_value(r["body"]["gateway"].clone()).ok())
+            last_ready
+                .and_then(|r| serde_json::from_value::<Ready>(r["body"].clone()).ok())
+                .map(|r| r.gateway)
         });
     let claims = claims(
-        &kv,
+        &KvStore::existing(kv.clone()),
+        ctx.as_ref(),
         &rm,
         &key,
         record.as_ref(),
@@ -151,49 +155,50 @@ async fn read_record(
     ))
 }
 
-/// The port claims that name this allocation, and a note for each recorded port whose claim is missing or
-/// held by another.
+/// The port claims that name this allocation on its Gateway, and a note for each recorded port whose
+/// claim is missing or held by another.
 async fn claims(
-    kv: &async_nats::jetstream::kv::Store,
+    store: &KvStore,
+    ctx: Option<&RmContext>,
     rm: &str,
     key: &str,
     record: Option<&Record>,
     gateway: Option<&GatewayRef>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Value>> {
-    let prefix = format!("port.{rm}.");
-    let mut keys = kv.keys().await?;
-    let mut out = Vec::new();
-    let mut holders = std::collections::BTreeMap::new();
-    while let Some(k) = keys.next().await {
-        let k = k?;
-        if !k.starts_with(&prefix) {
-            continue;
+    let Some(g) = gateway else {
+        notes.push("no Gateway known for this allocation: its port claims were not read".into());
+        return Ok(Vec::new());
+    };
+    let held = match ctx {
+        Some(c) => claims::claims(store, c, g).await?,
+        None => {
+            claims::claims_under(store, &names::port_key_prefix(rm, &g.namespace, &g.name)).await?
         }
-        let Some(v) = kv.get(&k).await? else { continue };
-        let claim: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
-        let holder = claim["allocation"].as_str().unwrap_or("").to_owned();
-        if holder == key {
-            out.push(
-                json!({ "key": k, "proxy": claim["proxy"], "claimed_at": claim["claimed_at"] }),
-            );
-        }
-        holders.insert(k, holder);
-    }
-    if let (Some(r), Some(g)) = (record, gateway) {
-        for b in &r.ports {
-            let pk = names::port_key(rm, &g.namespace, &g.name, b.gateway_port);
-            match holders.get(&pk) {
-                Some(h) if h == key => {}
-                Some(h) => notes.push(format!(
-                    "port {} ({}) is in the record but its claim {pk} is held by {h}",
-                    b.gateway_port, b.name
-                )),
-                None => notes.push(format!(
-                    "port {} ({}) is in the record but not claimed ({pk} is free)",
-                    b.gateway_port, b.name
-                )),
-            }
+    };
+    let port_key = |port| names::port_key(rm, &g.namespace, &g.name, port);
+    let out = held
+        .iter()
+        .filter(|(_, (c, _))| c.allocation == key)
+        .map(|(port, (c, revision))| {
+            json!({
+                "key": port_key(*port), "proxy": c.proxy, "claimed_at": c.claimed_at,
+                "revision": revision,
+            })
+        })
+        .collect();
+    for b in record.map(|r| r.ports.as_slice()).unwrap_or_default() {
+        let pk = port_key(b.gateway_port);
+        match held.get(&b.gateway_port) {
+            Some((c, _)) if c.allocation == key => {}
+            Some((c, _)) => notes.push(format!(
+                "port {} ({}) is in the record but its claim {pk} is held by {}",
+                b.gateway_port, b.name, c.allocation
+            )),
+            None => notes.push(format!(
+                "port {} ({}) is in the record but not claimed ({pk} is free)",
+                b.gateway_port, b.name
+            )),
         }
     }
     Ok(out)
@@ -213,22 +218,7 @@ fn addresses(
             .map(|b| (b.name.clone(), t.probe_host.clone(), b.gateway_port))
             .collect();
     }
-    let proxies = last_ready
-        .and_then(|r| r["body"]["proxies"].as_array().cloned())
-        .unwrap_or_default();
-    proxies
-        .iter()
-        .filter_map(|p| {
-            let addr = p["address"].as_str()?;
-            let (host, port) = addr.rsplit_once(':')?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Some((
-                p["name"].as_str()?.to_owned(),
-                host.to_owned(),
-                port.parse().ok()?,
-            ))
-        })
-        .collect()
+    last_ready.map_or_else(Vec::new, |r| super::ready_addresses(&r["body"]))
 }
 
 /// One sentence: what the allocation is waiting on, or why it failed.
@@ -530,5 +520,29 @@ mod tests {
         assert!(!v.contains("serves every address"), "{v}");
         let v = say("exposing", &[look(1, Reach::Accepted)]);
         assert!(v.contains("the data plane serves every address"), "{v}");
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    #[test]
+    fn a_ready_reply_is_read_as_the_contract_reads_it() {
+        let body = serde_json::json!({
+            "schema_version": 1, "resource_manager": "rm", "allocation_id": "a.1",
+            "source_event_id": "e", "gateway": { "namespace": "n", "name": "g" },
+            "proxies": [
+                { "name": "web", "container_port": 80, "gateway_port": 41000, "address": "10.0.0.1:41000" },
+                { "name": "ssh", "container_port": 22, "gateway_port": 41001, "address": "[fd00::1]:41001" },
+            ],
+        });
+        assert_eq!(
+            super::super::ready_addresses(&body),
+            vec![
+                ("web".to_owned(), "10.0.0.1".to_owned(), 41000),
+                ("ssh".to_owned(), "fd00::1".to_owned(), 41001),
+            ]
+        );
+        // Not a ready (a failed's body): no address, rather than a guess.
+        assert!(super::super::ready_addresses(&serde_json::json!({ "proxies": [] })).is_empty());
     }
 }
