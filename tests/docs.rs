@@ -446,6 +446,46 @@ fn unknown_resource_manager_is_never_sent_and_the_contract_says_so() {
     );
 }
 
+/// The `.rs` files under a directory of the repository, recursively, as paths from the root.
+fn sources(dir: &str, out: &mut Vec<String>) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for e in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+        let e = e.unwrap();
+        let path = format!("{dir}/{}", e.file_name().into_string().unwrap());
+        if e.file_type().unwrap().is_dir() {
+            if !path.ends_with("/target") {
+                sources(&path, out);
+            }
+        } else if path.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The subject families (`itg.events`, `itg.requeue`...) that the code outside tests names in a string
+/// literal, each with a file that names it.
+fn subject_families_in_code() -> BTreeMap<String, String> {
+    let mut files = Vec::new();
+    sources("src", &mut files);
+    sources("crates", &mut files);
+    let mut families = BTreeMap::new();
+    for f in files {
+        let text = read(&f);
+        // A file's unit tests follow its code; their sample strings are no subjects.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for lit in code.split("\"itg.").skip(1) {
+            let token: String = lit
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == '-')
+                .collect();
+            if !token.is_empty() && lit[token.len()..].starts_with(['.', '{']) {
+                families.entry(format!("itg.{token}")).or_insert(f.clone());
+            }
+        }
+    }
+    families
+}
+
 #[test]
 fn the_contract_s_subjects_table_holds_every_subject_the_worker_uses() {
     let contract = read("docs/contract.md");
@@ -467,6 +507,22 @@ fn the_contract_s_subjects_table_holds_every_subject_the_worker_uses() {
         assert!(
             listed.iter().any(|s| s.starts_with(&format!("`{p}."))),
             "docs/contract.md's subjects table has no {p}.* subject: {listed:?}"
+        );
+    }
+    // Every subject family the code publishes to or captures, streams or not (a site's requeue).
+    let families = subject_families_in_code();
+    for known in ["itg.events", "itg.replies", "itg.deadletter", "itg.requeue"] {
+        assert!(
+            families.contains_key(known),
+            "the scan of src/ and crates/ finds {known}: {families:?}"
+        );
+    }
+    for (family, file) in &families {
+        assert!(
+            listed
+                .iter()
+                .any(|s| s.starts_with(&format!("`{family}.<rm>."))),
+            "{file} uses {family}.*, which docs/contract.md's subjects table does not list: {listed:?}"
         );
     }
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Example:\n  itg-worker --config deploy/config.yaml\n  itg-worker --config deploy/config.yaml --check"
+    after_help = "Example:\n  itg-worker --config deploy/compose/config.yaml\n  itg-worker --config deploy/compose/config.yaml --check"
 )]
 struct Args {
     /// The YAML (or JSON) config file.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::config::{ListenerMode, ResourceManagerConfig};
 use crate::contract::GatewayRef;
 use crate::names;
-use crate::probe::{DataPlane as _, Reach};
+use crate::probe::{DataPlane as _, Reach, Served};
 use crate::state::Record;
 
 /// How long one connection to an address may take.
@@ -208,12 +208,50 @@ async fn route(
     }
 }
 
-/// One connection to each `(name, host, port)`: what the data plane answers there now.
-pub(super) async fn probe(targets: Vec<(String, String, u16)>) -> Vec<Value> {
-    let tcp = crate::dataplane::Tcp;
-    let mut out = Vec::new();
-    for (name, host, port) in targets {
-        let answer = match tcp.connect(&host, port, CONNECT).await {
+/// What one address answered to describe's single connection.
+pub(super) struct Look {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub reach: Reach,
+}
+
+impl Look {
+    /// `host:port`, as a client dials it.
+    pub fn address(&self) -> String {
+        crate::probe::socket_address(&self.host, self.port)
+    }
+
+    /// The worker's conclusion from this one look. A single look is at the start of the worker's grace,
+    /// so only an accepted connection proves the port served (and no route proves nothing); a refusal or
+    /// an accept-then-close decides nothing yet, as it would not for the worker.
+    pub fn served(&self) -> Option<Served> {
+        crate::probe::conclude(&self.reach, Duration::ZERO, CONNECT)
+    }
+
+    /// Why this look does not prove the address served, or `None` when it does.
+    pub fn unproven(&self) -> Option<String> {
+        let at = self.address();
+        match self.served() {
+            Some(Served::Yes) => None,
+            Some(Served::No) => Some(format!("the data plane refuses {at}")),
+            Some(Served::CannotTell { why, .. }) => Some(format!("cannot tell of {at}: {why}")),
+            None => Some(match &self.reach {
+                Reach::Refused => format!("the data plane refuses {at} now"),
+                Reach::Closed => format!(
+                    "{at} accepted, then closed (no route yet, or the task does not answer)"
+                ),
+                Reach::Silent(why) | Reach::Local(why) | Reach::Unreachable(why) => {
+                    format!("cannot tell of {at}: {why}")
+                }
+                Reach::Accepted => format!("{at} accepted, but not concluded"),
+            }),
+        }
+    }
+
+    /// The look as the view shows it.
+    pub fn view(&self) -> Value {
+        let answer = match &self.reach {
             Reach::Accepted => "accepted".to_owned(),
             Reach::Closed => {
                 "accepted, then closed (no route yet, or the task does not answer)".to_owned()
@@ -223,11 +261,28 @@ pub(super) async fn probe(targets: Vec<(String, String, u16)>) -> Vec<Value> {
             Reach::Silent(why) => format!("cannot tell, no answer: {why}"),
             Reach::Local(why) => format!("cannot tell, this host failed the attempt: {why}"),
         };
-        out.push(json!({
-            "name": name,
-            "address": crate::probe::socket_address(&host, port),
-            "answer": answer,
-        }));
+        let served = match self.served() {
+            Some(Served::Yes) => "yes",
+            Some(Served::No) => "no",
+            Some(Served::CannotTell { .. }) => "cannot tell",
+            None => "not proven by one look",
+        };
+        json!({ "name": self.name, "address": self.address(), "answer": answer, "served": served })
+    }
+}
+
+/// One connection to each `(name, host, port)`: what the data plane answers there now.
+pub(super) async fn probe(targets: Vec<(String, String, u16)>) -> Vec<Look> {
+    let tcp = crate::dataplane::Tcp;
+    let mut out = Vec::new();
+    for (name, host, port) in targets {
+        let reach = tcp.connect(&host, port, CONNECT).await;
+        out.push(Look {
+            name,
+            host,
+            port,
+            reach,
+        });
     }
     out
 }

@@ -84,12 +84,13 @@ pub(super) async fn run(
         (None, _, _) => json!({ "skipped": "needs --config: the resource manager's kubeconfig" }),
         _ => json!({ "skipped": "no record: nothing was made for this allocation" }),
     };
-    let data_plane = kube::probe(addresses(record.as_ref(), target.as_ref(), last_ready)).await;
+    let looks = kube::probe(addresses(record.as_ref(), target.as_ref(), last_ready)).await;
+    let data_plane: Vec<Value> = looks.iter().map(kube::Look::view).collect();
     let verdict = verdict(
         record.as_ref(),
         &record_view,
         &kubernetes,
-        &data_plane,
+        &looks,
         &events,
         &dead_letters,
     );
@@ -235,19 +236,16 @@ fn verdict(
     record: Option<&Record>,
     record_view: &Value,
     kubernetes: &Value,
-    data_plane: &[Value],
+    looks: &[kube::Look],
     events: &[Value],
     dead_letters: &[Value],
 ) -> String {
-    let refused: Vec<&str> = data_plane
-        .iter()
-        .filter(|d| {
-            d["answer"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("refused"))
-        })
-        .filter_map(|d| d["address"].as_str())
-        .collect();
+    // Proof from the data plane: at least one address, and every one served.
+    let unproven: Vec<String> = if looks.is_empty() {
+        vec!["no address to connect to (pass --config for the Gateway's probe address)".into()]
+    } else {
+        looks.iter().filter_map(kube::Look::unproven).collect()
+    };
     let Some(r) = record else {
         if record_view["found"] == true {
             return "the record cannot be read by this itgctl (see notes): leave it to the workers that wrote it".into();
@@ -266,10 +264,10 @@ fn verdict(
         };
     };
     match r.phase {
-        Phase::Ready if refused.is_empty() => "ready".into(),
+        Phase::Ready if unproven.is_empty() => "ready".into(),
         Phase::Ready => format!(
-            "ready, but the data plane refuses {} now",
-            refused.join(", ")
+            "ready per the record; not proven from here: {}",
+            unproven.join("; ")
         ),
         Phase::Failed => r.failure.as_ref().map_or_else(
             || "failed".into(),
@@ -291,7 +289,7 @@ fn verdict(
                     waits.push(format!("{name}: its listener to be applied"));
                 } else if !kube::summary(&p["listener"]["conditions"]).contains("Programmed=True") {
                     waits.push(format!(
-                        "{name}: the controller to program its listener ({})",
+                        "{name}: the controller to report its listener programmed (it reports {})",
                         kube::summary(&p["listener"]["conditions"])
                     ));
                 }
@@ -306,17 +304,25 @@ fn verdict(
                 } else if !(route.contains("Accepted=True") && route.contains("ResolvedRefs=True"))
                 {
                     waits.push(format!(
-                        "{name}: the controller to accept its TCPRoute ({route})"
+                        "{name}: the controller to report its TCPRoute accepted (it reports {route})"
                     ));
                 }
             }
-            if !refused.is_empty() {
-                waits.push(format!("the data plane to serve {}", refused.join(", ")));
+            if !waits.is_empty() {
+                let data: Vec<String> = looks.iter().filter_map(kube::Look::unproven).collect();
+                if !data.is_empty() {
+                    waits.push(format!("the data plane to serve ({})", data.join("; ")));
+                }
+                return format!("exposing, waiting for: {}", waits.join("; "));
             }
-            if waits.is_empty() {
-                "exposing: everything looks in place; the worker's next pass replies ready".into()
+            // The conditions are the controller's opinion; only the data plane's answer proves it.
+            if unproven.is_empty() {
+                "exposing: the controller reports its objects in place and the data plane serves every address; the worker's next pass replies ready".into()
             } else {
-                format!("exposing, waiting for: {}", waits.join("; "))
+                format!(
+                    "exposing: the controller reports its objects in place (its opinion); not proven from here: {}",
+                    unproven.join("; ")
+                )
             }
         }
     }
@@ -445,5 +451,84 @@ fn print_table(v: &Value) {
     }
     for n in v["notes"].as_array().into_iter().flatten() {
         println!("NOTE         {}", s(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Reach;
+
+    fn record(phase: &str) -> Record {
+        serde_json::from_value(json!({
+            "allocation_id": "a.1", "resource_manager": "rm", "phase": phase,
+        }))
+        .unwrap()
+    }
+
+    fn look(port: u16, reach: Reach) -> kube::Look {
+        kube::Look {
+            name: format!("p{port}"),
+            host: "192.0.2.1".into(),
+            port,
+            reach,
+        }
+    }
+
+    fn say(phase: &str, looks: &[kube::Look]) -> String {
+        let kubernetes = json!({ "ports": [] });
+        verdict(
+            Some(&record(phase)),
+            &json!({ "found": true }),
+            &kubernetes,
+            looks,
+            &[],
+            &[],
+        )
+    }
+
+    #[test]
+    fn ready_is_said_only_when_every_address_is_served() {
+        assert_eq!(
+            say(
+                "ready",
+                &[look(1, Reach::Accepted), look(2, Reach::Accepted)]
+            ),
+            "ready"
+        );
+        let unproven = [
+            (vec![], "no address"),
+            (vec![look(1, Reach::Closed)], "accepted, then closed"),
+            (
+                vec![look(1, Reach::Silent("timed out".into()))],
+                "cannot tell",
+            ),
+            (
+                vec![look(1, Reach::Unreachable("no route".into()))],
+                "cannot tell",
+            ),
+            (
+                vec![look(1, Reach::Accepted), look(2, Reach::Refused)],
+                "the data plane refuses 192.0.2.1:2",
+            ),
+        ];
+        for (looks, why) in unproven {
+            let v = say("ready", &looks);
+            assert!(
+                v.starts_with("ready per the record; not proven from here: "),
+                "{v}"
+            );
+            assert!(v.contains(why), "{v}");
+        }
+    }
+
+    #[test]
+    fn exposing_with_the_objects_in_place_is_the_controllers_opinion_until_the_data_plane_answers()
+    {
+        let v = say("exposing", &[look(1, Reach::Closed)]);
+        assert!(v.contains("(its opinion); not proven from here"), "{v}");
+        assert!(!v.contains("serves every address"), "{v}");
+        let v = say("exposing", &[look(1, Reach::Accepted)]);
+        assert!(v.contains("the data plane serves every address"), "{v}");
     }
 }
