@@ -147,11 +147,12 @@ impl<S: Store, C: Inventory> Reconciler<S, C> {
             // rather than release what a live allocation may hold.
             let decoded = crate::state::decode(&e.value);
             if let Err(crate::state::DecodeError::Newer { found }) = &decoded {
-                metrics::get()
-                    .records_newer_version
-                    .get_or_create(&metrics::rm(&self.rm))
-                    .inc();
-                tracing::error!(resource_manager = %self.rm, key, record_version = found, known = crate::state::RECORD_VERSION, "an allocation record of a newer version: this reconciler's pass stops without acting; workers of two record versions serve one bucket");
+                metrics::newer_record(
+                    &self.rm,
+                    &key,
+                    *found,
+                    "this reconciler's pass stops without acting",
+                );
             }
             let (Some((_, id)), Ok(r)) = (names::parse_allocation_key(&key), decoded) else {
                 return Err(format!(

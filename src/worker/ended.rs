@@ -13,7 +13,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     pub(super) async fn ended(&self, ev: &Ended) -> Result<Handled, String> {
         let key = self.rm.allocation_key(&ev.allocation_id);
         for _ in 0..MAX_ROUNDS {
-            let current = self.read(&key).await.map_err(|e| e.to_string())?;
+            let current = match self.read(&key).await {
+                Ok(c) => c,
+                Err(e) => return e.handled(),
+            };
             let step = state::on_ended(
                 current.as_ref().map(|c| &c.0),
                 &self.rm.name,

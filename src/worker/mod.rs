@@ -272,24 +272,7 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             }
             Event::Ended(ev) => self.ended(ev).await,
         };
-        match result {
-            Ok(h) => h,
-            // Checked on the error path only, so a served event pays no extra read.
-            Err(why) => match self.newer_record(event.allocation_id()).await {
-                Some(newer) => Handled::Defer { why: newer },
-                None => Handled::Retry { why },
-            },
-        }
-    }
-
-    /// Why the allocation's record is left alone, when a newer worker wrote it.
-    async fn newer_record(&self, allocation_id: &str) -> Option<String> {
-        let key = self.rm.allocation_key(allocation_id);
-        let entry = self.store.get(&key).await.ok()??;
-        match crate::state::decode(&entry.value) {
-            Err(e @ crate::state::DecodeError::Newer { .. }) => Some(e.to_string()),
-            _ => None,
-        }
+        result.unwrap_or_else(|why| Handled::Retry { why })
     }
 
     /// Whether the record at `key` is no longer at `rev`.
@@ -297,34 +280,57 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         Ok(self.store.get(key).await?.map(|e| e.revision) != Some(rev))
     }
 
-    async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, StoreError> {
-        let Some(entry) = self.store.get(key).await? else {
+    /// The record at `key` and its revision; `None` when the key holds nothing.
+    async fn read(&self, key: &str) -> Result<Option<(Record, u64)>, ReadError> {
+        let Some(entry) = self.store.get(key).await.map_err(ReadError::Store)? else {
             return Ok(None);
         };
         match crate::state::decode(&entry.value) {
             Ok(r) => Ok(Some((r, entry.revision))),
-            Err(e) => {
-                if let crate::state::DecodeError::Newer { found } = e {
-                    crate::metrics::get()
-                        .records_newer_version
-                        .get_or_create(&crate::metrics::rm(&self.rm.name))
-                        .inc();
-                    tracing::error!(
-                        key,
-                        record_version = found,
-                        known = crate::state::RECORD_VERSION,
-                        "an allocation record of a newer version: left untouched and not answered; workers of two record versions serve one bucket"
-                    );
-                }
-                Err(StoreError {
-                    bucket: String::new(),
-                    op: "decode",
-                    key: key.to_owned(),
-                    message: e.to_string(),
-                })
+            Err(crate::state::DecodeError::Newer { found }) => {
+                crate::metrics::newer_record(
+                    &self.rm.name,
+                    key,
+                    found,
+                    "left untouched and not answered",
+                );
+                Err(ReadError::Newer { found })
             }
+            Err(crate::state::DecodeError::Invalid(why)) => Err(ReadError::Invalid {
+                key: key.to_owned(),
+                why,
+            }),
         }
     }
+}
+
+impl ReadError {
+    /// What a handler that could not read the record gives back: a newer worker's record is deferred to
+    /// it, without asking the store again; anything else is retried.
+    fn handled(self) -> Result<Handled, String> {
+        match self {
+            ReadError::Newer { .. } => Ok(Handled::Defer {
+                why: self.to_string(),
+            }),
+            e => Err(e.to_string()),
+        }
+    }
+}
+
+/// Why an allocation's record could not be read. The kinds are kept apart because each is answered
+/// differently: a newer worker's record is deferred to it, a value that is no record is poison, a store
+/// error may pass.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// NATS failed; the read may succeed later.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A newer worker wrote the record; this one leaves it untouched.
+    #[error("{}", crate::state::DecodeError::Newer { found: *found })]
+    Newer { found: u32 },
+    /// The key holds a value that is no record of any version.
+    #[error("allocation record {key}: {}", crate::state::DecodeError::Invalid(why.clone()))]
+    Invalid { key: String, why: String },
 }
 
 /// Whether the allocation failed because its task namespace refused it (403): then nothing of it is there.

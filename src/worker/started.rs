@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    DriveError, Handler, MAX_ROUNDS, Pass, Placed, Purpose, add_touched, drive_msg, now, refused_ns,
+    DriveError, Handler, MAX_ROUNDS, Pass, Placed, Purpose, ReadError, add_touched, drive_msg, now,
+    refused_ns,
 };
 use crate::answers::{self, Handled};
 use crate::cluster::Cluster;
@@ -20,7 +21,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
         let key = self.rm.allocation_key(&ev.allocation_id);
         let mut touched: Vec<Placed> = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            let current = self.read(&key).await.map_err(|e| e.to_string())?;
+            let current = match self.read(&key).await {
+                Ok(c) => c,
+                Err(e) => return e.handled(),
+            };
             let step = state::on_started(current.as_ref().map(|c| &c.0), &self.rm.name, ev, now());
             let (rec, rev) = match (step, current) {
                 (StartedStep::Create(r), _) => match self
@@ -147,9 +151,10 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             };
             // The pass may have written the record since it was read (a give-back): fail what it left.
             let (rec, rev) = if self.moved(&key, rev).await.map_err(|e| e.to_string())? {
-                match self.read(&key).await.map_err(|e| e.to_string())? {
-                    Some((r, v)) if r.phase == Phase::Exposing => (r, v),
-                    _ => continue,
+                match self.read(&key).await {
+                    Ok(Some((r, v))) if r.phase == Phase::Exposing => (r, v),
+                    Ok(_) => continue,
+                    Err(e) => return e.handled(),
                 }
             } else {
                 (rec, rev)
@@ -234,12 +239,12 @@ impl<S: Store, C: Cluster> Handler<S, C> {
                 tracing::warn!(why = %why, "a started of a ready allocation was given up on; it stays ready");
                 return Some(answers::ready(&self.rm, ev.event_id, &rec));
             }
-            Ok(Abandoned::Failed) => {}
             // A stored value that is no record at all was never answered `ready` from (workers write only
             // records): the master is told, as for any poison event.
-            Err(_) if self.not_a_record(&ev.allocation_id).await => {}
-            // The record could not be read or written: the allocation may be ready, and a `failed` would
-            // then follow a `ready` the master holds. Nothing is answered; a resend finds it as it is.
+            Ok(Abandoned::Failed | Abandoned::NotARecord) => {}
+            // The record could not be read or written, or a newer worker wrote it: the allocation may be
+            // ready, and a `failed` would then follow a `ready` the master holds. Nothing is answered; a
+            // resend finds it as it is.
             Err(e) => {
                 tracing::warn!(error = %e, "the given-up allocation could not be recorded as failed; it is not answered");
                 return Some(Handled::Retry { why: e });
@@ -251,16 +256,6 @@ impl<S: Store, C: Cluster> Handler<S, C> {
             ev.event_id,
             &f,
         ))
-    }
-
-    /// Whether the allocation's key holds a value that is not a record of any version (not one of a newer
-    /// worker's, nor one that could not be read now).
-    async fn not_a_record(&self, allocation_id: &str) -> bool {
-        let key = self.rm.allocation_key(allocation_id);
-        matches!(
-            self.store.get(&key).await,
-            Ok(Some(e)) if matches!(state::decode(&e.value), Err(state::DecodeError::Invalid(_)))
-        )
     }
 
     /// Notes that `reply` was stored in the replies stream: for a `ready`, the allocation's record keeps
@@ -309,8 +304,11 @@ impl<S: Store, C: Cluster> Handler<S, C> {
     ) -> Result<Abandoned, String> {
         let key = self.rm.allocation_key(allocation_id);
         for _ in 0..MAX_ROUNDS {
-            let Some((rec, rev)) = self.read(&key).await.map_err(|e| e.to_string())? else {
-                return Ok(Abandoned::Failed);
+            let (rec, rev) = match self.read(&key).await {
+                Ok(Some(current)) => current,
+                Ok(None) => return Ok(Abandoned::Failed),
+                Err(ReadError::Invalid { .. }) => return Ok(Abandoned::NotARecord),
+                Err(e) => return Err(e.to_string()),
             };
             let pass = match rec.phase {
                 // A live allocation is never torn down by a delivery that could not confirm it.
@@ -343,4 +341,7 @@ pub(super) enum Abandoned {
     Live(Box<Record>),
     /// The allocation is failed (or ended) and holds nothing, or never had a record.
     Failed,
+    /// The allocation's key holds a value that is no record of any version: nothing was ever answered
+    /// from it, and it is left for an operator to inspect.
+    NotARecord,
 }

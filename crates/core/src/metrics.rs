@@ -423,3 +423,20 @@ pub fn rm(name: &str) -> RmLabels {
         resource_manager: name.to_owned(),
     }
 }
+
+/// Counts and logs an allocation record of a newer version, the same way wherever it is met (the worker's
+/// read, the reconciler's pass): an operator sees one metric and one message for one cause. `leaves` says
+/// what the finder does about it.
+pub fn newer_record(resource_manager: &str, key: &str, found: u32, leaves: &str) {
+    get()
+        .records_newer_version
+        .get_or_create(&rm(resource_manager))
+        .inc();
+    tracing::error!(
+        resource_manager,
+        key,
+        record_version = found,
+        known = crate::state::RECORD_VERSION,
+        "an allocation record of a newer version: {leaves}; workers of two record versions serve one bucket"
+    );
+}
